@@ -1,0 +1,33 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+DEPS   := $(VENV)/.deps-installed
+PERSONA ?= keeper
+
+export HF_HUB_OFFLINE := 1
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# One install serves both targets: the runtime extras (.[all]) plus the dev tools.
+$(DEPS): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e ".[all,dev]"
+	touch $@
+
+demo: $(DEPS)
+	$(BIN)/bots chat --persona $(PERSONA)
+
+test: $(DEPS)
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	$(BIN)/pytest
+
+bench: $(DEPS)
+	$(BIN)/python bench/core_bench.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -1,0 +1,118 @@
+"""The console channel: an interactive REPL in the terminal, or one message for scripts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import itertools
+import sys
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TextIO
+
+from bots.core.adapter import Capabilities, EventSink
+from bots.core.events import ChannelKind, ChannelRef, MessageEvent, Outbound, SentRef, UserRef
+
+EXIT_WORDS = {"/quit", "/exit", ":q"}
+
+
+class ConsoleAdapter:
+    platform = "console"
+    self_id = "bot"
+
+    def __init__(
+        self,
+        name: str = "console",
+        *,
+        speaker: str = "",
+        user: str | None = None,
+        interactive: bool = True,
+        stream: bool = True,
+        on_exit: Callable[[], None] | None = None,
+        output: TextIO | None = None,
+        read_line: Callable[[], str] | None = None,
+    ) -> None:
+        self.name = name
+        self.speaker = speaker  # printed before replies in interactive mode
+        self.user = UserRef("console", user or _login_name(), name=user or _login_name())
+        self.channel = ChannelRef("console", self.user.id, ChannelKind.DM, name="terminal")
+        self.interactive = interactive
+        self.capabilities = Capabilities(max_length=None, streaming=stream, markup=frozenset({"plain"}))
+        self._on_exit = on_exit
+        self._out = output or sys.stdout
+        self._read_line = read_line or _read_stdin
+        self._ids = itertools.count(1)
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_config(cls, name: str, options: dict[str, Any], secrets: Any) -> ConsoleAdapter:
+        return cls(name, speaker=str(options.get("speaker", "")), user=options.get("user"))
+
+    def make_event(self, text: str) -> MessageEvent:
+        return MessageEvent(
+            platform=self.platform,
+            message_id=str(next(self._ids)),
+            author=self.user,
+            channel=self.channel,
+            text=text,
+            self_id=self.self_id,
+            to_me=True,
+        )
+
+    async def start(self, sink: EventSink) -> None:
+        if self.interactive:
+            self._task = asyncio.create_task(self._repl(sink))
+
+    async def stop(self) -> None:
+        if self._task and self._task is not asyncio.current_task():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _repl(self, sink: EventSink) -> None:
+        try:
+            while True:
+                line = await asyncio.to_thread(self._read_line)
+                if line == "" or line.strip() in EXIT_WORDS:  # "" is end of input
+                    break
+                if not line.strip():
+                    continue
+                handled = await sink(self.make_event(line.rstrip("\n")))
+                if handled is not None:
+                    await handled  # answer before prompting again
+        finally:
+            if self._on_exit:
+                self._on_exit()
+
+    def _prefix(self) -> str:
+        return f"{self.speaker}> " if self.interactive and self.speaker else ""
+
+    async def send(self, outbound: Outbound) -> SentRef:
+        self._out.write(f"{self._prefix()}{outbound.text}\n")
+        self._out.flush()
+        return SentRef(self.platform, outbound.target.id, str(next(self._ids)))
+
+    async def send_stream(
+        self, target: ChannelRef, chunks: AsyncIterator[str], reply_to: str | None = None
+    ) -> SentRef:
+        self._out.write(self._prefix())
+        async for chunk in chunks:
+            self._out.write(chunk)
+            self._out.flush()
+        self._out.write("\n")
+        self._out.flush()
+        return SentRef(self.platform, target.id, str(next(self._ids)))
+
+
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user database entry (containers)
+        return "local"
+
+
+def _read_stdin() -> str:
+    try:
+        return input("you> ") + "\n"
+    except EOFError:
+        return ""

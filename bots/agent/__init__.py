@@ -1,0 +1,1 @@
+"""The agent core: persona, memory, prompt assembly and LLM providers."""

@@ -1,0 +1,145 @@
+"""The agent: answers an addressed message in the persona's voice, with memory and retrieval."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator
+from weakref import WeakValueDictionary
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import BaseMessage, BaseMessageChunk
+from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential
+
+from bots.agent.character import strip_disclaimers
+from bots.agent.memory import ConversationMemory
+from bots.agent.persona import Persona
+from bots.agent.prompt import build_messages
+from bots.agent.retrieval import NoRetrieval, Retriever
+from bots.core.events import ChannelKind
+from bots.core.routing import Invocation
+
+log = logging.getLogger("bots.agent")
+
+# The end of a sentence in a stream: CJK or Latin terminators (with closing quotes), or a newline.
+_SENTENCE_END = re.compile(r"(?:[。！？!?…]+[”」』\"')]*|\.(?=\s)|\n)\s*")
+
+
+class Agent:
+    def __init__(
+        self,
+        *,
+        bot: str,
+        persona: Persona,
+        llm: BaseChatModel,
+        memory: ConversationMemory,
+        retriever: Retriever | None = None,
+        collections: list[str] | None = None,
+        history_tokens: int = 768,
+        max_input_chars: int = 4000,
+        timeout_s: float = 60.0,
+        max_retries: int = 1,
+    ) -> None:
+        self.bot = bot
+        self.persona = persona
+        self.llm = llm
+        self.memory = memory
+        self.retriever = retriever or NoRetrieval()
+        self.collections = persona.knowledge if collections is None else collections
+        self.history_tokens = history_tokens
+        self.max_input_chars = max_input_chars
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self._locks: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
+
+    def _lock(self, session_id: str) -> asyncio.Lock:
+        """One turn at a time per session, so memory stays in order."""
+        lock = self._locks.get(session_id)
+        if lock is None:
+            lock = self._locks[session_id] = asyncio.Lock()
+        return lock
+
+    async def _prompt(self, inv: Invocation) -> tuple[str, list[BaseMessage]]:
+        text = inv.text[: self.max_input_chars]
+        history = await self.memory.recent(inv.event.session_id)
+        passages = await self.retriever.retrieve(text, self.collections)
+        messages = build_messages(
+            self.persona,
+            history,
+            text,
+            inv.event.author.display,
+            group=inv.event.channel.kind is not ChannelKind.DM,
+            history_tokens=self.history_tokens,
+            passages=passages,
+        )
+        return text, messages
+
+    async def _remember(self, inv: Invocation, question: str, answer: str) -> None:
+        author = inv.event.author
+        await self.memory.add_exchange(
+            inv.event.session_id, author.canonical, author.display, question, answer
+        )
+
+    async def respond(self, inv: Invocation) -> str:
+        async with self._lock(inv.event.session_id):
+            question, messages = await self._prompt(inv)
+            try:
+                raw = await self._invoke(messages)
+            except Exception as exc:
+                log.error("event %s: LLM provider failed: %s: %s", inv.event.id, type(exc).__name__, exc)
+                return self.persona.apology_text
+            answer = strip_disclaimers(raw).strip()
+            if not answer:
+                log.warning("event %s: the model gave no usable answer", inv.event.id)
+                return self.persona.apology_text
+            await self._remember(inv, question, answer)
+            return answer
+
+    async def _invoke(self, messages: list[BaseMessage]) -> str:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(1 + self.max_retries),
+            wait=wait_exponential(multiplier=0.5, max=8),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                result = await asyncio.wait_for(self.llm.ainvoke(messages), self.timeout_s)
+        return str(result.content)
+
+    async def stream(self, inv: Invocation) -> AsyncIterator[str]:
+        """Yield the answer sentence by sentence, each checked for breaking character."""
+        async with self._lock(inv.event.session_id):
+            question, messages = await self._prompt(inv)
+            parts: list[str] = []
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    async for sentence in _sentences(self.llm.astream(messages)):
+                        clean = strip_disclaimers(sentence)
+                        if clean.strip():
+                            parts.append(clean)
+                            yield clean
+            except Exception as exc:
+                log.error("event %s: LLM provider failed: %s: %s", inv.event.id, type(exc).__name__, exc)
+                if not parts:
+                    yield self.persona.apology_text
+                return
+            answer = "".join(parts).strip()
+            if not answer:
+                yield self.persona.apology_text
+                return
+            await self._remember(inv, question, answer)
+
+
+async def _sentences(chunks: AsyncIterator[BaseMessageChunk]) -> AsyncIterator[str]:
+    buffer = ""
+    async for chunk in chunks:
+        buffer += str(chunk.content)
+        cut = 0
+        for match in _SENTENCE_END.finditer(buffer):
+            cut = match.end()
+        if cut:
+            yield buffer[:cut]
+            buffer = buffer[cut:]
+    if buffer:
+        yield buffer

@@ -1,0 +1,129 @@
+"""Wiring from config: the only place that knows every part (used by the CLI and the test kit)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+
+from langchain_core.language_models import BaseChatModel
+
+from bots.agent.agent import Agent
+from bots.agent.memory import ConversationMemory
+from bots.agent.persona import Persona, PersonaLibrary
+from bots.agent.providers import build_llm
+from bots.agent.retrieval import Retriever
+from bots.core.adapter import Adapter
+from bots.core.config import AppConfig, BotConfig, ChannelConfig, ConfigError, LLMConfig, Secrets
+from bots.core.host import Bot, Host
+from bots.core.permissions import Permissions
+from bots.core.pipeline import Pipeline, PipelineSettings
+from bots.core.routing import Dispatch
+from bots.core.storage import Database
+from bots.plugins.api import Plugin
+from bots.plugins.manager import discover, load_plugins
+
+ADAPTER_GROUP = "bots.adapters"
+
+
+def build_adapter(bot: str, channel: ChannelConfig, secrets: Secrets) -> Adapter:
+    matches = entry_points(group=ADAPTER_GROUP, name=channel.type)
+    if not matches:
+        known = ", ".join(sorted(ep.name for ep in entry_points(group=ADAPTER_GROUP)))
+        raise ConfigError(
+            f"bots.{bot}.channels: unknown channel type {channel.type!r} (installed: {known}); "
+            "channel types come with the extras, e.g. pip install 'persona-bots[telegram]'"
+        )
+    adapter_cls = next(iter(matches)).load()
+    return adapter_cls.from_config(channel.name or channel.type, channel.options, secrets)
+
+
+def llm_config_for(config: AppConfig, bot: BotConfig, persona: Persona) -> LLMConfig:
+    base = bot.llm or config.llm
+    overrides = persona.model.model_dump(exclude_none=True)
+    return base.model_copy(update=overrides)
+
+
+def select_plugins(config: AppConfig, bot: BotConfig) -> list[type[Plugin]]:
+    found = discover(config.plugin_dirs)
+    if bot.plugins is None:
+        return list(found.values())
+    unknown = [name for name in bot.plugins if name not in found]
+    if unknown:
+        raise ConfigError(
+            f"bots.{bot.name}.plugins: unknown plugin(s) {', '.join(unknown)} "
+            f"(found: {', '.join(sorted(found)) or 'none'})"
+        )
+    return [found[name] for name in bot.plugins]
+
+
+def build_host(
+    config: AppConfig,
+    secrets: Secrets,
+    *,
+    db: Database | None = None,
+    personas: dict[str, Persona] | None = None,
+    llm: BaseChatModel | None = None,
+    adapters: dict[str, Sequence[Adapter]] | None = None,
+    plugin_classes: Sequence[type[Plugin]] | None = None,
+    retriever: Retriever | None = None,
+) -> Host:
+    """Build a host for every bot in ``config``. Keyword arguments replace parts (for tests)."""
+    host = Host(db or Database.in_data_dir(config.data_dir))
+    roles = config.roles
+    permissions = Permissions(roles.owners, roles.operators, roles.banned)
+    library = PersonaLibrary(config.personas_dir)
+    for bot_cfg in config.bots:
+        persona = (personas or {}).get(bot_cfg.persona) or library.get(bot_cfg.persona)
+        llm_cfg = llm_config_for(config, bot_cfg, persona)
+        agent = Agent(
+            bot=bot_cfg.name,
+            persona=persona,
+            llm=llm or build_llm(llm_cfg, secrets),
+            memory=ConversationMemory(host.db, bot_cfg.name),
+            retriever=retriever,
+            collections=bot_cfg.knowledge,
+            history_tokens=config.memory.history_tokens,
+            max_input_chars=config.memory.max_input_chars,
+            timeout_s=llm_cfg.timeout_s,
+            max_retries=llm_cfg.max_retries,
+        )
+        settings = PipelineSettings(
+            bot=bot_cfg.name,
+            command_prefix=bot_cfg.command_prefix,
+            reply_policy=persona.group.reply,
+            keywords=[*persona.group.keywords, *bot_cfg.keywords],
+            group_scope=config.memory.group_scope,
+            muted=set(config.muted),
+            busy_reply=persona.busy_text,
+            per_user_limit=config.rate_limits.per_user,
+            per_chat_limit=config.rate_limits.per_chat,
+        )
+        dispatch = Dispatch()
+        pipeline = Pipeline(settings, dispatch, permissions, responder=agent)
+
+        async def send(outbound, _bot=bot_cfg.name):  # noqa: ANN001, ANN202
+            return await host.send(_bot, outbound)
+
+        classes = plugin_classes if plugin_classes is not None else select_plugins(config, bot_cfg)
+        plugins = load_plugins(
+            classes,
+            bot=bot_cfg.name,
+            dispatch=dispatch,
+            db=host.db,
+            configs=config.plugins,
+            sender=send,
+            command_prefix=bot_cfg.command_prefix,
+        )
+        bot_adapters = (adapters or {}).get(bot_cfg.name)
+        if bot_adapters is None:
+            bot_adapters = [build_adapter(bot_cfg.name, ch, secrets) for ch in bot_cfg.channels]
+        host.add_bot(
+            Bot(
+                name=bot_cfg.name,
+                pipeline=pipeline,
+                adapters=list(bot_adapters),
+                on_start=[p.setup for p in plugins],
+                on_stop=[p.teardown for p in plugins],
+            )
+        )
+    return host

@@ -1,0 +1,1 @@
+"""The core: event model, host, pipeline, permissions, storage. Imports nothing outside itself."""

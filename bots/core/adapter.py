@@ -1,0 +1,46 @@
+"""The adapter seam. Adapters translate a platform to :mod:`bots.core.events` and back; nothing more."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+from bots.core.events import ChannelRef, MessageEvent, Outbound, SentRef
+
+# The host's sink returns a future that completes once the event has been handled; adapters
+# that must answer in order (the console) await it, the others ignore it.
+EventSink = Callable[[MessageEvent], Awaitable["asyncio.Future[None] | None"]]
+LengthUnit = Literal["chars", "utf16", "utf8"]
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    max_length: int | None = None  # longest single message the platform accepts
+    length_unit: LengthUnit = "chars"  # Telegram counts UTF-16 units, WeCom counts bytes
+    markup: frozenset[str] = frozenset({"plain"})
+    streaming: bool = False  # can show a reply while it is generated
+    edits: bool = False
+    threads: bool = False
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    name: str  # the configured channel name, unique within a bot
+    platform: str  # the prefix of canonical ids ("telegram", "console", ...)
+    capabilities: Capabilities
+
+    async def start(self, sink: EventSink) -> None:
+        """Connect and begin delivering events to ``sink``; return once running."""
+
+    async def send(self, outbound: Outbound) -> SentRef: ...
+
+    async def stop(self) -> None: ...
+
+
+@runtime_checkable
+class StreamingAdapter(Adapter, Protocol):
+    async def send_stream(
+        self, target: ChannelRef, chunks: AsyncIterator[str], reply_to: str | None = None
+    ) -> SentRef: ...

@@ -1,0 +1,188 @@
+"""Validated configuration: ``config/bots.toml`` plus secrets from the environment / ``.env``.
+
+Unknown keys and wrong types are errors that name the file and the key. Relative paths in
+``bots.toml`` are relative to the folder that holds the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from dotenv import dotenv_values
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_CONFIG = Path("config/bots.toml")
+
+
+class ConfigError(Exception):
+    """A config or persona file that cannot be used; the message names file, field and problem."""
+
+
+def describe_validation_error(source: str | Path, exc: ValidationError) -> str:
+    lines = [f"{source}: {exc.error_count()} problem(s)"]
+    for err in exc.errors():
+        where = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        lines.append(f"  {where}: {err['msg']}")
+    return "\n".join(lines)
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LLMConfig(StrictModel):
+    provider: str = "local"  # an entry point in the `bots.llm` group: local | openai | fake
+    model: str | None = None  # model name (openai) or GGUF path (local; default: bundled SmolLM2)
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"  # name of the env var that holds the key, never the key
+    temperature: float = Field(0.7, ge=0, le=2)
+    max_tokens: int = Field(256, gt=0)
+    context_tokens: int = Field(2048, gt=0)  # the model's context window
+    timeout_s: float = Field(60, gt=0)
+    max_retries: int = Field(1, ge=0, le=10)
+
+
+class MemoryConfig(StrictModel):
+    history_tokens: int = Field(768, ge=0)  # history kept in the prompt, newest first
+    group_scope: Literal["group", "user"] = "group"  # one shared memory per group, or per member
+    max_input_chars: int = Field(4000, gt=0)  # longer messages are cut before the model sees them
+
+
+class RateLimitConfig(StrictModel):
+    # `limits` notation: "10/minute", "100 per hour", "5/second;60/minute"
+    per_user: str = "12/minute"
+    per_chat: str = "40/minute"
+
+    @field_validator("per_user", "per_chat")
+    @classmethod
+    def _parse(cls, value: str) -> str:
+        from limits import parse_many
+
+        parse_many(value)
+        return value
+
+
+class RolesConfig(StrictModel):
+    owners: list[str] = []
+    operators: list[str] = []
+    banned: list[str] = []
+
+    @field_validator("owners", "operators", "banned")
+    @classmethod
+    def _canonical(cls, ids: list[str]) -> list[str]:
+        for value in ids:
+            if ":" not in value:
+                raise ValueError(f"{value!r} is not a canonical id like 'telegram:123'")
+        return ids
+
+
+class ChannelConfig(BaseModel):
+    """One channel of a bot. Adapter-specific keys are validated by the adapter itself."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str  # an entry point in the `bots.adapters` group
+    name: str | None = None
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class BotConfig(StrictModel):
+    name: str
+    persona: str
+    channels: list[ChannelConfig] = []
+    knowledge: list[str] | None = None  # None: the persona's own list
+    command_prefix: str = "/"
+    keywords: list[str] = []  # extra words that address the bot in groups
+    plugins: list[str] | None = None  # None: every discovered plugin
+    llm: LLMConfig | None = None  # overrides the top-level [llm]
+    schedules: list[dict[str, Any]] = []
+
+
+class AppConfig(StrictModel):
+    data_dir: Path = Path("var")
+    personas_dir: Path = Path("config/personas")
+    knowledge_dir: Path = Path("knowledge")
+    plugin_dirs: list[Path] = [Path("plugins")]
+    log_level: str = "INFO"
+    llm: LLMConfig = LLMConfig()
+    memory: MemoryConfig = MemoryConfig()
+    rate_limits: RateLimitConfig = RateLimitConfig()
+    roles: RolesConfig = RolesConfig()
+    muted: list[str] = []  # canonical chat ids the bots stay silent in
+    plugins: dict[str, dict[str, Any]] = {}  # [plugins.<name>] tables, validated by each plugin
+    bots: list[BotConfig] = []
+
+    def resolve_paths(self, base: Path) -> AppConfig:
+        def resolve(path: Path) -> Path:
+            return path if path.is_absolute() else (base / path).resolve()
+
+        return self.model_copy(
+            update={
+                "data_dir": resolve(self.data_dir),
+                "personas_dir": resolve(self.personas_dir),
+                "knowledge_dir": resolve(self.knowledge_dir),
+                "plugin_dirs": [resolve(p) for p in self.plugin_dirs],
+            }
+        )
+
+    def bot(self, name: str) -> BotConfig:
+        for bot in self.bots:
+            if bot.name == name:
+                return bot
+        raise ConfigError(f"no bot named {name!r} in the config")
+
+
+def load_config(path: Path) -> AppConfig:
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found (run `bots init` to create one)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        config = AppConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(path, exc)) from None
+    return config.resolve_paths(path.parent)
+
+
+class EnvSettings(BaseSettings):
+    """Process-level settings from the environment (prefix ``BOTS_``) or ``.env``."""
+
+    model_config = SettingsConfigDict(env_prefix="BOTS_", env_file=".env", extra="ignore")
+    config: Path = DEFAULT_CONFIG
+    log_level: str | None = None
+
+
+class Secrets:
+    """Secrets by env var name, from the process environment first, then ``.env`` files.
+
+    Every value handed out is remembered so the log filter can redact it.
+    """
+
+    def __init__(self, env_files: list[Path] | None = None) -> None:
+        self._file_values: dict[str, str] = {}
+        for env_file in env_files or []:
+            if env_file.is_file():
+                values = dotenv_values(env_file)
+                self._file_values.update({k: v for k, v in values.items() if v})
+        self.handed_out: set[str] = set()
+
+    def get(self, name: str) -> SecretStr | None:
+        value = os.environ.get(name) or self._file_values.get(name)
+        if not value:
+            return None
+        self.handed_out.add(value)
+        return SecretStr(value)
+
+    def require(self, name: str, purpose: str) -> SecretStr:
+        secret = self.get(name)
+        if secret is None:
+            raise ConfigError(f"{purpose} needs the environment variable {name} (set it or add it to .env)")
+        return secret

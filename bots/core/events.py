@@ -1,0 +1,131 @@
+"""The one event model every adapter translates to and from.
+
+Canonical ids are ``"platform:id"`` (``telegram:123``, ``discord:456``, ``wechat:wxid_x``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class ChannelKind(StrEnum):
+    DM = "dm"
+    GROUP = "group"
+    THREAD = "thread"
+
+
+def canonical_id(platform: str, local_id: str) -> str:
+    return f"{platform}:{local_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class UserRef:
+    platform: str
+    id: str
+    name: str = ""
+    is_bot: bool = False
+
+    @property
+    def canonical(self) -> str:
+        return canonical_id(self.platform, self.id)
+
+    @property
+    def display(self) -> str:
+        return self.name or self.id
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelRef:
+    platform: str
+    id: str
+    kind: ChannelKind = ChannelKind.DM
+    name: str = ""
+    parent_id: str | None = None  # the group a thread belongs to
+
+    @property
+    def canonical(self) -> str:
+        return canonical_id(self.platform, self.id)
+
+    @property
+    def is_dm(self) -> bool:
+        return self.kind is ChannelKind.DM
+
+
+# Segments: the structured parts of a message beside its plain text.
+@dataclass(frozen=True, slots=True)
+class Mention:
+    user_id: str  # platform-local id of the mentioned user
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyTo:
+    message_id: str
+    author_id: str = ""  # platform-local id of the author of the message replied to
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    kind: str  # "image" | "file" | ...
+    url: str = ""
+    name: str = ""
+
+
+Segment = Mention | ReplyTo | Attachment
+
+
+@dataclass(slots=True)
+class MessageEvent:
+    """One inbound message, whatever the platform."""
+
+    platform: str
+    message_id: str
+    author: UserRef
+    channel: ChannelRef
+    text: str
+    self_id: str = ""  # the bot's own platform-local user id on this channel
+    segments: tuple[Segment, ...] = ()
+    to_me: bool = False  # set by adapters that know (e.g. WeCom only delivers @bot messages)
+    timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
+    raw: Any = None
+    session_id: str = ""  # filled by the pipeline from the memory scope
+
+    @property
+    def id(self) -> str:
+        """Canonical message id, the dedupe key."""
+        return f"{self.platform}:{self.channel.id}:{self.message_id}"
+
+    @property
+    def mentions(self) -> list[Mention]:
+        return [s for s in self.segments if isinstance(s, Mention)]
+
+    @property
+    def reply_to(self) -> ReplyTo | None:
+        return next((s for s in self.segments if isinstance(s, ReplyTo)), None)
+
+    @property
+    def mentions_me(self) -> bool:
+        return bool(self.self_id) and any(m.user_id == self.self_id for m in self.mentions)
+
+    @property
+    def replies_to_me(self) -> bool:
+        reply = self.reply_to
+        return reply is not None and bool(self.self_id) and reply.author_id == self.self_id
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    target: ChannelRef
+    text: str
+    reply_to: str | None = None  # platform message id to answer
+    markup: str = "plain"  # "plain" | "markdown"
+
+
+@dataclass(frozen=True, slots=True)
+class SentRef:
+    platform: str
+    channel_id: str
+    message_id: str

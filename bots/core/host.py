@@ -1,0 +1,143 @@
+"""The host: composition root at run time. Owns the loop, the bots, their adapters and storage."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from bots.core.adapter import Adapter, EventSink
+from bots.core.events import MessageEvent, Outbound, SentRef
+from bots.core.outbound import deliver
+from bots.core.pipeline import Pipeline
+from bots.core.storage import Database
+
+log = logging.getLogger("bots.host")
+
+Hook = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class Bot:
+    """One running bot: a pipeline (persona, plugins, agent) and the channels it sits in."""
+
+    name: str
+    pipeline: Pipeline
+    adapters: list[Adapter] = field(default_factory=list)
+    on_start: list[Hook] = field(default_factory=list)  # plugin setup, ...
+    on_stop: list[Hook] = field(default_factory=list)
+
+    def adapter_for(self, platform: str) -> Adapter:
+        for adapter in self.adapters:
+            if adapter.platform == platform:
+                return adapter
+        raise LookupError(f"bot {self.name!r} has no channel on {platform!r}")
+
+
+class Host:
+    def __init__(self, db: Database, *, stop_grace_s: float = 10.0) -> None:
+        self.db = db
+        self.bots: dict[str, Bot] = {}
+        self.stop_grace_s = stop_grace_s
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._running = False
+        self._stop_requested: asyncio.Event | None = None
+
+    def add_bot(self, bot: Bot) -> None:
+        if bot.name in self.bots:
+            raise ValueError(f"two bots are named {bot.name!r}")
+        self.bots[bot.name] = bot
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.db.start()
+        self._running = True
+        for bot in self.bots.values():
+            for hook in bot.on_start:
+                await hook()
+            for adapter in bot.adapters:
+                await adapter.start(self._sink(bot, adapter))
+                log.info("bot %s: channel %s (%s) started", bot.name, adapter.name, adapter.platform)
+
+    async def stop(self) -> None:
+        if not self._running:
+            return
+        self._running = False
+        for bot in self.bots.values():
+            for adapter in bot.adapters:
+                await _logged(adapter.stop(), f"stopping channel {adapter.name}")
+        await self.drain(timeout=self.stop_grace_s)
+        for task in list(self._tasks):
+            task.cancel()
+        for bot in self.bots.values():
+            for hook in reversed(bot.on_stop):
+                await _logged(hook(), f"bot {bot.name} shutdown hook")
+        await self.db.close()
+
+    async def __aenter__(self) -> Host:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def serve_forever(self) -> None:
+        """Start, run until SIGINT/SIGTERM (or :meth:`request_stop`), then stop cleanly."""
+        self._stop_requested = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._stop_requested.set)
+        async with self:
+            await self._stop_requested.wait()
+
+    def request_stop(self) -> None:
+        if self._stop_requested is not None:
+            self._stop_requested.set()
+
+    # -- events --------------------------------------------------------------------------------
+    def _sink(self, bot: Bot, adapter: Adapter) -> EventSink:
+        async def sink(event: MessageEvent) -> asyncio.Future[None] | None:
+            if not self._running:
+                log.warning("event %s arrived after stop; dropped", event.id)
+                return None
+            return self._spawn(bot.pipeline.handle(event, adapter))
+
+        return sink
+
+    async def handle(self, bot_name: str, event: MessageEvent, adapter: Adapter) -> None:
+        """Process one event and wait for it (one-shot use, such as ``bots chat --message``)."""
+        await self.bots[bot_name].pipeline.handle(event, adapter)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait until every event in flight has been handled."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while self._tasks:
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                log.warning("%d event(s) still in flight after %.1fs", len(self._tasks), timeout)
+                return
+            await asyncio.wait(set(self._tasks), timeout=remaining)
+
+    async def send(self, bot_name: str, outbound: Outbound) -> list[SentRef]:
+        """Send from a bot to any chat on a platform it sits on (plugins, schedules)."""
+        adapter = self.bots[bot_name].adapter_for(outbound.target.platform)
+        return await deliver(adapter, outbound)
+
+
+async def _logged(awaitable: Awaitable[Any], what: str) -> None:
+    try:
+        await awaitable
+    except Exception:
+        log.exception("%s failed", what)

@@ -1,0 +1,37 @@
+"""Logging set-up with a filter that redacts every secret the process has read."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+
+REDACTED = "***"
+
+
+class RedactSecrets(logging.Filter):
+    """Replaces known secret values in log records (message and arguments) with ``***``."""
+
+    def __init__(self, secrets: Callable[[], Iterable[str]]) -> None:
+        super().__init__()
+        self._secrets = secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        secrets = [s for s in self._secrets() if len(s) >= 4]
+        if not secrets:
+            return True
+        message = record.getMessage()
+        if any(s in message for s in secrets):
+            for secret in secrets:
+                message = message.replace(secret, REDACTED)
+            record.msg, record.args = message, None
+        return True
+
+
+def setup_logging(level: str, secrets: Callable[[], Iterable[str]] = tuple) -> None:
+    from rich.logging import RichHandler
+
+    handler = RichHandler(show_path=False, rich_tracebacks=False, log_time_format="%H:%M:%S")
+    handler.addFilter(RedactSecrets(secrets))
+    logging.basicConfig(level=level.upper(), format="%(name)s: %(message)s", handlers=[handler], force=True)
+    for noisy in ("httpx", "httpcore", "aiosqlite", "openai"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,223 @@
+"""The path of one message: inbound middleware -> command router -> listeners -> agent -> outbound.
+
+One bad event never stops the pipeline: every error is logged with the event id.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from cachetools import TTLCache
+
+from bots.core.adapter import Adapter, StreamingAdapter
+from bots.core.events import ChannelKind, MessageEvent, Outbound
+from bots.core.outbound import deliver
+from bots.core.permissions import NOT_ALLOWED, Permissions, Role
+from bots.core.ratelimit import RateLimiter
+from bots.core.routing import Dispatch, Invocation
+
+log = logging.getLogger("bots.pipeline")
+
+ReplyPolicy = Literal["mention-only", "keywords", "always"]
+# Inbound middleware: return None to let the message through, or the reason to drop it.
+InboundMiddleware = Callable[[Invocation], Awaitable[str | None]]
+
+COMMAND_FAILED = "That command failed. The operators can find the details in the log."
+DM_ONLY = "That command only works in a direct message."
+
+
+class Responder(Protocol):
+    """The agent fallback, as the pipeline sees it."""
+
+    async def respond(self, inv: Invocation) -> str: ...
+
+    def stream(self, inv: Invocation) -> AsyncIterator[str]: ...
+
+
+@dataclass
+class PipelineSettings:
+    bot: str
+    command_prefix: str = "/"
+    reply_policy: ReplyPolicy = "mention-only"
+    keywords: list[str] = field(default_factory=list)
+    group_scope: Literal["group", "user"] = "group"
+    muted: set[str] = field(default_factory=set)
+    busy_reply: str = "One moment, please: too many messages at once."
+    per_user_limit: str = "12/minute"
+    per_chat_limit: str = "40/minute"
+
+
+def session_id(event: MessageEvent, group_scope: str) -> str:
+    """DM: per user. Group/thread: shared per chat, or per member of the chat."""
+    if event.channel.kind is ChannelKind.DM:
+        return event.author.canonical
+    if group_scope == "user":
+        return f"{event.channel.canonical}/{event.author.canonical}"
+    return event.channel.canonical
+
+
+class Pipeline:
+    def __init__(
+        self,
+        settings: PipelineSettings,
+        dispatch: Dispatch,
+        permissions: Permissions,
+        responder: Responder | None = None,
+    ) -> None:
+        self.settings = settings
+        self.dispatch = dispatch
+        self.permissions = permissions
+        self.responder = responder
+        self._limiter = RateLimiter(settings.per_user_limit, settings.per_chat_limit)
+        self._seen: TTLCache[str, bool] = TTLCache(maxsize=100_000, ttl=24 * 3600)
+        self._told_busy: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=60)
+        self._keywords = [k.lower() for k in settings.keywords if k]
+        self.inbound: list[InboundMiddleware] = [
+            self._drop_own,
+            self._dedupe,
+            self._drop_banned,
+            self._drop_muted,
+            self._rate_limit,
+        ]
+
+    # -- entry point ---------------------------------------------------------------------------
+    async def handle(self, event: MessageEvent, adapter: Adapter) -> None:
+        try:
+            await self._handle(event, adapter)
+        except Exception:
+            log.exception("event %s: unhandled error; the pipeline goes on", event.id)
+
+    async def _handle(self, event: MessageEvent, adapter: Adapter) -> None:
+        inv = self._classify(event, adapter)
+        for middleware in self.inbound:
+            reason = await middleware(inv)
+            if reason:
+                log.debug("event %s dropped: %s", event.id, reason)
+                return
+        if inv.command is not None and await self._run_command(inv):
+            return
+        for listener in self.dispatch.listeners:
+            if listener.addressed_only and not inv.addressed:
+                continue
+            try:
+                if await listener.handler(inv):
+                    return
+            except Exception:
+                log.exception("event %s: listener of plugin %s failed", event.id, listener.plugin)
+        if inv.addressed and self.responder is not None:
+            await self._answer(inv, adapter)
+
+    # -- classification ----------------------------------------------------------------------
+    def _classify(self, event: MessageEvent, adapter: Adapter) -> Invocation:
+        event.session_id = session_id(event, self.settings.group_scope)
+        text = _strip_self_mentions(event)
+        is_dm = event.channel.kind is ChannelKind.DM
+        addressed = is_dm or event.to_me or event.mentions_me or event.replies_to_me
+        if not addressed and self.settings.reply_policy == "always":
+            addressed = True
+        if not addressed and self.settings.reply_policy == "keywords" and self._keywords:
+            lowered = text.lower()
+            addressed = any(k in lowered for k in self._keywords)
+        inv = Invocation(
+            event=event,
+            text=text,
+            addressed=addressed,
+            role=self.permissions.role_of(event.author.canonical),
+        )
+        inv._reply = lambda reply_text: self._reply(inv, adapter, reply_text)
+        self._parse_command(inv, event)
+        return inv
+
+    def _parse_command(self, inv: Invocation, event: MessageEvent) -> None:
+        prefix = self.settings.command_prefix
+        text = inv.text.strip()
+        if prefix and text.startswith(prefix) and len(text) > len(prefix):
+            head, _, rest = text[len(prefix) :].partition(" ")
+            name = head.split("@", 1)[0]  # Telegram's /cmd@botname
+        elif event.mentions_me or event.to_me:
+            # "@bot help": a known command name right after the mention
+            head, _, rest = text.partition(" ")
+            name = head if self.dispatch.command(head) else ""
+        else:
+            return
+        if name and not name[0].isspace():
+            inv.command, inv.args = name.lower(), rest.strip()
+
+    # -- inbound middleware ------------------------------------------------------------------
+    async def _drop_own(self, inv: Invocation) -> str | None:
+        event = inv.event
+        return "own message" if event.self_id and event.author.id == event.self_id else None
+
+    async def _dedupe(self, inv: Invocation) -> str | None:
+        key = inv.event.id
+        if key in self._seen:
+            return "duplicate delivery"
+        self._seen[key] = True
+        return None
+
+    async def _drop_banned(self, inv: Invocation) -> str | None:
+        return "banned user" if inv.role is Role.BANNED else None
+
+    async def _drop_muted(self, inv: Invocation) -> str | None:
+        return "muted chat" if inv.event.channel.canonical in self.settings.muted else None
+
+    async def _rate_limit(self, inv: Invocation) -> str | None:
+        if not (inv.addressed or inv.command) or inv.role >= Role.OPERATOR:
+            return None  # plain chatter costs nothing; operators are never throttled
+        event = inv.event
+        reason = self._limiter.check(event.author.canonical, event.channel.canonical)
+        if reason and event.author.canonical not in self._told_busy:
+            self._told_busy[event.author.canonical] = True
+            await inv.reply(self.settings.busy_reply)
+        return reason
+
+    # -- commands ------------------------------------------------------------------------------
+    async def _run_command(self, inv: Invocation) -> bool:
+        """Run the command; False when it is not ours and the message should flow on."""
+        entry = self.dispatch.command(inv.command or "")
+        if entry is None:
+            if inv.addressed:
+                prefix = self.settings.command_prefix
+                await inv.reply(f"Unknown command {prefix}{inv.command}. Try {prefix}help.")
+            return True  # an unknown /command in a group may belong to another bot: stay quiet
+        if entry.dm_only and inv.event.channel.kind is not ChannelKind.DM:
+            await inv.reply(DM_ONLY)
+            return True
+        if inv.role < entry.permission:
+            log.info("event %s: %s refused /%s", inv.event.id, inv.event.author.canonical, entry.name)
+            await inv.reply(NOT_ALLOWED)
+            return True
+        try:
+            await entry.handler(inv)
+        except Exception:
+            log.exception("event %s: command /%s of plugin %s failed", inv.event.id, entry.name, entry.plugin)
+            await inv.reply(COMMAND_FAILED)
+        return True
+
+    # -- agent and outbound --------------------------------------------------------------------
+    async def _answer(self, inv: Invocation, adapter: Adapter) -> None:
+        assert self.responder is not None
+        event = inv.event
+        reply_to = None if event.channel.kind is ChannelKind.DM else event.message_id
+        if adapter.capabilities.streaming and isinstance(adapter, StreamingAdapter):
+            await adapter.send_stream(event.channel, self.responder.stream(inv), reply_to)
+            return
+        text = await self.responder.respond(inv)
+        await deliver(adapter, Outbound(event.channel, text, reply_to=reply_to))
+
+    async def _reply(self, inv: Invocation, adapter: Adapter, text: str) -> None:
+        event = inv.event
+        reply_to = None if event.channel.kind is ChannelKind.DM else event.message_id
+        await deliver(adapter, Outbound(event.channel, text, reply_to=reply_to))
+
+
+def _strip_self_mentions(event: MessageEvent) -> str:
+    text = event.text
+    for mention in event.mentions:
+        if mention.user_id == event.self_id and mention.name:
+            text = re.sub(rf"@{re.escape(mention.name)}[,:：，]?\s*", "", text)
+    return text.strip()

@@ -1,0 +1,116 @@
+"""SQLite (or any SQLAlchemy async URL) storage shared by the host, the agent and plugins."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Index, String, Text, delete, event, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ChatTurn(Base):
+    """One message of a conversation the bot took part in (its memory)."""
+
+    __tablename__ = "chat_turns"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    bot: Mapped[str] = mapped_column(String(64))
+    session_id: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16))  # "human" | "ai"
+    author_id: Mapped[str] = mapped_column(String(255), default="")
+    author_name: Mapped[str] = mapped_column(String(255), default="")
+    content: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+    __table_args__ = (Index("ix_chat_turns_session", "bot", "session_id", "id"),)
+
+
+class PluginValue(Base):
+    """Namespaced key/value storage for plugins."""
+
+    __tablename__ = "plugin_values"
+    namespace: Mapped[str] = mapped_column(String(128), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
+
+
+def sqlite_url(data_dir: Path) -> str:
+    return f"sqlite+aiosqlite:///{data_dir / 'bots.db'}"
+
+
+class Database:
+    """Owns the engine and the session factory; ``start`` creates missing tables."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine: AsyncEngine = create_async_engine(url)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self.session: async_sessionmaker[AsyncSession] = async_sessionmaker(
+            self.engine, expire_on_commit=False
+        )
+
+    @classmethod
+    def in_data_dir(cls, data_dir: Path) -> Database:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return cls(sqlite_url(data_dir))
+
+    async def start(self) -> None:
+        async with self.engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+    cursor.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints, fast commits
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+class KeyValueStore:
+    """JSON values under one namespace (a plugin gets ``<bot>/<plugin>``)."""
+
+    def __init__(self, db: Database, namespace: str) -> None:
+        self._db = db
+        self.namespace = namespace
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        async with self._db.session() as session:
+            row = await session.get(PluginValue, (self.namespace, key))
+            return default if row is None else row.value
+
+    async def set(self, key: str, value: Any) -> None:
+        json.dumps(value)  # fail here, with the caller's key in the traceback, not at commit
+        async with self._db.session() as session, session.begin():
+            await session.merge(PluginValue(namespace=self.namespace, key=key, value=value))
+
+    async def delete(self, key: str) -> None:
+        async with self._db.session() as session, session.begin():
+            await session.execute(
+                delete(PluginValue).where(
+                    PluginValue.namespace == self.namespace, PluginValue.key == key
+                )
+            )
+
+    async def keys(self) -> list[str]:
+        async with self._db.session() as session:
+            rows = await session.scalars(
+                select(PluginValue.key).where(PluginValue.namespace == self.namespace)
+            )
+            return sorted(rows)

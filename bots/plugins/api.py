@@ -1,0 +1,143 @@
+"""The public plugin API: a plugin is a class whose methods are tagged with decorators.
+
+    class Greeter(Plugin):
+        name = "greeter"
+
+        @command("hello", help="Say hello")
+        async def hello(self, inv: Invocation) -> None:
+            await inv.reply(f"hello, {inv.event.author.display}")
+
+Decorators only tag methods; the manager registers them, per bot, when it loads the plugin.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from bots.core.events import ChannelRef, Outbound, SentRef
+from bots.core.permissions import Role
+from bots.core.routing import CommandEntry, Dispatch
+from bots.core.storage import KeyValueStore
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+COMMAND_TAG = "__bots_command__"
+LISTENER_TAG = "__bots_listener__"
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec:
+    name: str
+    help: str = ""
+    usage: str = ""
+    aliases: tuple[str, ...] = ()
+    permission: Role = Role.MEMBER
+    dm_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSpec:
+    priority: int = 100
+    addressed_only: bool = False
+
+
+def command(
+    name: str | None = None,
+    *,
+    help: str = "",
+    usage: str = "",
+    aliases: tuple[str, ...] = (),
+    permission: Role = Role.MEMBER,
+    dm_only: bool = False,
+) -> Callable[[F], F]:
+    """Tag a method as a chat command (``/name args`` or ``@bot name args``)."""
+
+    def tag(fn: F) -> F:
+        spec = CommandSpec(
+            name=(name or fn.__name__).lower(),
+            help=help or _first_line(fn.__doc__),
+            usage=usage,
+            aliases=tuple(a.lower() for a in aliases),
+            permission=permission,
+            dm_only=dm_only,
+        )
+        setattr(fn, COMMAND_TAG, spec)
+        return fn
+
+    return tag
+
+
+def _first_line(doc: str | None) -> str:
+    lines = (doc or "").strip().splitlines()
+    return lines[0].strip() if lines else ""
+
+
+def on_message(*, priority: int = 100, addressed_only: bool = False) -> Callable[[F], F]:
+    """Tag a method that sees every message; return True from it to stop propagation."""
+
+    def tag(fn: F) -> F:
+        setattr(fn, LISTENER_TAG, ListenerSpec(priority=priority, addressed_only=addressed_only))
+        return fn
+
+    return tag
+
+
+class NoConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PluginContext:
+    """What a plugin may use: logger, its own storage, its typed config, and a way to send."""
+
+    def __init__(
+        self,
+        *,
+        bot: str,
+        plugin: str,
+        storage: KeyValueStore,
+        config: BaseModel,
+        sender: Callable[[Outbound], Awaitable[list[SentRef]]],
+        dispatch: Dispatch,
+        command_prefix: str,
+    ) -> None:
+        self.bot = bot
+        self.plugin = plugin
+        self.logger = logging.getLogger(f"bots.plugin.{plugin}")
+        self.storage = storage
+        self.config = config
+        self.command_prefix = command_prefix
+        self._sender = sender
+        self._dispatch = dispatch
+
+    async def send(self, target: ChannelRef, text: str, *, markup: str = "plain") -> list[SentRef]:
+        return await self._sender(Outbound(target, text, markup=markup))
+
+    def commands(self) -> list[CommandEntry]:
+        """Every command this bot knows, for help listings."""
+        return self._dispatch.commands()
+
+
+class Plugin:
+    """Base class of every plugin, built-in or third-party."""
+
+    name: ClassVar[str] = ""  # defaults to the lower-cased class name
+    description: ClassVar[str] = ""
+    Config: ClassVar[type[BaseModel]] = NoConfig  # validates the [plugins.<name>] table
+
+    def __init__(self, ctx: PluginContext) -> None:
+        self.ctx = ctx
+
+    @classmethod
+    def plugin_name(cls) -> str:
+        return cls.name or cls.__name__.lower().removesuffix("plugin")
+
+    async def setup(self) -> None:
+        """Called once when the host starts, before any message arrives."""
+
+    async def teardown(self) -> None:
+        """Called once when the host stops."""

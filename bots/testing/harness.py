@@ -1,0 +1,109 @@
+"""A host with temporary storage, a FakeAdapter and a FakeLLM, for pipeline tests."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bots.agent.persona import Persona
+from bots.assembly import build_host
+from bots.core.config import AppConfig, Secrets
+from bots.core.events import MessageEvent, Outbound
+from bots.core.host import Host
+from bots.plugins.api import Plugin
+from bots.plugins.manager import discover
+from bots.testing.fakes import FakeAdapter, FakeLLM
+
+TEST_PERSONA = Persona(
+    name="Tester",
+    system_prompt="You are Tester, a patient test persona.",
+    style=["Short answers."],
+)
+BOT = "testbot"
+
+
+class Harness:
+    def __init__(self, host: Host, adapter: FakeAdapter, llm: FakeLLM, config: AppConfig) -> None:
+        self.host = host
+        self.adapter = adapter
+        self.llm = llm
+        self.config = config
+
+    async def push(self, text: str | MessageEvent, **kwargs: Any) -> MessageEvent:
+        return await self.adapter.push(text, **kwargs)
+
+    async def next_sent(self, timeout: float = 5.0) -> Outbound:
+        return await self.adapter.next_sent(timeout)
+
+    async def drain(self) -> None:
+        await self.host.drain(timeout=10)
+
+    async def ask(self, text: str, **kwargs: Any) -> list[Outbound]:
+        """Push a message, wait until it is handled, and return everything sent meanwhile."""
+        await self.push(text, **kwargs)
+        await self.drain()
+        return self.adapter.take_sent()
+
+
+class HarnessFactory:
+    """``await harness(...)`` builds and starts a host; all are stopped when the test ends."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self._hosts: list[Host] = []
+
+    async def __call__(
+        self,
+        *,
+        persona: Persona = TEST_PERSONA,
+        plugins: Sequence[str | type[Plugin]] = ("basics",),
+        llm: FakeLLM | None = None,
+        adapter: FakeAdapter | None = None,
+        data_dir: Path | None = None,
+        bot: dict[str, Any] | None = None,
+        **config: Any,
+    ) -> Harness:
+        """``config`` keys are top-level ``bots.toml`` keys (roles=..., rate_limits=..., ...)."""
+        app = AppConfig.model_validate(
+            {
+                "data_dir": data_dir or self.tmp_path / "var",
+                **config,
+                "bots": [{"name": BOT, "persona": "test", **(bot or {})}],
+            }
+        )
+        llm = llm or FakeLLM()
+        adapter = adapter or FakeAdapter()
+        host = build_host(
+            app,
+            Secrets(),
+            personas={"test": persona},
+            llm=llm,
+            adapters={BOT: [adapter]},
+            plugin_classes=_plugin_classes(plugins),
+        )
+        await host.start()
+        self._hosts.append(host)
+        return Harness(host, adapter, llm, app)
+
+    async def close(self) -> None:
+        for host in reversed(self._hosts):
+            await host.stop()
+        self._hosts.clear()
+
+
+def _plugin_classes(plugins: Sequence[str | type[Plugin]]) -> list[type[Plugin]]:
+    names = [p for p in plugins if isinstance(p, str)]
+    found = discover() if names else {}
+    classes = []
+    for plugin in plugins:
+        if isinstance(plugin, str):
+            if plugin not in found:
+                raise LookupError(f"no installed plugin named {plugin!r} (found: {sorted(found)})")
+            classes.append(found[plugin])
+        else:
+            classes.append(plugin)
+    return classes
+
+
+__all__ = ["BOT", "TEST_PERSONA", "Harness", "HarnessFactory"]

@@ -101,7 +101,7 @@ def build_host(
         dispatch = Dispatch()
         pipeline = Pipeline(settings, dispatch, permissions, responder=agent)
 
-        async def send(outbound, _bot=bot_cfg.name):  # noqa: ANN001, ANN202
+        async def send(outbound, _bot=bot_cfg.name):
             return await host.send(_bot, outbound)
 
         classes = plugin_classes if plugin_classes is not None else select_plugins(config, bot_cfg)

@@ -38,7 +38,7 @@ class ConsoleAdapter:
         self.channel = ChannelRef("console", self.user.id, ChannelKind.DM, name="terminal")
         self.interactive = interactive
         self.capabilities = Capabilities(max_length=None, streaming=stream, markup=frozenset({"plain"}))
-        self._on_exit = on_exit
+        self.on_exit = on_exit
         self._out = output or sys.stdout
         self._read_line = read_line or _read_stdin
         self._ids = itertools.count(1)
@@ -81,8 +81,8 @@ class ConsoleAdapter:
                 if handled is not None:
                     await handled  # answer before prompting again
         finally:
-            if self._on_exit:
-                self._on_exit()
+            if self.on_exit:
+                self.on_exit()
 
     def _prefix(self) -> str:
         return f"{self.speaker}> " if self.interactive and self.speaker else ""

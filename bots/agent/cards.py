@@ -196,7 +196,7 @@ def _lines(value: Any) -> list[str]:
     return []
 
 
-def _macros(name: str):  # noqa: ANN202 - a small closure
+def _macros(name: str):
     replacements = {
         "{{char}}": name, "<BOT>": name, "{{agentName}}": name,
         "{{user}}": "the user", "<USER>": "the user", "{{user1}}": "the user",

@@ -28,9 +28,12 @@ class RedactSecrets(logging.Filter):
 
 
 def setup_logging(level: str, secrets: Callable[[], Iterable[str]] = tuple) -> None:
+    from rich.console import Console
     from rich.logging import RichHandler
 
-    handler = RichHandler(show_path=False, rich_tracebacks=False, log_time_format="%H:%M:%S")
+    handler = RichHandler(
+        console=Console(stderr=True), show_path=False, markup=False, log_time_format="%H:%M:%S"
+    )
     handler.addFilter(RedactSecrets(secrets))
     logging.basicConfig(level=level.upper(), format="%(name)s: %(message)s", handlers=[handler], force=True)
     for noisy in ("httpx", "httpcore", "aiosqlite", "openai"):

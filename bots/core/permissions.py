@@ -16,7 +16,10 @@ class Role(IntEnum):
 
 class Permissions:
     def __init__(
-        self, owners: list[str] = (), operators: list[str] = (), banned: list[str] = ()  # type: ignore[assignment]
+        self,
+        owners: list[str] = (),
+        operators: list[str] = (),
+        banned: list[str] = (),  # type: ignore[assignment]
     ) -> None:
         self._roles: dict[str, Role] = {}
         for ids, role in ((banned, Role.BANNED), (operators, Role.OPERATOR), (owners, Role.OWNER)):

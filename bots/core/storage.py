@@ -8,7 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, Index, String, Text, delete, event, select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -103,9 +108,7 @@ class KeyValueStore:
     async def delete(self, key: str) -> None:
         async with self._db.session() as session, session.begin():
             await session.execute(
-                delete(PluginValue).where(
-                    PluginValue.namespace == self.namespace, PluginValue.key == key
-                )
+                delete(PluginValue).where(PluginValue.namespace == self.namespace, PluginValue.key == key)
             )
 
     async def keys(self) -> list[str]:

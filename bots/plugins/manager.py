@@ -17,7 +17,14 @@ from bots.core.config import ConfigError, describe_validation_error
 from bots.core.events import Outbound, SentRef
 from bots.core.routing import CommandEntry, Dispatch, ListenerEntry
 from bots.core.storage import Database, KeyValueStore
-from bots.plugins.api import COMMAND_TAG, LISTENER_TAG, CommandSpec, ListenerSpec, Plugin, PluginContext
+from bots.plugins.api import (
+    COMMAND_TAG,
+    LISTENER_TAG,
+    CommandSpec,
+    ListenerSpec,
+    Plugin,
+    PluginContext,
+)
 
 log = logging.getLogger("bots.plugins")
 
@@ -87,7 +94,9 @@ def _plugin_classes(module: ModuleType) -> list[type[Plugin]]:
     return [
         obj
         for obj in vars(module).values()
-        if isinstance(obj, type) and issubclass(obj, Plugin) and obj is not Plugin
+        if isinstance(obj, type)
+        and issubclass(obj, Plugin)
+        and obj is not Plugin
         and obj.__module__ == module.__name__
     ]
 

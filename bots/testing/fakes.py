@@ -18,8 +18,8 @@ from bots.core.config import LLMConfig, Secrets
 from bots.core.events import (
     ChannelKind,
     ChannelRef,
-    MessageEvent,
     Mention,
+    MessageEvent,
     Outbound,
     ReplyTo,
     SentRef,

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from langchain_core.language_models import BaseChatModel
+
 from bots.agent.persona import Persona
 from bots.assembly import build_host
 from bots.core.config import AppConfig, Secrets
@@ -24,7 +26,7 @@ BOT = "testbot"
 
 
 class Harness:
-    def __init__(self, host: Host, adapter: FakeAdapter, llm: FakeLLM, config: AppConfig) -> None:
+    def __init__(self, host: Host, adapter: FakeAdapter, llm: Any, config: AppConfig) -> None:
         self.host = host
         self.adapter = adapter
         self.llm = llm
@@ -58,16 +60,22 @@ class HarnessFactory:
         *,
         persona: Persona = TEST_PERSONA,
         plugins: Sequence[str | type[Plugin]] = ("basics",),
-        llm: FakeLLM | None = None,
+        llm: BaseChatModel | None = None,
         adapter: FakeAdapter | None = None,
         data_dir: Path | None = None,
         bot: dict[str, Any] | None = None,
+        llm_settings: dict[str, Any] | None = None,
+        plugin_config: dict[str, dict[str, Any]] | None = None,
         **config: Any,
     ) -> Harness:
-        """``config`` keys are top-level ``bots.toml`` keys (roles=..., rate_limits=..., ...)."""
+        """``config`` keys are top-level ``bots.toml`` keys (roles=..., rate_limits=..., ...);
+        ``llm_settings`` is the ``[llm]`` table (timeouts, retries) applied around the fake LLM;
+        ``plugin_config`` holds the ``[plugins.<name>]`` tables."""
         app = AppConfig.model_validate(
             {
                 "data_dir": data_dir or self.tmp_path / "var",
+                "llm": {"provider": "fake", **(llm_settings or {})},
+                "plugins": plugin_config or {},
                 **config,
                 "bots": [{"name": BOT, "persona": "test", **(bot or {})}],
             }

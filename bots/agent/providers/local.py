@@ -58,9 +58,7 @@ class LlamaCppChatModel(BaseChatModel):
         if self._llama is None:
             from llama_cpp import Llama
 
-            self._llama = Llama(
-                model_path=self.model_path, n_ctx=self.n_ctx, seed=self.seed, verbose=False
-            )
+            self._llama = Llama(model_path=self.model_path, n_ctx=self.n_ctx, seed=self.seed, verbose=False)
         return self._llama
 
     def _request(self, messages: list[BaseMessage], stop: list[str] | None) -> dict[str, Any]:

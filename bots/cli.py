@@ -1,0 +1,277 @@
+"""The ``bots`` command line (typer + rich)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+from importlib.resources import files
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.syntax import Syntax
+from rich.table import Table
+
+from bots import __version__
+from bots.core.config import (
+    AppConfig,
+    BotConfig,
+    ConfigError,
+    EnvSettings,
+    Secrets,
+    load_config,
+)
+from bots.core.logs import setup_logging
+
+app = typer.Typer(help="Run persona chat bots in group chats.", no_args_is_help=True)
+persona_app = typer.Typer(help="List, show and import personas.", no_args_is_help=True)
+app.add_typer(persona_app, name="persona")
+out = Console()
+err = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="bots.toml to use [default: $BOTS_CONFIG or config/bots.toml]"),
+]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+    return typer.Exit(code)
+
+
+def _config_path(option: Path | None) -> Path:
+    return option or EnvSettings().config
+
+
+def _load(option: Path | None, *, required: bool = True) -> AppConfig:
+    """The config file; without one (and when allowed), the defaults relative to the cwd."""
+    path = _config_path(option)
+    if not path.is_file() and not required and option is None:
+        return AppConfig().resolve_paths(Path.cwd())
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _secrets(option: Path | None) -> Secrets:
+    path = _config_path(option)
+    return Secrets([Path.cwd() / ".env", path.parent / ".env"])
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"bots {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a model hub at run time
+
+
+# -- run -----------------------------------------------------------------------------------------
+@app.command()
+def run(config: ConfigOption = None) -> None:
+    """Start the host with every configured bot and channel; stop with Ctrl-C."""
+    from bots.assembly import build_host
+
+    cfg = _load(config)
+    secrets = _secrets(config)
+    setup_logging(EnvSettings().log_level or cfg.log_level, lambda: secrets.handed_out)
+    if not cfg.bots:
+        raise _fail("the config has no [[bots]]; add one (see README.md)")
+    try:
+        host = build_host(cfg, secrets)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    asyncio.run(host.serve_forever())
+
+
+# -- chat ----------------------------------------------------------------------------------------
+@app.command()
+def chat(
+    persona: Annotated[str, typer.Option("--persona", "-p", help="Persona id (file name in personas_dir)")],
+    message: Annotated[
+        str | None, typer.Option("--message", "-m", help="Send one message, print the reply, exit.")
+    ] = None,
+    config: ConfigOption = None,
+    provider: Annotated[str | None, typer.Option(help="Override llm.provider (local, openai, fake).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Override data_dir (memory lives here).")] = None,
+    stream: Annotated[bool, typer.Option(help="Print the reply while it is generated.")] = True,
+) -> None:
+    """Chat with a persona in the terminal (interactive, or one message with --message)."""
+    from bots.adapters.console import ConsoleAdapter
+    from bots.agent.persona import PersonaLibrary
+    from bots.assembly import build_host
+
+    cfg = _load(config, required=False)
+    secrets = _secrets(config)
+    level = EnvSettings().log_level or ("WARNING" if message is not None else cfg.log_level)
+    setup_logging(level, lambda: secrets.handed_out)
+    updates: dict = {"bots": [BotConfig(name=f"chat-{persona}", persona=persona)]}
+    if provider:
+        updates["llm"] = cfg.llm.model_copy(update={"provider": provider})
+    if data_dir:
+        updates["data_dir"] = data_dir.resolve()
+    cfg = cfg.model_copy(update=updates)
+    try:
+        persona_obj = PersonaLibrary(cfg.personas_dir).get(persona)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+
+    one_shot = message is not None
+    console = ConsoleAdapter(
+        "console", speaker=persona_obj.name, interactive=not one_shot, stream=stream and not one_shot
+    )
+    try:
+        host = build_host(
+            cfg, secrets, personas={persona: persona_obj}, adapters={f"chat-{persona}": [console]}
+        )
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+
+    async def main() -> None:
+        if one_shot:
+            async with host:
+                await host.handle(f"chat-{persona}", console.make_event(message or ""), console)
+            return
+        console.on_exit = host.request_stop
+        out.print(f"Chatting with [bold]{persona_obj.name}[/bold]. /help for commands, Ctrl-D to leave.")
+        if persona_obj.greeting:
+            out.print(f"{persona_obj.name}> {persona_obj.greeting}", markup=False, highlight=False)
+        await host.serve_forever()
+
+    asyncio.run(main())
+
+
+# -- init ----------------------------------------------------------------------------------------
+@app.command()
+def init(
+    folder: Annotated[Path, typer.Argument(help="Where to create the project")] = Path("."),
+    force: Annotated[bool, typer.Option(help="Overwrite existing files.")] = False,
+) -> None:
+    """Scaffold a config, a starter persona, a plugin example and .env.example into FOLDER."""
+    scaffold = files("bots") / "scaffold"
+    written = []
+    for source, relative in _walk(scaffold):
+        target = folder / relative
+        if target.exists() and not force:
+            err.print(f"skipped {target} (exists; --force overwrites)", highlight=False)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(source.read_bytes())
+        written.append(target)
+    for path in written:
+        out.print(f"created {path}", highlight=False)
+    out.print(f"Next: cd {folder} && bots doctor && bots chat --persona mentor")
+
+
+def _walk(node, prefix: Path = Path()):
+    for child in node.iterdir():
+        if child.name == "__pycache__":
+            continue
+        if child.is_dir():
+            yield from _walk(child, prefix / child.name)
+        else:
+            yield child, prefix / child.name.replace("dot.", ".", 1)
+
+
+# -- persona -------------------------------------------------------------------------------------
+@persona_app.command("list")
+def persona_list(config: ConfigOption = None) -> None:
+    """List the personas in personas_dir."""
+    from bots.agent.persona import PersonaLibrary
+
+    cfg = _load(config, required=False)
+    library = PersonaLibrary(cfg.personas_dir)
+    table = Table("id", "name", "language", "group replies", "knowledge", "status")
+    for persona_id in library.ids():
+        try:
+            p = library.get(persona_id)
+            table.add_row(persona_id, p.name, p.language, p.group.reply, ", ".join(p.knowledge), "ok")
+        except ConfigError as exc:
+            table.add_row(persona_id, "", "", "", "", f"[red]{str(exc).splitlines()[0]}[/red]")
+    out.print(table)
+
+
+@persona_app.command("show")
+def persona_show(persona_id: str, config: ConfigOption = None) -> None:
+    """Validate one persona and print it."""
+    from bots.agent.persona import PersonaLibrary, dump_persona
+
+    cfg = _load(config, required=False)
+    try:
+        persona = PersonaLibrary(cfg.personas_dir).get(persona_id)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    out.print(Syntax(dump_persona(persona), "yaml", word_wrap=True))
+
+
+@persona_app.command("import")
+def persona_import(
+    card: Annotated[Path, typer.Argument(help="SillyTavern card (.json/.png) or ElizaOS character")],
+    persona_id: Annotated[
+        str | None, typer.Option("--id", help="Persona id [default: from the name]")
+    ] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Folder [default: personas_dir]")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing persona file.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Convert a character card into a persona YAML file."""
+    from bots.agent.cards import import_card
+    from bots.agent.persona import PERSONA_ID, dump_persona
+
+    try:
+        persona = import_card(card)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    folder = out_dir or _load(config, required=False).personas_dir
+    persona_id = persona_id or slug(persona.name)
+    if not PERSONA_ID.match(persona_id):
+        raise _fail(f"{persona_id!r} is not a persona id (a-z, 0-9, - and _); pass --id")
+    target = folder / f"{persona_id}.yaml"
+    if target.exists() and not force:
+        raise _fail(f"{target} exists; pass --force to overwrite or --id to pick another id")
+    folder.mkdir(parents=True, exist_ok=True)
+    target.write_text(dump_persona(persona), encoding="utf-8")
+    out.print(f"imported {persona.name!r} -> {target} ({len(persona.examples)} example dialogues)")
+
+
+def slug(name: str) -> str:
+    text = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:64]
+    return text or "persona"
+
+
+# -- doctor --------------------------------------------------------------------------------------
+@app.command()
+def doctor(config: ConfigOption = None) -> None:
+    """Check config, personas, env vars, model files and the data dir; say how to fix problems."""
+    from bots.doctor import run_checks
+
+    path = _config_path(config)
+    results = run_checks(path, _secrets(config))
+    table = Table("", "check", "detail")
+    marks = {"ok": "[green]✓[/green]", "warn": "[yellow]![/yellow]", "fail": "[red]✗[/red]"}
+    for result in results:
+        table.add_row(marks[result.status], result.name, result.detail)
+    out.print(table)
+    failures = sum(r.status == "fail" for r in results)
+    if failures:
+        raise _fail(f"{failures} problem(s) to fix")
+    out.print("[green]all good[/green]")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

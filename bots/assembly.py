@@ -75,11 +75,12 @@ def build_host(
     for bot_cfg in config.bots:
         persona = (personas or {}).get(bot_cfg.persona) or library.get(bot_cfg.persona)
         llm_cfg = llm_config_for(config, bot_cfg, persona)
+        memory = ConversationMemory(host.db, bot_cfg.name)
         agent = Agent(
             bot=bot_cfg.name,
             persona=persona,
             llm=llm or build_llm(llm_cfg, secrets),
-            memory=ConversationMemory(host.db, bot_cfg.name),
+            memory=memory,
             retriever=retriever,
             collections=bot_cfg.knowledge,
             history_tokens=config.memory.history_tokens,
@@ -122,8 +123,8 @@ def build_host(
                 name=bot_cfg.name,
                 pipeline=pipeline,
                 adapters=list(bot_adapters),
-                on_start=[p.setup for p in plugins],
-                on_stop=[p.teardown for p in plugins],
+                on_start=[memory.start, *(p.setup for p in plugins)],
+                on_stop=[memory.close, *(p.teardown for p in plugins)],
             )
         )
     return host

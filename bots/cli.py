@@ -82,6 +82,7 @@ def main_options(
 @app.command()
 def run(config: ConfigOption = None) -> None:
     """Start the host with every configured bot and channel; stop with Ctrl-C."""
+    from bots.adapters.console import ConsoleAdapter
     from bots.assembly import build_host
 
     cfg = _load(config)
@@ -93,6 +94,10 @@ def run(config: ConfigOption = None) -> None:
         host = build_host(cfg, secrets)
     except ConfigError as exc:
         raise _fail(str(exc)) from None
+    for bot in host.bots.values():
+        for adapter in bot.adapters:
+            if isinstance(adapter, ConsoleAdapter):
+                adapter.on_exit = host.request_stop  # end of terminal input stops the host
     asyncio.run(host.serve_forever())
 
 

@@ -104,7 +104,8 @@ class Agent:
         )
         async for attempt in retrying:
             with attempt:
-                result = await asyncio.wait_for(self.llm.ainvoke(messages), self.timeout_s)
+                async with asyncio.timeout(self.timeout_s):
+                    result = await self.llm.ainvoke(messages)
         return str(result.content)
 
     async def stream(self, inv: Invocation) -> AsyncIterator[str]:

@@ -7,13 +7,12 @@ from langchain_core.messages import (
     BaseMessage,
     HumanMessage,
     SystemMessage,
-    trim_messages,
 )
 
 from bots.agent.memory import Turn
 from bots.agent.persona import Persona
 from bots.agent.retrieval import Passage
-from bots.agent.tokens import count_message_tokens
+from bots.agent.tokens import PER_MESSAGE, estimate_tokens
 
 CHARACTER_RULES = (
     "Stay in character as {name} at all times. Never call yourself an AI, an assistant or a "
@@ -63,16 +62,21 @@ def build_messages(
     past: list[BaseMessage] = [
         HumanMessage(render_human(t.content, t.author_name, group)) if t.role == "human"
         else AIMessage(t.content)
-        for t in history
+        for t in fit_history(history, history_tokens, group)
     ]  # fmt: skip
-    if past and history_tokens > 0:
-        past = trim_messages(
-            past,
-            max_tokens=history_tokens,
-            token_counter=count_message_tokens,
-            strategy="last",
-            start_on="human",
-        )
-    elif history_tokens <= 0:
-        past = []
     return [system, *examples, *past, HumanMessage(render_human(text, author, group))]
+
+
+def fit_history(history: list[Turn], budget: int, group: bool) -> list[Turn]:
+    """The newest turns that fit ``budget`` tokens, starting on a human turn."""
+    kept: list[Turn] = []
+    used = 0
+    for turn in reversed(history):
+        used += PER_MESSAGE + estimate_tokens(render_human(turn.content, turn.author_name, group))
+        if used > budget:
+            break
+        kept.append(turn)
+    kept.reverse()
+    while kept and kept[0].role != "human":
+        kept.pop(0)
+    return kept

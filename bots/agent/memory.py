@@ -2,7 +2,8 @@
 
 Recent turns are served from an in-process cache (one host owns a bot's sessions) and written
 by a background task in batches (group commit), so a reply never waits for a disk commit.
-``close()`` flushes everything still pending; the host calls it on stop.
+``close()`` flushes everything still pending; the host calls it on stop. The ids of sessions
+with stored history are read once at start, so a first-time user costs no database read.
 """
 
 from __future__ import annotations
@@ -42,10 +43,15 @@ class ConversationMemory:
         self._pending: list[dict[str, Any]] = []  # waiting for the writer
         self._writing: list[dict[str, Any]] = []  # in the transaction being committed
         self._wakeup = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+        self._stored_sessions: set[str] | None = None  # None: not known, ask the database
 
     async def start(self) -> None:
+        async with self._db.engine.connect() as conn:
+            rows = await conn.execute(select(ChatTurn.session_id).where(ChatTurn.bot == self._bot).distinct())
+            self._stored_sessions = {row[0] for row in rows}
         if self._writer is None:
             self._closing = False
             self._writer = asyncio.create_task(self._write_loop(), name=f"memory-writer-{self._bot}")
@@ -68,6 +74,10 @@ class ConversationMemory:
         return list(turns)[-limit:]
 
     async def _load(self, session_id: str) -> list[Turn]:
+        if any(row["session_id"] == session_id for row in (*self._writing, *self._pending)):
+            await self.flush()  # rare: a session evicted from the cache with turns unsaved
+        if self._stored_sessions is not None and session_id not in self._stored_sessions:
+            return []  # a first-time session: nothing stored, no database read
         query = (
             select(ChatTurn.role, ChatTurn.content, ChatTurn.author_name)
             .where(ChatTurn.bot == self._bot, ChatTurn.session_id == session_id)
@@ -76,9 +86,7 @@ class ConversationMemory:
         )
         async with self._db.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
-        stored = [Turn(*row) for row in reversed(rows)]
-        unsaved = [_turn(row) for row in (*self._writing, *self._pending) if row["session_id"] == session_id]
-        return stored + unsaved
+        return [Turn(*row) for row in reversed(rows)]
 
     async def add_exchange(
         self, session_id: str, author_id: str, author_name: str, question: str, answer: str
@@ -98,6 +106,8 @@ class ConversationMemory:
         if cached is not None:
             cached.extend(_turn(row) for row in rows)
         self._pending.extend(rows)
+        if self._stored_sessions is not None:
+            self._stored_sessions.add(session_id)
         if self._writer is None:
             await self.flush()  # not started (scripts, tests): write through
         else:

@@ -6,6 +6,8 @@ DEPS   := $(VENV)/.deps-installed
 PERSONA ?= keeper
 
 export HF_HUB_OFFLINE := 1
+# llama-cpp-python compiles once on a fresh machine; use every core for it
+export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
 .PHONY: demo test lint bench clean
 

@@ -120,7 +120,7 @@ def chat(
 
     cfg = _load(config, required=False)
     secrets = _secrets(config)
-    level = EnvSettings().log_level or ("WARNING" if message is not None else cfg.log_level)
+    level = EnvSettings().log_level or "WARNING"  # keep the conversation readable
     setup_logging(level, lambda: secrets.handed_out)
     updates: dict = {"bots": [BotConfig(name=f"chat-{persona}", persona=persona)]}
     if provider:

@@ -34,7 +34,8 @@ class ConsoleAdapter:
     ) -> None:
         self.name = name
         self.speaker = speaker  # printed before replies in interactive mode
-        self.user = UserRef("console", user or _login_name(), name=user or _login_name())
+        # whoever sits at the terminal is "console:local" (config can make that id an owner)
+        self.user = UserRef("console", user or "local", name=_login_name())
         self.channel = ChannelRef("console", self.user.id, ChannelKind.DM, name="terminal")
         self.interactive = interactive
         self.capabilities = Capabilities(max_length=None, streaming=stream, markup=frozenset({"plain"}))

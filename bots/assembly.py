@@ -84,7 +84,7 @@ def build_host(
             retriever=retriever,
             collections=bot_cfg.knowledge,
             history_tokens=config.memory.history_tokens,
-            max_input_chars=config.memory.max_input_chars,
+            prompt_tokens=llm_cfg.context_tokens - llm_cfg.max_tokens,
             timeout_s=llm_cfg.timeout_s,
             max_retries=llm_cfg.max_retries,
         )
@@ -98,6 +98,7 @@ def build_host(
             busy_reply=persona.busy_text,
             per_user_limit=config.rate_limits.per_user,
             per_chat_limit=config.rate_limits.per_chat,
+            max_input_chars=config.memory.max_input_chars,
         )
         dispatch = Dispatch()
         pipeline = Pipeline(settings, dispatch, permissions, responder=agent)
@@ -123,8 +124,7 @@ def build_host(
                 name=bot_cfg.name,
                 pipeline=pipeline,
                 adapters=list(bot_adapters),
-                on_start=[memory.start, *(p.setup for p in plugins)],
-                on_stop=[memory.close, *(p.teardown for p in plugins)],
+                lifecycle=[(memory.start, memory.close), *((p.setup, p.teardown) for p in plugins)],
             )
         )
     return host

@@ -6,6 +6,8 @@ import asyncio
 import io
 from typing import ClassVar
 
+import pytest
+
 from bots.adapters.console import ConsoleAdapter
 from bots.assembly import build_host
 from bots.core.config import AppConfig, Secrets
@@ -81,3 +83,30 @@ async def test_console_repl_answers_in_order_then_exits(tmp_path):
     console.on_exit = host.request_stop
     await asyncio.wait_for(host.serve_forever(), timeout=10)
     assert output.getvalue().splitlines() == ["Tester> pong", "Tester> Fine, thank you. "]
+
+
+class BrokenAdapter(FakeAdapter):
+    async def start(self, sink) -> None:
+        raise ConnectionError("gateway unreachable")
+
+
+async def test_a_failed_start_undoes_what_had_started(tmp_path):
+    Lifecycle.events = []
+    config = AppConfig.model_validate(
+        {"data_dir": tmp_path, "llm": {"provider": "fake"}, "bots": [{"name": "b", "persona": "t"}]}
+    )
+    good, broken = FakeAdapter("good"), BrokenAdapter("broken")
+    host = build_host(
+        config,
+        Secrets(),
+        personas={"t": TEST_PERSONA},
+        llm=FakeLLM(),
+        adapters={"b": [good, broken]},
+        plugin_classes=[Lifecycle],
+    )
+    with pytest.raises(ConnectionError):
+        await host.start()
+    assert not good.started  # the channel that did start was stopped again
+    assert Lifecycle.events == ["setup", "teardown"]
+    memory = host.bots["b"].pipeline.responder.memory
+    assert memory._writer is None  # the memory writer is not left running

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+from types import SimpleNamespace
+
+from sqlalchemy.exc import OperationalError
+
 from bots.agent.memory import ConversationMemory, Turn
 from bots.core.storage import Database
 
@@ -47,5 +52,32 @@ async def test_evicted_session_with_unsaved_turns_is_read_back_whole(tmp_path):
 async def test_write_through_when_not_started(tmp_path):
     db = await _db(tmp_path)
     await ConversationMemory(db, "bot").add_exchange("s", "u", "U", "q", "a")
+    assert [t.content for t in await ConversationMemory(db, "bot").recent("s")] == ["q", "a"]
+    await db.close()
+
+
+async def test_concurrent_writes_are_all_saved_in_order(tmp_path):
+    db = await _db(tmp_path)
+    memory = ConversationMemory(db, "bot")  # not started: every call writes through
+    await asyncio.gather(*(memory.add_exchange("s", "u", "U", f"q{i}", f"a{i}") for i in range(5)))
+    fresh = ConversationMemory(db, "bot")
+    assert [t.content for t in await fresh.recent("s")] == [x for i in range(5) for x in (f"q{i}", f"a{i}")]
+    await db.close()
+
+
+async def test_a_failed_commit_is_retried_not_lost(tmp_path, caplog):
+    db = await _db(tmp_path)
+    real_begin = db.engine.begin
+    failures = iter([True])
+
+    def flaky_begin():
+        if next(failures, False):
+            raise OperationalError("INSERT", {}, Exception("database is locked"))
+        return real_begin()
+
+    memory = ConversationMemory(db, "bot")
+    memory._db = SimpleNamespace(engine=SimpleNamespace(begin=flaky_begin, connect=db.engine.connect))
+    await memory.add_exchange("s", "u", "U", "q", "a")
+    assert "retrying" in caplog.text
     assert [t.content for t in await ConversationMemory(db, "bot").recent("s")] == ["q", "a"]
     await db.close()

@@ -206,4 +206,4 @@ async def test_streaming_channel_gets_sentences_without_disclaimers(harness):
 
 def _plugins(h):
     bot = h.host.bots["testbot"]
-    return [hook.__self__ for hook in bot.on_start]
+    return [start.__self__ for start, _ in bot.lifecycle]

@@ -7,6 +7,7 @@ import contextlib
 import getpass
 import itertools
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TextIO
 
@@ -73,7 +74,7 @@ class ConsoleAdapter:
     async def _repl(self, sink: EventSink) -> None:
         try:
             while True:
-                line = await asyncio.to_thread(self._read_line)
+                line = await self._next_line()
                 if line == "" or line.strip() in EXIT_WORDS:  # "" is end of input
                     break
                 if not line.strip():
@@ -84,6 +85,21 @@ class ConsoleAdapter:
         finally:
             if self.on_exit:
                 self.on_exit()
+
+    async def _next_line(self) -> str:
+        """Read a line in a daemon thread, so Ctrl-C never waits for the user to press Enter."""
+        loop = asyncio.get_running_loop()
+        line: asyncio.Future[str] = loop.create_future()
+
+        def read() -> None:
+            try:
+                text = self._read_line()
+            except Exception:  # a closed or broken terminal ends the session
+                text = ""
+            loop.call_soon_threadsafe(lambda: line.done() or line.set_result(text))
+
+        threading.Thread(target=read, name="console-input", daemon=True).start()
+        return await line
 
     def _prefix(self) -> str:
         return f"{self.speaker}> " if self.interactive and self.speaker else ""

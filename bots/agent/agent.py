@@ -10,13 +10,13 @@ from weakref import WeakValueDictionary
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, BaseMessageChunk
-from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from bots.agent.character import strip_disclaimers
 from bots.agent.memory import ConversationMemory
 from bots.agent.persona import Persona
 from bots.agent.prompt import build_messages
-from bots.agent.retrieval import NoRetrieval, Retriever
+from bots.agent.retrieval import NoRetrieval, Passage, Retriever
 from bots.core.events import ChannelKind
 from bots.core.routing import Invocation
 
@@ -24,6 +24,14 @@ log = logging.getLogger("bots.agent")
 
 # The end of a sentence in a stream: CJK or Latin terminators (with closing quotes), or a newline.
 _SENTENCE_END = re.compile(r"(?:[。！？!?…]+[”」』\"')]*|\.(?=\s)|\n)\s*")
+
+
+def _worth_retrying(exc: BaseException) -> bool:
+    """Timeouts, connection errors and 5xx/429 are worth a retry; bad requests are not."""
+    if isinstance(exc, ValueError | TypeError):  # e.g. a prompt longer than the context window
+        return False
+    status = getattr(exc, "status_code", None)
+    return not (isinstance(status, int) and 400 <= status < 500 and status not in (408, 429))
 
 
 class Agent:
@@ -37,7 +45,7 @@ class Agent:
         retriever: Retriever | None = None,
         collections: list[str] | None = None,
         history_tokens: int = 768,
-        max_input_chars: int = 4000,
+        prompt_tokens: int | None = None,
         timeout_s: float = 60.0,
         max_retries: int = 1,
     ) -> None:
@@ -48,7 +56,7 @@ class Agent:
         self.retriever = retriever or NoRetrieval()
         self.collections = persona.knowledge if collections is None else collections
         self.history_tokens = history_tokens
-        self.max_input_chars = max_input_chars
+        self.prompt_tokens = prompt_tokens  # context window minus room for the answer
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self._locks: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
@@ -60,46 +68,51 @@ class Agent:
             lock = self._locks[session_id] = asyncio.Lock()
         return lock
 
-    async def _prompt(self, inv: Invocation) -> tuple[str, list[BaseMessage]]:
-        text = inv.text[: self.max_input_chars]
-        history = await self.memory.recent(inv.event.session_id)
-        passages = await self.retriever.retrieve(text, self.collections)
-        messages = build_messages(
+    async def _passages(self, inv: Invocation) -> list[Passage]:
+        try:
+            return await self.retriever.retrieve(inv.text, self.collections)
+        except Exception:
+            log.exception("event %s: retrieval failed; answering without passages", inv.event.id)
+            return []
+
+    async def _prompt(self, inv: Invocation) -> list[BaseMessage]:
+        return build_messages(
             self.persona,
-            history,
-            text,
+            await self.memory.recent(inv.event.session_id),
+            inv.text,
             inv.event.author.display,
             group=inv.event.channel.kind is not ChannelKind.DM,
             history_tokens=self.history_tokens,
-            passages=passages,
+            prompt_tokens=self.prompt_tokens,
+            passages=await self._passages(inv),
         )
-        return text, messages
 
-    async def _remember(self, inv: Invocation, question: str, answer: str) -> None:
+    async def _remember(self, inv: Invocation, answer: str) -> None:
         author = inv.event.author
         await self.memory.add_exchange(
-            inv.event.session_id, author.canonical, author.display, question, answer
+            inv.event.session_id, author.canonical, author.display, inv.text, answer
         )
 
     async def respond(self, inv: Invocation) -> str:
         async with self._lock(inv.event.session_id):
-            question, messages = await self._prompt(inv)
             try:
+                messages = await self._prompt(inv)
                 raw = await self._invoke(messages)
             except Exception as exc:
-                log.error("event %s: LLM provider failed: %s: %s", inv.event.id, type(exc).__name__, exc)
+                log.error("event %s: no answer: %s: %s", inv.event.id, type(exc).__name__, exc)
                 return self.persona.apology_text
             answer = strip_disclaimers(raw).strip()
             if not answer:
                 log.warning("event %s: the model gave no usable answer", inv.event.id)
                 return self.persona.apology_text
-            await self._remember(inv, question, answer)
+            await self._remember(inv, answer)
             return answer
 
     async def _invoke(self, messages: list[BaseMessage]) -> str:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(1 + self.max_retries),
             wait=wait_exponential(multiplier=0.5, max=8),
+            retry=retry_if_exception(_worth_retrying),
             reraise=True,
         )
         async for attempt in retrying:
@@ -109,19 +122,30 @@ class Agent:
         return str(result.content)
 
     async def stream(self, inv: Invocation) -> AsyncIterator[str]:
-        """Yield the answer sentence by sentence, each checked for breaking character."""
+        """Yield the answer sentence by sentence, each checked for breaking character.
+
+        The timeout covers waiting for the model only, never the time the consumer takes.
+        """
         async with self._lock(inv.event.session_id):
-            question, messages = await self._prompt(inv)
             parts: list[str] = []
             try:
-                async with asyncio.timeout(self.timeout_s):
-                    async for sentence in _sentences(self.llm.astream(messages)):
+                messages = await self._prompt(inv)
+                deadline = asyncio.get_running_loop().time() + self.timeout_s
+                sentences = _sentences(self.llm.astream(messages))
+                try:
+                    while True:
+                        async with asyncio.timeout_at(deadline):
+                            sentence = await anext(sentences, None)
+                        if sentence is None:
+                            break
                         clean = strip_disclaimers(sentence)
                         if clean.strip():
                             parts.append(clean)
                             yield clean
+                finally:
+                    await sentences.aclose()
             except Exception as exc:
-                log.error("event %s: LLM provider failed: %s: %s", inv.event.id, type(exc).__name__, exc)
+                log.error("event %s: no answer: %s: %s", inv.event.id, type(exc).__name__, exc)
                 if not parts:
                     yield self.persona.apology_text
                 return
@@ -129,7 +153,7 @@ class Agent:
             if not answer:
                 yield self.persona.apology_text
                 return
-            await self._remember(inv, question, answer)
+            await self._remember(inv, answer)
 
 
 async def _sentences(chunks: AsyncIterator[BaseMessageChunk]) -> AsyncIterator[str]:

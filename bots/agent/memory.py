@@ -2,8 +2,8 @@
 
 Recent turns are served from an in-process cache (one host owns a bot's sessions) and written
 by a background task in batches (group commit), so a reply never waits for a disk commit.
-``close()`` flushes everything still pending; the host calls it on stop. The ids of sessions
-with stored history are read once at start, so a first-time user costs no database read.
+``close()`` saves everything still pending; the host calls it on stop. Which sessions have
+stored history is read once at start, so a first-time user costs no database read.
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cachetools import LRUCache
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 
 from bots.core.storage import ChatTurn, Database
 
 log = logging.getLogger("bots.memory")
+
+Row = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +34,8 @@ class Turn:
 
 class ConversationMemory:
     batch_window_s = 0.02  # writes arriving within this window share one commit
+    save_attempts = 5  # a batch that fails this often is dropped, with an error in the log
+    max_known_sessions = 200_000  # above this, first-time sessions are checked in the database
 
     def __init__(
         self, db: Database, bot: str, *, cached_sessions: int = 5000, cached_turns: int = 60
@@ -40,18 +44,21 @@ class ConversationMemory:
         self._bot = bot
         self._cached_turns = cached_turns
         self._cache: LRUCache[str, deque[Turn]] = LRUCache(maxsize=cached_sessions)
-        self._pending: list[dict[str, Any]] = []  # waiting for the writer
-        self._writing: list[dict[str, Any]] = []  # in the transaction being committed
+        self._pending: list[Row] = []  # not yet handed to a transaction
+        self._saving: list[Row] = []  # in the transaction being committed
+        self._save_lock = asyncio.Lock()
         self._wakeup = asyncio.Event()
-        self._flush_lock = asyncio.Lock()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
-        self._stored_sessions: set[str] | None = None  # None: not known, ask the database
+        self._known_sessions: set[str] | None = None  # None: unknown, ask the database
 
     async def start(self) -> None:
+        stored = ChatTurn.session_id
         async with self._db.engine.connect() as conn:
-            rows = await conn.execute(select(ChatTurn.session_id).where(ChatTurn.bot == self._bot).distinct())
-            self._stored_sessions = {row[0] for row in rows}
+            count = await conn.scalar(select(func.count(stored.distinct())).where(ChatTurn.bot == self._bot))
+            if (count or 0) <= self.max_known_sessions:
+                rows = await conn.execute(select(stored).where(ChatTurn.bot == self._bot).distinct())
+                self._known_sessions = {row[0] for row in rows}
         if self._writer is None:
             self._closing = False
             self._writer = asyncio.create_task(self._write_loop(), name=f"memory-writer-{self._bot}")
@@ -74,9 +81,9 @@ class ConversationMemory:
         return list(turns)[-limit:]
 
     async def _load(self, session_id: str) -> list[Turn]:
-        if any(row["session_id"] == session_id for row in (*self._writing, *self._pending)):
-            await self.flush()  # rare: a session evicted from the cache with turns unsaved
-        if self._stored_sessions is not None and session_id not in self._stored_sessions:
+        if any(row["session_id"] == session_id for row in (*self._saving, *self._pending)):
+            await self.flush()  # rare: a session left the cache with turns not yet saved
+        if self._known_sessions is not None and session_id not in self._known_sessions:
             return []  # a first-time session: nothing stored, no database read
         query = (
             select(ChatTurn.role, ChatTurn.content, ChatTurn.author_name)
@@ -92,22 +99,15 @@ class ConversationMemory:
         self, session_id: str, author_id: str, author_name: str, question: str, answer: str
     ) -> None:
         common = {"bot": self._bot, "session_id": session_id, "created_at": datetime.now(UTC)}
-        rows = [
-            {
-                **common,
-                "role": "human",
-                "author_id": author_id,
-                "author_name": author_name,
-                "content": question,
-            },
-            {**common, "role": "ai", "author_id": "", "author_name": "", "content": answer},
-        ]
+        human = {"role": "human", "author_id": author_id, "author_name": author_name, "content": question}
+        ai = {"role": "ai", "author_id": "", "author_name": "", "content": answer}
+        rows = [{**common, **human}, {**common, **ai}]
         cached = self._cache.get(session_id)
         if cached is not None:
             cached.extend(_turn(row) for row in rows)
         self._pending.extend(rows)
-        if self._stored_sessions is not None:
-            self._stored_sessions.add(session_id)
+        if self._known_sessions is not None:
+            self._known_sessions.add(session_id)
         if self._writer is None:
             await self.flush()  # not started (scripts, tests): write through
         else:
@@ -122,18 +122,27 @@ class ConversationMemory:
             await self.flush()
 
     async def flush(self) -> None:
-        while self._pending:
-            self._writing, self._pending = self._pending, []
-            try:
-                async with self._db.engine.begin() as conn:
-                    await conn.execute(insert(ChatTurn), self._writing)
-            except Exception:
-                log.exception(
-                    "memory of bot %s: %d turn(s) could not be saved", self._bot, len(self._writing)
-                )
-            finally:
-                self._writing = []
+        """Save every pending turn; one caller at a time, batches in arrival order."""
+        async with self._save_lock:
+            attempt = 0
+            while self._pending:
+                self._saving, self._pending = self._pending, []
+                try:
+                    async with self._db.engine.begin() as conn:
+                        await conn.execute(insert(ChatTurn), self._saving)
+                    attempt = 0
+                except Exception:
+                    attempt += 1
+                    if attempt >= self.save_attempts:
+                        log.exception("memory of bot %s: %d turn(s) lost", self._bot, len(self._saving))
+                        attempt = 0
+                    else:
+                        log.warning("memory of bot %s: save failed, retrying", self._bot, exc_info=True)
+                        self._pending[:0] = self._saving  # keep the order, try again
+                        await asyncio.sleep(0.05 * 2**attempt)
+                finally:
+                    self._saving = []
 
 
-def _turn(row: dict[str, Any]) -> Turn:
+def _turn(row: Row) -> Turn:
     return Turn(row["role"], row["content"], row["author_name"])

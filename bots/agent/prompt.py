@@ -12,7 +12,7 @@ from langchain_core.messages import (
 from bots.agent.memory import Turn
 from bots.agent.persona import Persona
 from bots.agent.retrieval import Passage
-from bots.agent.tokens import PER_MESSAGE, estimate_tokens
+from bots.agent.tokens import PER_MESSAGE, count_message_tokens, estimate_tokens, truncate_to_tokens
 
 CHARACTER_RULES = (
     "Stay in character as {name} at all times. Never call yourself an AI, an assistant or a "
@@ -53,18 +53,26 @@ def build_messages(
     *,
     group: bool,
     history_tokens: int,
+    prompt_tokens: int | None = None,
     passages: list[Passage] = (),  # type: ignore[assignment]
 ) -> list[BaseMessage]:
+    """The chat prompt. ``prompt_tokens`` caps the whole prompt (the model's context minus
+    room for the answer): a long message is cut to fit, and history gets what is left."""
     system = SystemMessage(system_text(persona, list(passages)))
     examples: list[BaseMessage] = []
     for example in persona.examples:
         examples += [HumanMessage(example.user), AIMessage(example.persona)]
+    current = render_human(text, author, group)
+    if prompt_tokens is not None:
+        room = prompt_tokens - count_message_tokens([system, *examples]) - PER_MESSAGE
+        current = truncate_to_tokens(current, max(room, 16))
+        history_tokens = min(history_tokens, room - estimate_tokens(current))
     past: list[BaseMessage] = [
         HumanMessage(render_human(t.content, t.author_name, group)) if t.role == "human"
         else AIMessage(t.content)
         for t in fit_history(history, history_tokens, group)
     ]  # fmt: skip
-    return [system, *examples, *past, HumanMessage(render_human(text, author, group))]
+    return [system, *examples, *past, HumanMessage(current)]
 
 
 def fit_history(history: list[Turn], budget: int, group: bool) -> list[Turn]:

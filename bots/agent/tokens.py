@@ -12,9 +12,24 @@ PER_MESSAGE = 4  # role markers and separators of a chat template
 
 
 def estimate_tokens(text: str) -> int:
-    """CJK characters count about one token each; other text about four characters a token."""
+    """A cautious estimate: CJK characters 1.5 tokens each (0.7 in Qwen's vocabulary, 1.7 in
+    SmolLM2's), other text about four characters a token."""
     cjk = len(_CJK.findall(text))
-    return cjk + (len(text) - cjk + 3) // 4
+    return (3 * cjk + 1) // 2 + (len(text) - cjk + 3) // 4
+
+
+def truncate_to_tokens(text: str, budget: int) -> str:
+    """The longest prefix of ``text`` whose estimate fits ``budget``."""
+    if estimate_tokens(text) <= budget:
+        return text
+    low, high = 0, len(text)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if estimate_tokens(text[:middle]) <= budget:
+            low = middle
+        else:
+            high = middle - 1
+    return text[:low]
 
 
 def count_message_tokens(messages: Sequence[BaseMessage]) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from bots.core.events import ChannelRef, MessageEvent, Outbound, SentRef
 
@@ -37,6 +37,16 @@ class Adapter(Protocol):
     async def send(self, outbound: Outbound) -> SentRef: ...
 
     async def stop(self) -> None: ...
+
+
+class AdapterFactory(Protocol):
+    """What an entry point in the ``bots.adapters`` group names: a class with ``from_config``.
+
+    ``options`` are the channel's adapter-specific keys from ``[[bots.channels]]`` (validate
+    them with a strict pydantic model); ``secrets`` hands out tokens by env var name.
+    """
+
+    def from_config(self, name: str, options: dict[str, Any], secrets: Any) -> Adapter: ...
 
 
 @runtime_checkable

@@ -87,6 +87,7 @@ class MessageEvent:
     channel: ChannelRef
     text: str
     self_id: str = ""  # the bot's own platform-local user id on this channel
+    self_name: str = ""  # the bot's own username there ("/cmd@self_name" is for this bot)
     segments: tuple[Segment, ...] = ()
     to_me: bool = False  # set by adapters that know (e.g. WeCom only delivers @bot messages)
     timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))

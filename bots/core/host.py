@@ -28,8 +28,8 @@ class Bot:
     name: str
     pipeline: Pipeline
     adapters: list[Adapter] = field(default_factory=list)
-    on_start: list[Hook] = field(default_factory=list)  # plugin setup, ...
-    on_stop: list[Hook] = field(default_factory=list)
+    # (start, stop) pairs run in order at start and in reverse at stop: memory, plugins, ...
+    lifecycle: list[tuple[Hook, Hook]] = field(default_factory=list)
 
     def adapter_for(self, platform: str) -> Adapter:
         for adapter in self.adapters:
@@ -44,6 +44,8 @@ class Host:
         self.bots: dict[str, Bot] = {}
         self.stop_grace_s = stop_grace_s
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._started_adapters: list[Adapter] = []
+        self._started_hooks: list[tuple[str, Hook]] = []
         self._running = False
         self._stop_requested: asyncio.Event | None = None
 
@@ -54,28 +56,38 @@ class Host:
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
+        """Start storage, plugins and channels; if any part fails, undo what started."""
         await self.db.start()
         self._running = True
-        for bot in self.bots.values():
-            for hook in bot.on_start:
-                await hook()
-            for adapter in bot.adapters:
-                await adapter.start(self._sink(bot, adapter))
-                log.info("bot %s: channel %s (%s) started", bot.name, adapter.name, adapter.platform)
+        try:
+            for bot in self.bots.values():
+                for start, stop in bot.lifecycle:
+                    await start()
+                    self._started_hooks.append((bot.name, stop))
+                for adapter in bot.adapters:
+                    await adapter.start(self._sink(bot, adapter))
+                    self._started_adapters.append(adapter)
+                    log.info("bot %s: channel %s (%s) started", bot.name, adapter.name, adapter.platform)
+        except BaseException:
+            await self.stop()
+            raise
 
     async def stop(self) -> None:
+        """Refuse new events, finish those in flight, then stop channels, plugins and storage."""
         if not self._running:
             return
         self._running = False
-        for bot in self.bots.values():
-            for adapter in bot.adapters:
-                await _logged(adapter.stop(), f"stopping channel {adapter.name}")
         await self.drain(timeout=self.stop_grace_s)
-        for task in list(self._tasks):
+        leftovers = list(self._tasks)
+        for task in leftovers:
             task.cancel()
-        for bot in self.bots.values():
-            for hook in reversed(bot.on_stop):
-                await _logged(hook(), f"bot {bot.name} shutdown hook")
+        await asyncio.gather(*leftovers, return_exceptions=True)
+        for adapter in reversed(self._started_adapters):
+            await _logged(adapter.stop(), f"stopping channel {adapter.name}")
+        for bot_name, stop in reversed(self._started_hooks):
+            await _logged(stop(), f"bot {bot_name} shutdown")
+        self._started_adapters.clear()
+        self._started_hooks.clear()
         await self.db.close()
 
     async def __aenter__(self) -> Host:

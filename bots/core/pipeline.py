@@ -5,6 +5,7 @@ One bad event never stops the pipeline: every error is logged with the event id.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -49,6 +50,7 @@ class PipelineSettings:
     busy_reply: str = "One moment, please: too many messages at once."
     per_user_limit: str = "12/minute"
     per_chat_limit: str = "40/minute"
+    max_input_chars: int = 4000  # longer messages are cut before anything else sees them
 
 
 def session_id(event: MessageEvent, group_scope: str) -> str:
@@ -78,6 +80,7 @@ class Pipeline:
         self._keywords = [k.lower() for k in settings.keywords if k]
         self.inbound: list[InboundMiddleware] = [
             self._drop_own,
+            self._drop_commands_for_others,
             self._dedupe,
             self._drop_banned,
             self._drop_muted,
@@ -89,7 +92,7 @@ class Pipeline:
         try:
             await self._handle(event, adapter)
         except Exception:
-            log.exception("event %s: unhandled error; the pipeline goes on", event.id)
+            log.exception("event %s: unhandled error; the pipeline goes on", _safe_id(event))
 
     async def _handle(self, event: MessageEvent, adapter: Adapter) -> None:
         inv = self._classify(event, adapter)
@@ -98,7 +101,8 @@ class Pipeline:
             if reason:
                 log.debug("event %s dropped: %s", event.id, reason)
                 return
-        if inv.command is not None and await self._run_command(inv):
+        if inv.command is not None:
+            await self._run_command(inv)
             return
         for listener in self.dispatch.listeners:
             if listener.addressed_only and not inv.addressed:
@@ -114,7 +118,7 @@ class Pipeline:
     # -- classification ----------------------------------------------------------------------
     def _classify(self, event: MessageEvent, adapter: Adapter) -> Invocation:
         event.session_id = session_id(event, self.settings.group_scope)
-        text = _strip_self_mentions(event)
+        text = _strip_self_mentions(event)[: self.settings.max_input_chars]
         is_dm = event.channel.kind is ChannelKind.DM
         addressed = is_dm or event.to_me or event.mentions_me or event.replies_to_me
         if not addressed and self.settings.reply_policy == "always":
@@ -135,22 +139,28 @@ class Pipeline:
     def _parse_command(self, inv: Invocation, event: MessageEvent) -> None:
         prefix = self.settings.command_prefix
         text = inv.text.strip()
-        if prefix and text.startswith(prefix) and len(text) > len(prefix):
+        if prefix and text.startswith(prefix) and text[len(prefix) : len(prefix) + 1].strip():
             head, _, rest = text[len(prefix) :].partition(" ")
-            name = head.split("@", 1)[0]  # Telegram's /cmd@botname
+            name, _, target = head.partition("@")  # Telegram's /cmd@botname
+            if target and event.self_name and target.lower() != event.self_name.lower():
+                inv.command_for_other = True
+                return
         elif event.mentions_me or event.to_me:
             # "@bot help": a known command name right after the mention
             head, _, rest = text.partition(" ")
             name = head if self.dispatch.command(head) else ""
         else:
             return
-        if name and not name[0].isspace():
+        if name:
             inv.command, inv.args = name.lower(), rest.strip()
 
     # -- inbound middleware ------------------------------------------------------------------
     async def _drop_own(self, inv: Invocation) -> str | None:
         event = inv.event
         return "own message" if event.self_id and event.author.id == event.self_id else None
+
+    async def _drop_commands_for_others(self, inv: Invocation) -> str | None:
+        return "a command for another bot" if inv.command_for_other else None
 
     async def _dedupe(self, inv: Invocation) -> str | None:
         key = inv.event.id
@@ -170,23 +180,32 @@ class Pipeline:
             return None  # plain chatter costs nothing; operators are never throttled
         event = inv.event
         reason = self._limiter.check(event.author.canonical, event.channel.canonical)
-        if reason and event.author.canonical not in self._told_busy:
-            self._told_busy[event.author.canonical] = True
-            await inv.reply(self.settings.busy_reply)
+        if reason:
+            # tell each user once per window; when the whole chat is over, tell the chat once
+            who = event.channel.canonical if reason.startswith("chat") else event.author.canonical
+            if who not in self._told_busy:
+                self._told_busy[who] = True
+                await inv.reply(self.settings.busy_reply)
         return reason
 
     # -- commands ------------------------------------------------------------------------------
-    async def _run_command(self, inv: Invocation) -> bool:
-        """Run the command; False when it is not ours and the message should flow on."""
+    async def _run_command(self, inv: Invocation) -> None:
         entry = self.dispatch.command(inv.command or "")
+        event = inv.event
         if entry is None:
-            if inv.addressed:
+            # an unknown /command in a group may belong to another bot: answer only when spoken to
+            if (
+                event.channel.kind is ChannelKind.DM
+                or event.to_me
+                or event.mentions_me
+                or event.replies_to_me
+            ):
                 prefix = self.settings.command_prefix
                 await inv.reply(f"Unknown command {prefix}{inv.command}. Try {prefix}help.")
-            return True  # an unknown /command in a group may belong to another bot: stay quiet
-        if entry.dm_only and inv.event.channel.kind is not ChannelKind.DM:
+            return
+        if entry.dm_only and event.channel.kind is not ChannelKind.DM:
             await inv.reply(DM_ONLY)
-            return True
+            return
         if inv.role < entry.permission:
             log.info("event %s: %s refused /%s", inv.event.id, inv.event.author.canonical, entry.name)
             await inv.reply(NOT_ALLOWED)
@@ -202,17 +221,29 @@ class Pipeline:
     async def _answer(self, inv: Invocation, adapter: Adapter) -> None:
         assert self.responder is not None
         event = inv.event
-        reply_to = None if event.channel.kind is ChannelKind.DM else event.message_id
         if adapter.capabilities.streaming and isinstance(adapter, StreamingAdapter):
-            await adapter.send_stream(event.channel, self.responder.stream(inv), reply_to)
+            # the adapter owns length limits while streaming; aclosing frees the session even
+            # when the adapter stops reading early
+            async with contextlib.aclosing(self.responder.stream(inv)) as chunks:
+                await adapter.send_stream(event.channel, chunks, _reply_to(event))
             return
-        text = await self.responder.respond(inv)
-        await deliver(adapter, Outbound(event.channel, text, reply_to=reply_to))
+        await self._reply(inv, adapter, await self.responder.respond(inv))
 
     async def _reply(self, inv: Invocation, adapter: Adapter, text: str) -> None:
         event = inv.event
-        reply_to = None if event.channel.kind is ChannelKind.DM else event.message_id
-        await deliver(adapter, Outbound(event.channel, text, reply_to=reply_to))
+        await deliver(adapter, Outbound(event.channel, text, reply_to=_reply_to(event)))
+
+
+def _reply_to(event: MessageEvent) -> str | None:
+    """In groups an answer threads to its trigger; in a DM it needs no reference."""
+    return None if event.channel.kind is ChannelKind.DM else event.message_id
+
+
+def _safe_id(event: object) -> str:
+    try:
+        return event.id  # type: ignore[attr-defined,no-any-return]
+    except Exception:
+        return repr(getattr(event, "message_id", event))[:80]
 
 
 def _strip_self_mentions(event: MessageEvent) -> str:

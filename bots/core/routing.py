@@ -24,6 +24,7 @@ class Invocation:
     role: Role
     command: str | None = None  # set when the message is a command
     args: str = ""
+    command_for_other: bool = False  # "/cmd@otherbot": not ours
     _reply: ReplyFn | None = field(default=None, repr=False)
 
     @property

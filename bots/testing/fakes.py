@@ -161,6 +161,7 @@ class FakeAdapter:
             channel=channel,
             text=text,
             self_id=self.self_id,
+            self_name=self.self_name,
             segments=tuple(segments),
         )
 
@@ -172,6 +173,8 @@ class FakeAdapter:
         return event
 
     async def send(self, outbound: Outbound) -> SentRef:
+        if not self.started:
+            raise RuntimeError(f"channel {self.name} is stopped; cannot send")
         self.sent.append(outbound)
         self._outbox.put_nowait(outbound)
         return SentRef(self.platform, outbound.target.id, f"s{next(self._ids)}")

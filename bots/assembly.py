@@ -12,7 +12,7 @@ from bots.agent.memory import ConversationMemory
 from bots.agent.persona import Persona, PersonaLibrary
 from bots.agent.providers import build_llm
 from bots.agent.retrieval import Retriever
-from bots.core.adapter import Adapter
+from bots.core.adapter import Adapter, AdapterFactory
 from bots.core.config import AppConfig, BotConfig, ChannelConfig, ConfigError, LLMConfig, Secrets
 from bots.core.host import Bot, Host
 from bots.core.permissions import Permissions
@@ -33,7 +33,7 @@ def build_adapter(bot: str, channel: ChannelConfig, secrets: Secrets) -> Adapter
             f"bots.{bot}.channels: unknown channel type {channel.type!r} (installed: {known}); "
             "channel types come with the extras, e.g. pip install 'persona-bots[telegram]'"
         )
-    adapter_cls = next(iter(matches)).load()
+    adapter_cls: AdapterFactory = next(iter(matches)).load()
     return adapter_cls.from_config(channel.name or channel.type, channel.options, secrets)
 
 
@@ -45,6 +45,9 @@ def llm_config_for(config: AppConfig, bot: BotConfig, persona: Persona) -> LLMCo
 
 def select_plugins(config: AppConfig, bot: BotConfig) -> list[type[Plugin]]:
     found = discover(config.plugin_dirs)
+    stray = sorted(set(config.plugins) - set(found))
+    if stray:
+        raise ConfigError(f"[plugins.{stray[0]}]: no plugin of that name (found: {', '.join(sorted(found))})")
     if bot.plugins is None:
         return list(found.values())
     unknown = [name for name in bot.plugins if name not in found]

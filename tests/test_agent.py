@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
@@ -9,7 +10,8 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from bots.agent.character import strip_disclaimers
 from bots.agent.persona import ExampleDialogue, Persona
 from bots.agent.tokens import count_message_tokens, estimate_tokens
-from bots.testing import FakeLLM
+from bots.core.events import Outbound
+from bots.testing import FakeAdapter, FakeLLM
 from bots.testing.harness import TEST_PERSONA
 
 
@@ -123,3 +125,42 @@ def test_disclaimers_are_removed_in_english_and_chinese():
 async def test_only_disclaimer_falls_back_to_the_apology(harness):
     h = await harness(llm=FakeLLM(default="As an AI language model I cannot answer that."))
     assert [o.text for o in await h.ask("hi")] == [TEST_PERSONA.apology_text]
+
+
+async def test_bad_requests_are_not_retried(harness):
+    llm = FakeLLM().queue(ValueError("Requested tokens exceed context window"), "never reached")
+    h = await harness(llm=llm, llm_settings={"max_retries": 3})
+    assert [o.text for o in await h.ask("hi")] == [TEST_PERSONA.apology_text]
+    assert len(llm.prompts) == 1
+
+
+async def test_long_input_and_history_fit_the_context_window(harness):
+    h = await harness(
+        llm_settings={"context_tokens": 600, "max_tokens": 100}, memory={"history_tokens": 5000}
+    )
+    for _ in range(3):
+        await h.ask("风" * 300)
+    await h.ask("石屿的雾" * 500)
+    assert count_message_tokens(h.llm.last_prompt) <= 500
+    assert h.llm.last_prompt[-1].content.startswith("石屿的雾")
+
+
+class SlowConsumer(FakeAdapter):
+    """A streaming channel that takes its time with every sentence (like message edits)."""
+
+    async def send_stream(self, target, chunks, reply_to=None):
+        parts = []
+        async for chunk in chunks:
+            parts.append(chunk)
+            await asyncio.sleep(0.1)  # longer, in total, than the model timeout below
+        return await self.send(Outbound(target, "".join(parts), reply_to=reply_to))
+
+
+async def test_stream_timeout_counts_model_time_only(harness):
+    slow = SlowConsumer(streaming=True)
+    h = await harness(
+        adapter=slow, llm=FakeLLM(default="One. Two. Three. Four."), llm_settings={"timeout_s": 0.25}
+    )
+    assert [o.text for o in await h.ask("count for me")] == ["One. Two. Three. Four. "]
+    replies = await asyncio.wait_for(h.ask("again"), 5)  # the session lock was released
+    assert len(replies) == 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import struct
+import zlib
 
 import pytest
 from PIL import Image, PngImagePlugin
@@ -46,6 +48,42 @@ def test_elizaos_current_layout(shared_cards):
     assert "warm and direct" in persona.style
 
 
+def test_v2_json_card_written_here(tmp_path):
+    card = {
+        "spec": "chara_card_v2",
+        "spec_version": "2.0",
+        "data": {
+            "name": "Ferry Captain",
+            "description": "{{char}} runs the ferry to Shiyu.",
+            "personality": "gruff",
+            "scenario": "",
+            "first_mes": "Tickets, {{user}}.",
+            "mes_example": "<START>\n{{user}}: Is the sea rough?\n{{char}}: Rough enough.",
+            "system_prompt": "{{original}} Never leave the wheel.",
+            "post_history_instructions": "",
+            "alternate_greetings": ["Mind the gap."],
+            "tags": ["sea"],
+            "creator": "us",
+            "character_version": "1",
+            "extensions": {"custom/thing": {"kept": True}},
+            "unknown_future_key": 42,
+        },
+    }
+    path = tmp_path / "captain.json"
+    path.write_text(json.dumps(card), encoding="utf-8")
+    persona = import_card(path)
+    assert persona.name == "Ferry Captain"
+    assert persona.system_prompt.startswith("Never leave the wheel.")
+    assert (
+        "Ferry Captain runs the ferry" in persona.system_prompt
+        and "Personality: gruff" in persona.system_prompt
+    )
+    assert persona.greeting == "Tickets, the user."
+    assert [(e.user, e.persona) for e in persona.examples] == [("Is the sea rough?", "Rough enough.")]
+    kept = persona.extensions["card"]["data"]
+    assert kept["extensions"] == {"custom/thing": {"kept": True}} and kept["unknown_future_key"] == 42
+
+
 def test_v1_card_with_example_dialogue():
     card = {
         "name": "Wen",
@@ -63,6 +101,16 @@ def test_v1_card_with_example_dialogue():
         ("Is it foggy?", "Thick as wool.\nStay inside."),
         ("Tea?", "Always."),
     ]
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    """A PNG header that claims a huge image (a decompression bomb), with no pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
 
 
 def _png_with_chunks(**chunks: str) -> bytes:
@@ -93,6 +141,8 @@ def test_v3_chunk_wins_over_chara(tmp_path):
         ("list.json", b"[1, 2]", "must be a JSON object"),
         ("unknown.json", b'{"foo": "bar"}', "unknown card format"),
         ("noname.json", b'{"spec": "chara_card_v2", "data": {"name": ""}}', "no name"),
+        ("nested.json", b"[" * 100_000 + b"]" * 100_000, "not a JSON character card"),
+        ("bomb.png", _png_declaring(200_000, 200_000), "not a readable PNG"),
     ],
 )
 def test_hostile_or_wrong_files_give_clear_errors(tmp_path, name, payload, message):

@@ -207,3 +207,32 @@ async def test_streaming_channel_gets_sentences_without_disclaimers(harness):
 def _plugins(h):
     bot = h.host.bots["testbot"]
     return [start.__self__ for start, _ in bot.lifecycle]
+
+
+async def test_commands_for_other_bots_are_left_alone(harness):
+    h = await harness()
+    assert await h.ask("/ping@OtherBot", chat="g1") == []
+    assert [o.text for o in await h.ask("/ping@bot", chat="g1")] == ["pong"]  # names match case-blind
+
+
+async def test_unknown_command_is_quiet_in_groups_even_with_the_always_policy(harness):
+    from bots.agent.persona import Persona
+
+    h = await harness(persona=Persona(name="A", system_prompt="You are A.", group={"reply": "always"}))
+    assert await h.ask("/weather", chat="g1") == []
+    assert h.llm.prompts == []  # nor is it sent to the model
+    [unknown] = await h.ask("/weather", chat="g1", mention=True)
+    assert unknown.text.startswith("Unknown command")
+
+
+async def test_a_full_chat_is_told_once_not_once_per_member(harness):
+    h = await harness(rate_limits={"per_user": "100/minute", "per_chat": "1/minute"})
+    assert len(await h.ask("q", chat="g1", user="a", mention=True)) == 1
+    notices = [o for user in "bcdef" for o in await h.ask("q", chat="g1", user=user, mention=True)]
+    assert [o.text for o in notices] == [h.host.bots["testbot"].pipeline.settings.busy_reply]
+
+
+async def test_oversized_messages_are_cut_before_anything_sees_them(harness):
+    h = await harness(memory={"max_input_chars": 50})
+    await h.ask("x" * 10_000)
+    assert len(h.llm.last_prompt[-1].content) == 50

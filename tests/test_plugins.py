@@ -113,7 +113,7 @@ def test_command_names_must_not_clash():
 
     from bots.core.storage import Database
 
-    with pytest.raises(ValueError, match="'ping' of plugin 'other' clashes with 'basics'"):
+    with pytest.raises(ConfigError, match="'ping' of plugin 'other' clashes with 'basics'"):
         load_plugins(
             [BasicsPlugin, Other],
             bot="b",

@@ -11,10 +11,22 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TextIO
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from bots.core.adapter import Capabilities, EventSink
+from bots.core.config import ConfigError, describe_validation_error
 from bots.core.events import ChannelKind, ChannelRef, MessageEvent, Outbound, SentRef, UserRef
 
 EXIT_WORDS = {"/quit", "/exit", ":q"}
+
+
+class ConsoleOptions(BaseModel):
+    """Keys a ``[[bots.channels]]`` entry of type "console" may set."""
+
+    model_config = ConfigDict(extra="forbid")
+    speaker: str = ""  # printed before replies
+    user: str | None = None  # the local id of whoever types (default "local")
+    stream: bool = True
 
 
 class ConsoleAdapter:
@@ -48,7 +60,11 @@ class ConsoleAdapter:
 
     @classmethod
     def from_config(cls, name: str, options: dict[str, Any], secrets: Any) -> ConsoleAdapter:
-        return cls(name, speaker=str(options.get("speaker", "")), user=options.get("user"))
+        try:
+            settings = ConsoleOptions.model_validate(options)
+        except ValidationError as exc:
+            raise ConfigError(describe_validation_error(f"channel {name} (console)", exc)) from None
+        return cls(name, speaker=settings.speaker, user=settings.user, stream=settings.stream)
 
     def make_event(self, text: str) -> MessageEvent:
         return MessageEvent(

@@ -35,8 +35,8 @@ def read_card(path: Path) -> dict[str, Any]:
         return _read_png_card(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CardError(f"{path}: not a JSON character card: {exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise CardError(f"{path}: not a JSON character card: {type(exc).__name__}: {exc}") from None
     if not isinstance(data, dict):
         raise CardError(f"{path}: a character card must be a JSON object")
     return data
@@ -45,15 +45,18 @@ def read_card(path: Path) -> dict[str, Any]:
 def _read_png_card(path: Path) -> dict[str, Any]:
     try:
         with Image.open(path) as image:
+            if image.format != "PNG":
+                raise CardError(f"{path}: a {image.format} image; cards are PNG files")
             chunks = dict(getattr(image, "text", {}) or {})
-    except (UnidentifiedImageError, OSError) as exc:
-        raise CardError(f"{path}: not a readable PNG: {exc}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        # broken files, decompression bombs and oversized text chunks all end here
+        raise CardError(f"{path}: not a readable PNG: {type(exc).__name__}: {exc}") from None
     payload = chunks.get("ccv3") or chunks.get("chara")  # V3 wins when both are present
     if not payload:
         raise CardError(f"{path}: PNG has no 'chara' or 'ccv3' text chunk; not a character card")
     try:
         data = json.loads(base64.b64decode(payload, validate=False).decode("utf-8"))
-    except (binascii.Error, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (binascii.Error, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise CardError(f"{path}: the card chunk is not base64 JSON: {exc}") from None
     if not isinstance(data, dict):
         raise CardError(f"{path}: the card chunk must hold a JSON object")

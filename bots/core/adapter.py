@@ -51,6 +51,13 @@ class AdapterFactory(Protocol):
 
 @runtime_checkable
 class StreamingAdapter(Adapter, Protocol):
+    """A channel that shows a reply while it is generated (edits, typing streams, a terminal).
+
+    The pipeline hands it the reply sentence by sentence; keeping within the platform's length
+    limit (rolling over to a new message) is the adapter's job, as it owns the message being
+    edited.
+    """
+
     async def send_stream(
         self, target: ChannelRef, chunks: AsyncIterator[str], reply_to: str | None = None
     ) -> SentRef: ...

@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dotenv import dotenv_values
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_CONFIG = Path("config/bots.toml")
@@ -66,18 +74,20 @@ class RateLimitConfig(StrictModel):
         return value
 
 
+def _canonical_ids(ids: list[str]) -> list[str]:
+    for value in ids:
+        platform, _, local = value.partition(":")
+        if not platform or not local:
+            raise ValueError(f"{value!r} is not a canonical id like 'telegram:123'")
+    return ids
+
+
 class RolesConfig(StrictModel):
     owners: list[str] = []
     operators: list[str] = []
     banned: list[str] = []
 
-    @field_validator("owners", "operators", "banned")
-    @classmethod
-    def _canonical(cls, ids: list[str]) -> list[str]:
-        for value in ids:
-            if ":" not in value:
-                raise ValueError(f"{value!r} is not a canonical id like 'telegram:123'")
-        return ids
+    _canonical = field_validator("owners", "operators", "banned")(_canonical_ids)
 
 
 class ChannelConfig(BaseModel):
@@ -109,7 +119,7 @@ class AppConfig(StrictModel):
     personas_dir: Path = Path("config/personas")
     knowledge_dir: Path = Path("knowledge")
     plugin_dirs: list[Path] = [Path("plugins")]
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     llm: LLMConfig = LLMConfig()
     memory: MemoryConfig = MemoryConfig()
     rate_limits: RateLimitConfig = RateLimitConfig()
@@ -118,16 +128,37 @@ class AppConfig(StrictModel):
     plugins: dict[str, dict[str, Any]] = {}  # [plugins.<name>] tables, validated by each plugin
     bots: list[BotConfig] = []
 
-    def resolve_paths(self, base: Path) -> AppConfig:
-        def resolve(path: Path) -> Path:
-            return path if path.is_absolute() else (base / path).resolve()
+    _canonical_muted = field_validator("muted")(_canonical_ids)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _unique_bot_names(self) -> AppConfig:
+        names = [bot.name for bot in self.bots]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"bot names must be unique; repeated: {', '.join(twice)}")
+        return self
+
+    def resolve_paths(self, base: Path, defaults_base: Path | None = None) -> AppConfig:
+        """Paths set in the file are relative to ``base`` (its folder); defaults to the cwd."""
+        explicit = self.model_fields_set
+
+        def resolve(path: Path, field: str) -> Path:
+            if path.is_absolute():
+                return path
+            root = base if field in explicit else (defaults_base or Path.cwd())
+            return (root / path).resolve()
 
         return self.model_copy(
             update={
-                "data_dir": resolve(self.data_dir),
-                "personas_dir": resolve(self.personas_dir),
-                "knowledge_dir": resolve(self.knowledge_dir),
-                "plugin_dirs": [resolve(p) for p in self.plugin_dirs],
+                "data_dir": resolve(self.data_dir, "data_dir"),
+                "personas_dir": resolve(self.personas_dir, "personas_dir"),
+                "knowledge_dir": resolve(self.knowledge_dir, "knowledge_dir"),
+                "plugin_dirs": [resolve(p, "plugin_dirs") for p in self.plugin_dirs],
             }
         )
 
@@ -143,6 +174,8 @@ def load_config(path: Path) -> AppConfig:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found (run `bots init` to create one)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read as UTF-8 text: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     try:

@@ -19,12 +19,24 @@ class RedactSecrets(logging.Filter):
         secrets = [s for s in self._secrets() if len(s) >= 4]
         if not secrets:
             return True
+
+        def redact(text: str) -> str:
+            for secret in secrets:
+                text = text.replace(secret, REDACTED)
+            return text
+
         message = record.getMessage()
         if any(s in message for s in secrets):
-            for secret in secrets:
-                message = message.replace(secret, REDACTED)
-            record.msg, record.args = message, None
+            record.msg, record.args = redact(message), None
+        if record.exc_info:  # tracebacks carry URLs and arguments: format them now, redacted
+            record.exc_text = redact(_FORMATTER.formatException(record.exc_info))
+            record.exc_info = None
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
         return True
+
+
+_FORMATTER = logging.Formatter()
 
 
 def setup_logging(level: str, secrets: Callable[[], Iterable[str]] = tuple) -> None:

@@ -28,6 +28,3 @@ class Permissions:
 
     def role_of(self, canonical_id: str) -> Role:
         return self._roles.get(canonical_id, Role.MEMBER)
-
-    def set_role(self, canonical_id: str, role: Role) -> None:
-        self._roles[canonical_id] = role

@@ -129,7 +129,10 @@ def load_plugins(
             command_prefix=command_prefix,
         )
         plugin = cls(ctx)
-        register(plugin, dispatch)
+        try:
+            register(plugin, dispatch)
+        except ValueError as exc:  # two plugins claim one command name
+            raise ConfigError(f"bot {bot}: {exc}; disable one of them in bots.plugins") from None
         plugins.append(plugin)
     return plugins
 

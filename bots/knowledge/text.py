@@ -1,0 +1,58 @@
+"""Text normalisation and tokenising for keyword search, Chinese-aware (jieba + OpenCC)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import unicodedata
+from functools import cache
+
+import jieba
+import opencc
+
+jieba.setLogLevel(logging.WARNING)
+
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_WORDISH = re.compile(r"\w", re.UNICODE)
+# Very common function words that carry no topic, in both languages.
+_STOPWORDS_TEXT = """
+的 了 是 在 和 与 及 也 就 都 而 或 这 那 之 其 着 把 被 让 给 对 从 向 于 吗 呢 吧 啊 呀 么 个
+什么 怎么 哪 哪里 哪个 多少 几 为什么 如何 是否 有 没有 会 能 可以 我 你 他 她 它 我们 你们 他们
+a an the of to in on at for by with from and or but is are was were be been being do does did
+what which who whom whose when where why how that this these those it its as into than then
+there their they them he she his her you your we our i me my not no can could would should
+"""
+STOPWORDS = frozenset(_STOPWORDS_TEXT.split())
+
+
+@cache
+def _t2s() -> opencc.OpenCC:
+    return opencc.OpenCC("t2s")
+
+
+def normalize(text: str) -> str:
+    """NFKC (full-width to half-width), traditional to simplified Chinese, lower case."""
+    text = unicodedata.normalize("NFKC", text)
+    if _CJK.search(text):
+        text = _t2s().convert(text)
+    return text.lower()
+
+
+def tokenize(text: str) -> list[str]:
+    """Search tokens: jieba's search-mode cut (words plus their sub-words), no stop words."""
+    return [
+        token
+        for token in jieba.lcut_for_search(normalize(text))
+        if _WORDISH.search(token) and token.strip() and token not in STOPWORDS
+    ]
+
+
+def cjk_share(text: str) -> float:
+    """The share of CJK characters among the word characters of ``text``."""
+    letters = len(_WORDISH.findall(text))
+    return len(_CJK.findall(text)) / letters if letters else 0.0
+
+
+def squash(text: str) -> str:
+    """Normalised text without punctuation or spaces, for quotation matching."""
+    return "".join(ch for ch in normalize(text) if _WORDISH.match(ch))

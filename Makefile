@@ -16,7 +16,10 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # One install serves both targets: the runtime extras (.[all]) plus the dev tools.
+# torch first, pinned to the CPU build: otherwise pip may pick a multi-GB CUDA build.
+TORCH ?= torch==2.13.0
 $(DEPS): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install "$(TORCH)"
 	$(BIN)/python -m pip install -e ".[all,dev]"
 	touch $@
 

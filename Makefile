@@ -24,6 +24,7 @@ $(DEPS): pyproject.toml | $(BIN)/python
 	touch $@
 
 demo: $(DEPS)
+	$(BIN)/bots ingest
 	$(BIN)/bots chat --persona $(PERSONA)
 
 test: $(DEPS)

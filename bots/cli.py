@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import sys
+import time
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated
@@ -29,6 +31,8 @@ from bots.core.logs import setup_logging
 app = typer.Typer(help="Run persona chat bots in group chats.", no_args_is_help=True)
 persona_app = typer.Typer(help="List, show and import personas.", no_args_is_help=True)
 app.add_typer(persona_app, name="persona")
+knowledge_app = typer.Typer(help="Knowledge collections: list and stats.", no_args_is_help=True)
+app.add_typer(knowledge_app, name="knowledge")
 out = Console()
 err = Console(stderr=True)
 
@@ -254,6 +258,127 @@ def persona_import(
 def slug(name: str) -> str:
     text = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:64]
     return text or "persona"
+
+
+# -- knowledge ---------------------------------------------------------------------------------
+def _knowledge(config: Path | None):
+    from bots.assembly import build_knowledge
+
+    cfg = _load(config, required=False)
+    return build_knowledge(cfg)
+
+
+@app.command()
+def ingest(
+    collections: Annotated[list[str] | None, typer.Argument(help="Collection names [default: all]")] = None,
+    rebuild: Annotated[bool, typer.Option(help="Drop the index and build it again.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Index knowledge/<collection>/ (idempotent: unchanged files are skipped)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from bots.knowledge.store import KnowledgeError
+
+    kb = _knowledge(config)
+    names = collections or kb.names()
+    if not names:
+        raise _fail(f"no collections in {kb.root}")
+    failed = False
+    for name in names:
+        try:
+            files = len(kb.collection(name).files())
+        except ConfigError as exc:
+            raise _fail(str(exc)) from None
+        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[chunks]} chunks, {task.fields[rate]:.1f} chunks/s"),
+                   TimeElapsedColumn())  # fmt: skip
+        with Progress(*columns, console=err, transient=True) as bar:
+            task = bar.add_task(name, total=files, chunks=0, rate=0.0)
+            started = time.perf_counter()
+
+            def step(what: str, count: int, _task=task, _bar=bar, _started=started) -> None:
+                if what == "files":
+                    _bar.advance(_task, count)
+                else:
+                    done = _bar.tasks[0].fields["chunks"] + count
+                    _bar.update(_task, chunks=done, rate=done / max(time.perf_counter() - _started, 1e-9))
+
+            try:
+                report = kb.ingest(name, rebuild=rebuild, progress=step)
+            except KnowledgeError as exc:
+                raise _fail(str(exc)) from None
+        out.print(
+            f"[bold]{name}[/bold]: {len(report.added)} added, {len(report.changed)} changed, "
+            f"{report.unchanged} unchanged, {len(report.removed)} removed; "
+            f"{report.chunks_added} chunks indexed ({report.chunks_per_second:.1f}/s), "
+            f"{report.chunks_removed} dropped, {report.boilerplate_lines} boilerplate lines; "
+            f"{report.seconds:.1f}s",
+            highlight=False,
+        )
+        for problem in report.errors:
+            failed = True
+            err.print(f"[yellow]skipped[/yellow] {problem}", highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def search(
+    collection: Annotated[str, typer.Argument(help="Collection name")],
+    query: Annotated[str, typer.Argument(help="What to look for")],
+    k: Annotated[int, typer.Option("--k", min=1, max=100, help="How many hits")] = 5,
+    method: Annotated[str, typer.Option(help="fused | keyword | dense")] = "fused",
+    as_json: Annotated[bool, typer.Option("--json", help="Print hits as JSON")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Search one collection; --json prints source, start_line, end_line, score, text."""
+    from bots.knowledge.store import KnowledgeError
+
+    if method not in ("fused", "keyword", "dense"):
+        raise _fail("--method must be fused, keyword or dense")
+    try:
+        hits = _knowledge(config).search([collection], query, k=k, method=method)  # type: ignore[arg-type]
+    except (KnowledgeError, ConfigError) as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        rows = [
+            {"source": h.source, "start_line": h.start_line, "end_line": h.end_line, "page": h.page,
+             "score": round(h.score, 6), "text": h.text}
+            for h in hits
+        ]  # fmt: skip
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    for rank, hit in enumerate(hits, 1):
+        out.print(f"[bold]{rank}. {hit.title}[/bold] ({hit.location}) score {hit.score:.4f}", highlight=False)
+        out.print(hit.text.strip(), markup=False, highlight=False)
+        out.print()
+
+
+@knowledge_app.command("list")
+def knowledge_list(config: ConfigOption = None) -> None:
+    """The collections under knowledge_dir and whether they are indexed."""
+    kb = _knowledge(config)
+    table = Table("collection", "title", "role", "files", "indexed chunks", "model")
+    for name in kb.names():
+        try:
+            info = kb.stats(name)
+        except ConfigError as exc:
+            table.add_row(name, f"[red]{exc}[/red]", "", "", "", "")
+            continue
+        table.add_row(name, info["title"], info["role"], str(info["files"]),
+                      str(info.get("chunks", "not indexed")), info.get("embedding_model") or "")  # fmt: skip
+    out.print(table)
+
+
+@knowledge_app.command("stats")
+def knowledge_stats(collection: str, config: ConfigOption = None) -> None:
+    """Details of one collection's index."""
+    try:
+        info = _knowledge(config).stats(collection)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    for key, value in info.items():
+        out.print(f"{key}: {value}", highlight=False)
 
 
 # -- doctor --------------------------------------------------------------------------------------

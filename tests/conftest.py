@@ -21,3 +21,13 @@ def shared_cards() -> Path:
     if not SHARED_CARDS.is_dir():
         pytest.skip(f"published card fixtures not found at {SHARED_CARDS}")
     return SHARED_CARDS
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    """The real bundled sentence-transformers model, loaded once per test session."""
+    from bots.knowledge.embeddings import SentenceTransformerEmbedder
+
+    model = SentenceTransformerEmbedder()
+    model.embed(["warm up"])
+    return model

@@ -170,13 +170,15 @@ def load(path: Path, *, boilerplate: bool = True) -> Document:
     return document
 
 
-def remove_boilerplate(document: Document, min_repeats: int = 3, min_chars: int = 6) -> int:
-    """Blank out lines repeated many times across a file (running headers, footers, notices).
+def remove_boilerplate(
+    document: Document, min_repeats: int = 3, min_chars: int = 6, max_chars: int = 200
+) -> int:
+    """Blank out short lines repeated many times across a file (running headers, footers).
 
     Line numbers are kept: the line stays, empty. Returns how many lines were blanked.
     """
     lines = [text.strip() for section in document.sections for _, text in section.lines]
-    counts = Counter(line for line in lines if len(line) >= min_chars)
+    counts = Counter(line for line in lines if min_chars <= len(line) <= max_chars)
     repeated = {text for text, count in counts.items() if count >= min_repeats}
     blanked = 0
     for section in document.sections:

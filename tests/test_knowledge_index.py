@@ -1,0 +1,115 @@
+"""The index: real chromadb and the real bundled embedding model on small corpora written here."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from bots.knowledge.store import FusionWeights, KnowledgeBase, KnowledgeError
+
+FOG = """# 雾中的灯
+
+石屿的雾多在春末。雾来的时候，先是远处的礁石不见了。
+
+雾天最要紧的不是灯，而是雾号。我们的雾号每三十秒响两声，一长一短。
+
+雾天值班，我把热水壶放在炉子上，每小时出门看一次能见度。
+"""
+LOG = """# Keeping the log
+
+Every keeper wrote the log in the same order: time, wind, sea, visibility, the lamp.
+
+We wrote in pencil, because ink runs when the window leaks.
+
+A good entry can be read by a stranger at three in the morning.
+"""
+
+
+@pytest.fixture
+def kb(tmp_path, embedder):
+    root = tmp_path / "knowledge"
+    (root / "keeper").mkdir(parents=True)
+    (root / "keeper" / "fog.md").write_text(FOG, encoding="utf-8")
+    (root / "keeper" / "log.md").write_text(LOG, encoding="utf-8")
+    (root / "keeper" / "collection.toml").write_text('title = "Keeper notes"\nchunk_size = 120\n')
+    return KnowledgeBase(root, tmp_path / "var", embedder, FusionWeights())
+
+
+def test_ingest_then_search_in_both_languages(kb):
+    report = kb.ingest("keeper")
+    assert sorted(report.added) == ["fog.md", "log.md"] and report.chunks_added >= 4 and not report.errors
+    [hit] = kb.search(["keeper"], "雾号怎么响？", k=1)
+    assert hit.source == "fog.md" and "一长一短" in hit.text
+    assert FOG.splitlines()[hit.start_line - 1] in hit.text  # the line numbers point at the text
+    [hit] = kb.search(["keeper"], "why did they write with a pencil", k=1)
+    assert hit.source == "log.md" and "pencil" in hit.text
+    dense = kb.search(["keeper"], "graphite instead of ink because of leaking windows", k=1, method="dense")
+    assert dense[0].source == "log.md"  # no shared keyword: the embedding model found it
+    assert kb.search(["keeper"], "燈塔的霧號", k=1, method="keyword")[0].source == "fog.md"  # 繁體 query
+
+
+def test_reingest_is_idempotent_and_follows_changes_and_deletions(kb):
+    kb.ingest("keeper")
+    again = kb.ingest("keeper")
+    assert again.unchanged == 2 and again.chunks_added == 0 and not again.added
+    folder = kb.root / "keeper"
+    (folder / "log.md").write_text(LOG.replace("pencil", "charcoal"), encoding="utf-8")
+    changed = kb.ingest("keeper")
+    assert changed.changed == ["log.md"] and changed.unchanged == 1
+    assert "charcoal" in kb.search(["keeper"], "charcoal", k=1)[0].text
+    assert all("pencil" not in hit.text for hit in kb.search(["keeper"], "pencil", k=5))
+    (folder / "fog.md").unlink()
+    removed = kb.ingest("keeper")
+    assert removed.removed == ["fog.md"] and removed.chunks_removed > 0
+    assert all(hit.source != "fog.md" for hit in kb.search(["keeper"], "雾号", k=5))
+    assert kb.stats("keeper")["indexed_files"] == 1
+
+
+def test_bad_files_are_reported_and_skipped(kb):
+    folder = kb.root / "keeper"
+    (folder / "broken.pdf").write_bytes(b"%PDF-1.4 garbage")
+    (folder / "noise.txt").write_bytes(bytes(range(256)) * 20)
+    report = kb.ingest("keeper")
+    assert sorted(report.added) == ["fog.md", "log.md"]
+    assert len(report.errors) == 2 and any("broken.pdf" in e for e in report.errors)
+
+
+def test_a_different_embedding_model_is_refused(kb, embedder):
+    kb.ingest("keeper")
+
+    class OtherModel:
+        model_name = "some-other-model"
+
+        def embed(self, texts):
+            return embedder.embed(texts)
+
+    other = KnowledgeBase(kb.root, kb.index_dir.parent, OtherModel())
+    with pytest.raises(KnowledgeError, match=r"bots ingest keeper --rebuild"):
+        other.search(["keeper"], "fog", k=1)
+    with pytest.raises(KnowledgeError, match="some-other-model"):
+        other.ingest("keeper")
+    rebuilt = other.ingest("keeper", rebuild=True)
+    assert rebuilt.chunks_added > 0 and other.search(["keeper"], "fog", k=1)
+
+
+def test_search_needs_an_index(kb):
+    with pytest.raises(KnowledgeError, match="bots ingest keeper"):
+        kb.search(["keeper"], "fog")
+
+
+def test_cli_ingest_and_json_search(kb, tmp_path, monkeypatch):
+    from bots.cli import app
+
+    config = tmp_path / "bots.toml"
+    config.write_text(f'data_dir = "{kb.index_dir.parent}"\nknowledge_dir = "{kb.root}"\n')
+    runner = CliRunner()
+    result = runner.invoke(app, ["ingest", "keeper", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "2 added" in result.output
+    result = runner.invoke(app, ["search", "keeper", "雾号", "--k", "2", "--json", "--config", str(config)])
+    hits = json.loads(result.stdout)
+    assert hits[0]["source"] == "fog.md" and {"start_line", "end_line", "score", "text"} <= set(hits[0])
+    listed = runner.invoke(app, ["knowledge", "list", "--config", str(config)])
+    assert "keeper" in listed.output

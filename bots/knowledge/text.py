@@ -27,7 +27,7 @@ STOPWORDS = frozenset(_STOPWORDS_TEXT.split())
 
 @cache
 def _t2s() -> opencc.OpenCC:
-    return opencc.OpenCC("t2s")
+    return opencc.OpenCC("tw2s")  # t2s plus variant characters (睡著 -> 睡着)
 
 
 def normalize(text: str) -> str:

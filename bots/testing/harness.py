@@ -9,6 +9,7 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 
 from bots.agent.persona import Persona
+from bots.agent.retrieval import NoRetrieval, Retriever
 from bots.assembly import build_host
 from bots.core.config import AppConfig, Secrets
 from bots.core.events import MessageEvent, Outbound
@@ -66,6 +67,7 @@ class HarnessFactory:
         bot: dict[str, Any] | None = None,
         llm_settings: dict[str, Any] | None = None,
         plugin_config: dict[str, dict[str, Any]] | None = None,
+        retriever: Retriever | None = None,
         **config: Any,
     ) -> Harness:
         """``config`` keys are top-level ``bots.toml`` keys (roles=..., rate_limits=..., ...);
@@ -89,6 +91,7 @@ class HarnessFactory:
             llm=llm,
             adapters={BOT: [adapter]},
             plugin_classes=_plugin_classes(plugins),
+            retriever=retriever or NoRetrieval(),
         )
         await host.start()
         self._hosts.append(host)

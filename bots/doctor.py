@@ -36,6 +36,7 @@ def run_checks(config_path: Path, secrets: Secrets) -> list[Check]:
     results += _llm(config, secrets)
     results += _channels(config)
     results.append(_plugins(config))
+    results += _knowledge(config)
     results += _env_files(config_path)
     return results
 
@@ -115,6 +116,40 @@ def _channels(config: AppConfig) -> list[Check]:
                     Check("fail", name, f"type {channel.type!r} is not installed "
                           f"(installed: {', '.join(sorted(installed))}); install its extra")
                 )  # fmt: skip
+    return results
+
+
+def _knowledge(config: AppConfig) -> list[Check]:
+    library = PersonaLibrary(config.personas_dir)
+    wanted: set[str] = set()
+    for bot in config.bots:
+        try:
+            wanted |= set(bot.knowledge if bot.knowledge is not None else library.get(bot.persona).knowledge)
+        except ConfigError:
+            continue  # reported by the persona check
+    if not wanted:
+        return []
+    try:
+        from bots.assembly import build_knowledge
+    except ImportError as exc:
+        return [Check("fail", "knowledge", f"{exc}\nfix: pip install 'persona-bots[knowledge]'")]
+    kb = build_knowledge(config)
+    results = []
+    for name in sorted(wanted):
+        try:
+            info = kb.stats(name)
+        except ConfigError as exc:
+            results.append(Check("fail", f"collection {name}", str(exc)))
+            continue
+        if not info["indexed"]:
+            results.append(Check("warn", f"collection {name}", f"not indexed\nfix: bots ingest {name}"))
+        elif info["embedding_model"] != kb.embedder.model_name:
+            fix = f"bots ingest {name} --rebuild"
+            results.append(Check("fail", f"collection {name}", f"indexed with another model\nfix: {fix}"))
+        else:
+            results.append(
+                Check("ok", f"collection {name}", f"{info['chunks']} chunks, {info['files']} files")
+            )
     return results
 
 

@@ -41,3 +41,26 @@ async def test_pipeline_streams_a_real_answer_and_remembers_it(harness, repo_roo
     assert reply.text.strip() and reply.text != keeper.apology_text
     turns = await h.host.bots["testbot"].pipeline.responder.memory.recent("fake:u1")
     assert [t.role for t in turns] == ["human", "ai"] and turns[1].content == reply.text.strip()
+
+
+def test_sample_persona_answers_from_its_knowledge_with_a_citation(repo_root, tmp_path):
+    config = tmp_path / "bots.toml"
+    config.write_text(
+        f'data_dir = "{tmp_path / "var"}"\n'
+        f'personas_dir = "{repo_root / "config/personas"}"\n'
+        f'knowledge_dir = "{repo_root / "knowledge"}"\n'
+        "[llm]\nmax_tokens = 64\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "BOTS_LOG_LEVEL": "WARNING"}
+
+    def bots(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "bots", *args, "--config", str(config)],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    ingest = bots("ingest", "lighthouse")
+    assert ingest.returncode == 0, ingest.stderr
+    answer = bots("chat", "--persona", "keeper", "--message", "雾天你怎么值班？")
+    assert answer.returncode == 0, answer.stderr
+    assert "出处：[1] 雾中的灯 (fog.md, lines " in answer.stdout

@@ -66,7 +66,7 @@ class KnowledgeConfig(StrictModel):
     top_k: int = Field(4, ge=1, le=20)  # passages put in the prompt
     min_similarity: float = Field(0.35, ge=0, le=1)  # dense-only hits below this are dropped
     # weight of the dense ranking against keyword (1.0) in the fusion, by the query's script
-    dense_weight_latin: float = Field(0.5, ge=0)
+    dense_weight_latin: float = Field(1.0, ge=0)
     dense_weight_cjk: float = Field(0.0, ge=0)
 
 

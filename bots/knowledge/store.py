@@ -47,7 +47,7 @@ class FusionWeights:
     noise to Chinese ones; measured with bench/retrieval_eval.py.
     """
 
-    dense_latin: float = 0.5
+    dense_latin: float = 1.0
     dense_cjk: float = 0.0
 
     def dense_weight(self, query: str) -> float:

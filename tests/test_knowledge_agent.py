@@ -133,3 +133,10 @@ async def test_style_collections_give_voice_samples_not_citations(harness, libra
     system = _system(llm)
     assert "<<<VOICE" in system and "它只是把光藏起来了" in system
     assert "voice.md" not in reply.text  # voice samples are never cited as sources
+
+
+def test_scare_quotes_are_not_quotations():
+    from bots.agent.citations import quotations
+
+    text = 'The "light" is on. He wrote "the sea keeps its own time". 她说「灯还亮着」。「好」'
+    assert quotations(text) == ["the sea keeps its own time", "灯还亮着"]

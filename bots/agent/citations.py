@@ -16,8 +16,14 @@ UNVERIFIED = {"zh": "（此引文未能在原著中核实）", "en": " [unverifi
 SOURCES = {"zh": "出处：", "en": "Sources: "}
 
 
+_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+
+
 def quotations(text: str) -> list[str]:
-    return [next(group for group in match.groups() if group) for match in _QUOTE.finditer(text)]
+    """Quoted passages long enough to be quotations, not scare quotes ("the light"): four CJK
+    characters, or three words."""
+    found = [next(group for group in match.groups() if group) for match in _QUOTE.finditer(text)]
+    return [q for q in found if len(_CJK.findall(q)) >= 4 or len(q.split()) >= 3]
 
 
 async def check_quotes(

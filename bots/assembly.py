@@ -41,13 +41,22 @@ def build_adapter(bot: str, channel: ChannelConfig, secrets: Secrets) -> Adapter
     return adapter_cls.from_config(channel.name or channel.type, channel.options, secrets)
 
 
-def build_knowledge(config: AppConfig) -> KnowledgeBase:
+def build_knowledge(config: AppConfig, secrets: Secrets | None = None) -> KnowledgeBase:
     """The host's knowledge base (imports the heavy retrieval stack only when called)."""
-    from bots.knowledge.embeddings import SentenceTransformerEmbedder
+    from bots.knowledge.embeddings import Embedder, HttpEmbedder, SentenceTransformerEmbedder
     from bots.knowledge.store import FusionWeights, KnowledgeBase
 
     settings = config.knowledge
-    embedder = SentenceTransformerEmbedder(settings.embedding_model, device=settings.device)
+    embedder: Embedder
+    if settings.embedding_url:
+        key = (secrets or Secrets()).get(settings.embedding_api_key_env)
+        embedder = HttpEmbedder(
+            settings.embedding_url,
+            model=settings.embedding_model,
+            api_key=key.get_secret_value() if key else None,
+        )
+    else:
+        embedder = SentenceTransformerEmbedder(settings.embedding_model, device=settings.device)
     weights = FusionWeights(dense_latin=settings.dense_weight_latin, dense_cjk=settings.dense_weight_cjk)
     return KnowledgeBase(config.knowledge_dir, config.data_dir, embedder, weights)
 
@@ -103,7 +112,7 @@ def build_host(
         persona = (personas or {}).get(bot_cfg.persona) or library.get(bot_cfg.persona)
         collections = persona.knowledge if bot_cfg.knowledge is None else bot_cfg.knowledge
         if collections and retriever is None:
-            retriever = build_retriever(config)  # one per host, shared by its bots
+            retriever = build_retriever(config, secrets)  # one per host, shared by its bots
         llm_cfg = llm_config_for(config, bot_cfg, persona)
         memory = ConversationMemory(host.db, bot_cfg.name)
         agent = Agent(

@@ -265,7 +265,7 @@ def _knowledge(config: Path | None):
     from bots.assembly import build_knowledge
 
     cfg = _load(config, required=False)
-    return build_knowledge(cfg)
+    return build_knowledge(cfg, _secrets(config))
 
 
 @app.command()
@@ -379,6 +379,45 @@ def knowledge_stats(collection: str, config: ConfigOption = None) -> None:
         raise _fail(str(exc)) from None
     for key, value in info.items():
         out.print(f"{key}: {value}", highlight=False)
+
+
+# -- embedding service ---------------------------------------------------------------------------
+@app.command("embed-server")
+def embed_server(
+    host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8088,
+    model: Annotated[
+        str | None, typer.Option(help="sentence-transformers name or path [default: bundled]")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    api_key_env: Annotated[str, typer.Option(help="Env var holding the bearer token (unset: no auth)")] = (
+        "BOTS_EMBED_API_KEY"
+    ),
+    max_batch: Annotated[int, typer.Option(help="Texts per encoded batch")] = 64,
+    max_wait_ms: Annotated[float, typer.Option(help="How long a batch may wait to fill up")] = 5.0,
+    max_queue: Annotated[int, typer.Option(help="Texts waiting before 429")] = 4096,
+    max_inputs: Annotated[int, typer.Option(help="Texts per request")] = 2048,
+    max_chars: Annotated[int, typer.Option(help="Characters per text")] = 8192,
+    oversize: Annotated[
+        str, typer.Option(help="truncate | reject (413) texts over --max-chars")
+    ] = "truncate",
+) -> None:
+    """Serve OpenAI-compatible /v1/embeddings (micro-batched; CUDA fp16 when present)."""
+    from bots.embedserver.server import serve
+
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise _fail("--device must be auto, cpu or cuda")
+    if oversize not in ("truncate", "reject"):
+        raise _fail("--oversize must be truncate or reject")
+    secrets = Secrets([Path.cwd() / ".env"])
+    setup_logging(EnvSettings().log_level or "INFO", lambda: secrets.handed_out)
+    api_key = secrets.get(api_key_env)
+    serve(
+        host, port, model, device,
+        api_key=api_key.get_secret_value() if api_key else None,
+        max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
+        max_inputs=max_inputs, max_chars=max_chars, oversize=oversize,
+    )  # fmt: skip
 
 
 # -- doctor --------------------------------------------------------------------------------------

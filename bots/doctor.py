@@ -36,7 +36,7 @@ def run_checks(config_path: Path, secrets: Secrets) -> list[Check]:
     results += _llm(config, secrets)
     results += _channels(config)
     results.append(_plugins(config))
-    results += _knowledge(config)
+    results += _knowledge(config, secrets)
     results += _env_files(config_path)
     return results
 
@@ -119,7 +119,7 @@ def _channels(config: AppConfig) -> list[Check]:
     return results
 
 
-def _knowledge(config: AppConfig) -> list[Check]:
+def _knowledge(config: AppConfig, secrets: Secrets) -> list[Check]:
     library = PersonaLibrary(config.personas_dir)
     wanted: set[str] = set()
     for bot in config.bots:
@@ -133,7 +133,7 @@ def _knowledge(config: AppConfig) -> list[Check]:
         from bots.assembly import build_knowledge
     except ImportError as exc:
         return [Check("fail", "knowledge", f"{exc}\nfix: pip install 'persona-bots[knowledge]'")]
-    kb = build_knowledge(config)
+    kb = build_knowledge(config, secrets)
     results = []
     for name in sorted(wanted):
         try:

@@ -113,3 +113,72 @@ def test_cli_ingest_and_json_search(kb, tmp_path, monkeypatch):
     assert hits[0]["source"] == "fog.md" and {"start_line", "end_line", "score", "text"} <= set(hits[0])
     listed = runner.invoke(app, ["knowledge", "list", "--config", str(config)])
     assert "keeper" in listed.output
+
+
+def test_settings_change_rechunks_and_empty_files_stay_unchanged(kb):
+    (kb.root / "keeper" / "empty.md").write_text("", encoding="utf-8")
+    first = kb.ingest("keeper")
+    assert "empty.md" in first.added
+    assert kb.ingest("keeper").unchanged == 3  # the empty file is not "added" again
+    (kb.root / "keeper" / "collection.toml").write_text('title = "Keeper notes"\nchunk_size = 200\n')
+    again = kb.ingest("keeper")
+    assert sorted(again.changed) == ["empty.md", "fog.md", "log.md"]
+    (kb.root / "keeper" / "collection.toml").write_text('title = "Renamed"\nchunk_size = 200\n')
+    assert kb.ingest("keeper").unchanged == 3  # a new title is no reason to re-embed
+
+
+def test_an_interrupted_ingest_leaves_no_duplicates_or_orphans(kb, embedder):
+    class FailsOnce:
+        model_name = embedder.model_name
+        calls = 0
+
+        def embed(self, texts):
+            FailsOnce.calls += 1
+            if FailsOnce.calls == 2:
+                raise RuntimeError("power cut")
+            return embedder.embed(texts)
+
+    broken = KnowledgeBase(kb.root, kb.index_dir.parent, FailsOnce())
+    with pytest.raises(RuntimeError):
+        broken.ingest("keeper")
+    report = kb.ingest("keeper")
+    assert len(report.added) == 1 and report.unchanged == 1
+    stored = kb._stored("keeper")
+    texts = stored.get(include=["documents"])["documents"]
+    assert len(texts) == len(set(texts)) == kb.stats("keeper")["chunks"]
+
+
+def test_an_index_from_an_older_pipeline_is_refused(kb):
+    kb.ingest("keeper")
+    stored = kb._stored("keeper")
+    old = {k: v for k, v in stored.metadata.items() if not k.startswith("hnsw:")}
+    stored.modify(metadata={**old, "pipeline": "0"})
+    with pytest.raises(KnowledgeError, match=r"older version.*--rebuild"):
+        kb.search(["keeper"], "fog")
+
+
+def test_a_running_reader_follows_a_reingest_by_another_process(kb, embedder):
+    kb.ingest("keeper")
+    reader = KnowledgeBase(kb.root, kb.index_dir.parent, embedder)
+    assert reader.search(["keeper"], "pencil", k=1)[0].source == "log.md"
+    (kb.root / "keeper" / "log.md").write_text(LOG.replace("pencil", "charcoal"), encoding="utf-8")
+    kb.ingest("keeper")  # "another process": a second instance on the same files
+    hits = reader.search(["keeper"], "charcoal pencil", k=3, method="keyword")
+    assert hits and all("pencil" not in hit.text for hit in hits)
+
+
+def test_several_collections_are_ranked_together(tmp_path, embedder):
+    root = tmp_path / "knowledge"
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir(parents=True)
+    (root / "a" / "tea.md").write_text(
+        "# 茶馆\n\n潮声茶馆每天早上七点开门，卖红茶和绿茶。\n", encoding="utf-8"
+    )
+    (root / "b" / "horn.md").write_text(
+        "# 雾号\n\n雾号每三十秒响两声，一长一短，提醒船只让开暗礁。\n", encoding="utf-8"
+    )
+    base = KnowledgeBase(root, tmp_path / "var", embedder)
+    base.ingest("a")
+    base.ingest("b")
+    assert base.search(["a", "b"], "雾号多久响一次", k=2)[0].collection == "b"
+    assert base.search(["b", "a"], "茶馆几点开门", k=2)[0].collection == "a"

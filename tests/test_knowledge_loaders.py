@@ -153,3 +153,57 @@ def test_cjk_chunks_end_on_sentences_and_carry_original_lines(tmp_path):
         assert first in lines[chunk.start_line - 1]  # the chunk starts on the line it says
         last = chunk.text.rstrip().rsplit("\n", 1)[-1]
         assert last in lines[chunk.end_line - 1]
+
+
+def test_html_text_outside_paragraphs_is_kept(tmp_path):
+    path = tmp_path / "page.html"
+    path.write_text(
+        "<html><body>\n<div>Loose text in a div\n<p>and a paragraph</p>\n"
+        "tail of the div</div>\n</body></html>",
+        encoding="utf-8",
+    )
+    text = load(path).text
+    assert "Loose text in a div" in text and "and a paragraph" in text and "tail of the div" in text
+
+
+def test_docx_tables_are_read(tmp_path):
+    import docx
+
+    path = tmp_path / "fares.docx"
+    doc = docx.Document()
+    doc.add_paragraph("Fares")
+    table = doc.add_table(rows=1, cols=2)
+    table.rows[0].cells[0].text, table.rows[0].cells[1].text = "Adult", "28 yuan"
+    doc.save(path)
+    assert "Adult | 28 yuan" in load(path).text
+
+
+def test_form_feeds_do_not_shift_line_numbers(tmp_path):
+    path = tmp_path / "ff.txt"
+    path.write_text("one\x0cstill one\ntwo\nthree\n", encoding="utf-8")
+    assert load(path).sections[0].lines[:3] == [(1, "one\x0cstill one"), (2, "two"), (3, "three")]
+
+
+def test_page_footers_with_changing_numbers_are_dropped_but_numbered_text_is_not():
+    from pathlib import Path
+
+    from bots.knowledge.loaders import Document, Section, remove_boilerplate
+
+    content = ["雾来时先看礁石。", "灯每十秒闪两次。", "日志用铅笔写。", "潮水不会早到。", "台风夜停电。"]
+    pages = [Section([(1, text), (2, f"— 第 {n} 页 —")], page=n) for n, text in enumerate(content, 1)]
+    document = Document(Path("book.pdf"), "book", pages)
+    assert remove_boilerplate(document) == 5
+    assert [s.lines for s in document.sections] == [[(1, text), (2, "")] for text in content]
+
+
+def test_zip_bombs_are_refused(tmp_path, monkeypatch):
+    import zipfile
+
+    import bots.knowledge.loaders as loaders
+
+    monkeypatch.setattr(loaders, "MAX_UNZIPPED_BYTES", 1024 * 1024)
+    path = tmp_path / "bomb.docx"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("word/document.xml", b"\0" * (4 * 1024 * 1024))
+    with pytest.raises(LoadError, match="zip bomb"):
+        load(path)

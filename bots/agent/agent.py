@@ -13,7 +13,7 @@ from langchain_core.messages import BaseMessage, BaseMessageChunk
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from bots.agent.character import strip_disclaimers
-from bots.agent.citations import check_quotes, quotations, with_sources
+from bots.agent.citations import check_quotes, quotations, quote_open, sources_note
 from bots.agent.memory import ConversationMemory, Turn
 from bots.agent.persona import Persona
 from bots.agent.prompt import build_messages, fact_passages
@@ -114,7 +114,7 @@ class Agent:
         facts = fact_passages(passages)
         if not self.persona.citations or not facts:
             return ""
-        return with_sources(answer, facts, self.persona.lang_key)[len(answer) :]
+        return sources_note(answer, facts, self.persona.lang_key)
 
     async def _remember(self, inv: Invocation, answer: str) -> None:
         author = inv.event.author
@@ -161,16 +161,22 @@ class Agent:
                 messages, passages = await self._prompt(inv)
                 deadline = asyncio.get_running_loop().time() + self.timeout_s
                 sentences = _sentences(self.llm.astream(messages))
+                held = ""  # a quotation is checked whole, so sentences wait for its end
                 try:
                     while True:
                         async with asyncio.timeout_at(deadline):
                             sentence = await anext(sentences, None)
-                        if sentence is None:
-                            break
-                        clean = await self._checked(inv, sentence)
+                        if sentence is not None:
+                            held += sentence
+                            if quote_open(held):
+                                continue
+                        clean = await self._checked(inv, held) if held else ""
+                        held = ""
                         if clean.strip():
                             parts.append(clean)
                             yield clean
+                        if sentence is None:
+                            break
                 finally:
                     await sentences.aclose()
             except Exception as exc:

@@ -44,12 +44,29 @@ async def check_quotes(
         if quote in exempt or await verify(quote):
             continue
         if mode == "remove":
-            answer = "".join(s for s in _SENTENCE.findall(answer) if quote not in s).strip()
+            answer = _without_sentences_around(answer, quote)
         else:
             answer = re.sub(
                 rf"([「『“\"]){re.escape(quote)}([」』”\"])", rf"\g<0>{UNVERIFIED[lang]}", answer, count=1
             )
     return answer
+
+
+def _without_sentences_around(answer: str, quote: str) -> str:
+    """Remove every sentence that overlaps the quotation (it may hold sentence ends itself)."""
+    found = answer.find(quote)
+    while found >= 0:
+        start, end = found - 1, found + len(quote) + 1  # with the quotation marks
+        kept = [m.group() for m in _SENTENCE.finditer(answer) if m.end() <= start or m.start() >= end]
+        answer = "".join(kept).strip()
+        found = answer.find(quote)
+    return answer
+
+
+def quote_open(text: str) -> bool:
+    """Whether ``text`` ends inside a quotation (a streamed answer waits for its end)."""
+    pairs = (("「", "」"), ("『", "』"), ("“", "”"))
+    return any(text.count(a) > text.count(b) for a, b in pairs) or text.count('"') % 2 == 1
 
 
 def cited(answer: str, passages: list[Passage]) -> list[tuple[int, Passage]]:
@@ -60,11 +77,12 @@ def cited(answer: str, passages: list[Passage]) -> list[tuple[int, Passage]]:
     return [(n, passages[n - 1]) for n in dict.fromkeys(numbers)]
 
 
-def with_sources(answer: str, passages: list[Passage], lang: str) -> str:
+def sources_note(answer: str, passages: list[Passage], lang: str) -> str:
+    """The line appended to an answer: the passages it cites, or its best one."""
     sources = cited(answer, passages)
     if not sources:
-        return answer
+        return ""
     listed = "; ".join(
         f"[{n}] {p.source} ({p.location})" if p.location else f"[{n}] {p.source}" for n, p in sources
     )
-    return f"{answer}\n\n{SOURCES[lang]}{listed}"
+    return f"\n\n{SOURCES[lang]}{listed}"

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 
 from bots.agent.retrieval import Passage
 from bots.core.config import ConfigError
-from bots.knowledge.store import Hit, KnowledgeBase, KnowledgeError
+from bots.knowledge.store import Hit, KnowledgeBase
 from bots.knowledge.text import squash
 
 log = logging.getLogger("bots.knowledge")
@@ -31,31 +32,30 @@ class KnowledgeRetriever:
         self.min_similarity = min_similarity  # dense-only hits below this are not relevant
         self.style_max_chars = style_max_chars
         self._warned: set[str] = set()
+        self._role: dict[str, str] = {}
 
     def _roles(self, collections: list[str]) -> tuple[list[str], list[str]]:
         facts, style = [], []
         for name in collections:
-            try:
-                role = self.kb.collection(name).settings.role
-            except ConfigError as exc:
-                self._warn_once(name, str(exc))
-                continue
-            (style if role == "style" else facts).append(name)
+            if name not in self._role:
+                try:
+                    self._role[name] = self.kb.collection(name).settings.role
+                except ConfigError as exc:
+                    self._warn_once(name, exc)
+                    continue
+            (style if self._role[name] == "style" else facts).append(name)
         return facts, style
 
-    def _warn_once(self, name: str, message: str) -> None:
-        if name not in self._warned:
-            self._warned.add(name)
-            log.warning("knowledge: %s", message)
+    def _warn_once(self, name: str, problem: Exception) -> None:
+        message = f"{name}: {problem}"
+        if message not in self._warned:
+            self._warned.add(message)
+            log.warning("knowledge: %s", problem)
 
     def _search(self, names: list[str], query: str, k: int) -> list[Hit]:
-        hits: list[Hit] = []
-        for name in names:
-            try:
-                hits += self.kb.search([name], query, k)
-            except KnowledgeError as exc:
-                self._warn_once(name, str(exc))
-        return sorted(hits, key=lambda hit: hit.score, reverse=True)
+        if not names:
+            return []
+        return self.kb.search(names, query, k, on_error=self._warn_once)
 
     def _relevant(self, hit: Hit) -> bool:
         return hit.keyword_score > 0 or hit.dense_similarity >= self.min_similarity
@@ -91,4 +91,19 @@ class KnowledgeRetriever:
         return any(wanted in squash(hit.text) for hit in self._search(facts + style, quote, 10))
 
     async def verify_quote(self, quote: str, collections: list[str]) -> bool:
-        return await asyncio.to_thread(self._verify, quote, collections)
+        try:
+            return await asyncio.to_thread(self._verify, quote, collections)
+        except Exception:  # a broken index must not cost the whole answer: the quote stays unverified
+            log.exception("knowledge: could not check a quotation")
+            return False
+
+
+_SENTENCE_END = re.compile(r"[。！？!?]|\.\s")
+
+
+def _shortened(text: str, limit: int) -> str:
+    """At most ``limit`` characters, cut after the last sentence end that fits."""
+    if len(text) <= limit:
+        return text
+    ends = [m.end() for m in _SENTENCE_END.finditer(text, 0, limit)]
+    return text[: ends[-1]].strip() if ends else text[:limit]

@@ -31,7 +31,7 @@ class CollectionSettings(BaseModel):
 
 class Collection:
     def __init__(self, root: Path, name: str) -> None:
-        if not COLLECTION_NAME.match(name):
+        if not COLLECTION_NAME.fullmatch(name):
             raise ConfigError(f"{name!r} is not a collection name (a-z, 0-9, - and _)")
         self.name = name
         self.folder = root / name
@@ -72,4 +72,4 @@ class Collection:
 def collection_names(root: Path) -> list[str]:
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and COLLECTION_NAME.match(p.name))
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and COLLECTION_NAME.fullmatch(p.name))

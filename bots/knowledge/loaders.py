@@ -16,7 +16,9 @@ from charset_normalizer import from_bytes
 
 MAX_FILE_BYTES = 200 * 1024 * 1024
 _BLOCK_TAGS = ["p", "h1", "h2", "h3", "h4", "h5", "h6", "li", "pre", "blockquote", "td", "th", "dt", "dd",
-               "figcaption", "caption", "title"]  # fmt: skip
+               "figcaption", "caption", "div", "section", "article", "main", "aside", "header", "footer",
+               "nav", "body"]  # fmt: skip
+MAX_UNZIPPED_BYTES = 1024 * 1024 * 1024  # .docx and .epub are zip files: refuse zip bombs
 
 
 class LoadError(Exception):
@@ -37,6 +39,7 @@ class Document:
     path: Path
     title: str
     sections: list[Section] = field(default_factory=list)
+    boilerplate_lines: int = 0  # lines blanked as repeated boilerplate
 
     @property
     def text(self) -> str:
@@ -59,8 +62,11 @@ def decode(data: bytes, path: Path) -> str:
         raise LoadError(f"{path}: looks like {best.encoding} but does not decode: {exc}") from None
 
 
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")  # not str.splitlines: form feeds are no line breaks in editors
+
+
 def _numbered(text: str, first: int = 1) -> list[tuple[int, str]]:
-    return list(enumerate(text.splitlines(), first))
+    return list(enumerate(_LINE_BREAK.split(text), first))
 
 
 def load_text(path: Path) -> Document:
@@ -74,21 +80,25 @@ def _title_from_markdown(text: str) -> str:
 
 
 def load_html(path: Path) -> Document:
-    from bs4 import BeautifulSoup
+    from bs4 import BeautifulSoup, NavigableString
 
     soup = BeautifulSoup(decode(path.read_bytes(), path), "html.parser")
-    for tag in soup(["script", "style", "noscript", "template"]):
-        tag.decompose()
     title = soup.title.get_text(strip=True) if soup.title else ""
+    for tag in soup(["script", "style", "noscript", "template", "head"]):
+        tag.decompose()
+    # Every text node belongs to its nearest block element; blocks keep their source line.
+    blocks: dict[int, tuple[int, list[str]]] = {}
+    for node in soup.find_all(string=True):
+        if type(node) is not NavigableString or not node.strip():
+            continue  # comments, doctype and CDATA are subclasses: skipped
+        block = node.find_parent(_BLOCK_TAGS) or soup
+        line = getattr(block, "sourceline", None) or 1
+        blocks.setdefault(id(block), (line, []))[1].append(node.strip())
     lines: list[tuple[int, str]] = []
-    for tag in soup.find_all(_BLOCK_TAGS):
-        if tag.name == "title" or tag.find(_BLOCK_TAGS):
-            continue  # only innermost blocks, so nothing is counted twice
-        text = tag.get_text(" ", strip=True)
-        if text:
-            start = tag.sourceline or (lines[-1][0] if lines else 1)
-            lines += [(start + i, line) for i, line in enumerate(text.splitlines()) if line.strip()]
-    return Document(path, title or path.stem, [Section(lines)])
+    for start, parts in blocks.values():
+        text = " ".join(parts)
+        lines += [(start + i, piece) for i, piece in enumerate(_LINE_BREAK.split(text)) if piece.strip()]
+    return Document(path, title or path.stem, [Section(sorted(lines, key=lambda item: item[0]))])
 
 
 def load_pdf(path: Path) -> Document:
@@ -109,16 +119,32 @@ def load_pdf(path: Path) -> Document:
     return Document(path, title, sections)
 
 
+def _check_zip(path: Path) -> None:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            unpacked = sum(info.file_size for info in archive.infolist())
+    except zipfile.BadZipFile as exc:
+        raise LoadError(f"{path}: not a zip container: {exc}") from None
+    if unpacked > MAX_UNZIPPED_BYTES:
+        raise LoadError(f"{path}: unpacks to {unpacked // 2**20} MiB; refusing a possible zip bomb")
+
+
 def load_docx(path: Path) -> Document:
     import docx
     from docx.opc.exceptions import PackageNotFoundError
 
+    _check_zip(path)
     try:
         document = docx.Document(str(path))
     except (PackageNotFoundError, KeyError, ValueError) as exc:
         raise LoadError(f"{path}: not a readable .docx: {exc}") from None
-    # A .docx has no lines; paragraph numbers stand in for them.
-    lines = [(i, p.text) for i, p in enumerate(document.paragraphs, 1)]
+    # A .docx has no lines; paragraph numbers stand in for them (tables follow, row by row).
+    texts = [p.text for p in document.paragraphs]
+    for table in document.tables:
+        texts += [" | ".join(cell.text.strip() for cell in row.cells) for row in table.rows]
+    lines = list(enumerate(texts, 1))
     title = document.core_properties.title or path.stem
     return Document(path, title, [Section(lines)])
 
@@ -128,6 +154,7 @@ def load_epub(path: Path) -> Document:
     from bs4 import BeautifulSoup
     from ebooklib import epub
 
+    _check_zip(path)
     try:
         book = epub.read_epub(str(path), options={"ignore_ncx": True})
     except Exception as exc:  # ebooklib raises bare exceptions of many kinds
@@ -153,7 +180,8 @@ LOADERS: dict[str, Callable[[Path], Document]] = {
 }
 
 
-def load(path: Path, *, boilerplate: bool = True) -> Document:
+def load(path: Path, *, boilerplate_repeats: int = 3) -> Document:
+    """Load a file; lines repeated ``boilerplate_repeats`` times or more are blanked (0: keep)."""
     loader = LOADERS.get(path.suffix.lower())
     if loader is None:
         raise LoadError(f"{path}: unsupported file type {path.suffix!r}")
@@ -165,9 +193,12 @@ def load(path: Path, *, boilerplate: bool = True) -> Document:
         raise
     except Exception as exc:  # a hostile or broken file must never stop the ingest
         raise LoadError(f"{path}: {type(exc).__name__}: {exc}") from None
-    if boilerplate:
-        remove_boilerplate(document)
+    if boilerplate_repeats:
+        document.boilerplate_lines = remove_boilerplate(document, boilerplate_repeats)
     return document
+
+
+_DIGITS = re.compile(r"\d+")
 
 
 def remove_boilerplate(
@@ -175,15 +206,29 @@ def remove_boilerplate(
 ) -> int:
     """Blank out short lines repeated many times across a file (running headers, footers).
 
-    Line numbers are kept: the line stays, empty. Returns how many lines were blanked.
+    Exact repeats count everywhere; in paged documents a line on at least half the pages also
+    counts with its numbers ignored ("第 3 页", "Page 4 of 9"). Line numbers are kept: the line
+    stays, empty. Returns how many lines were blanked.
     """
+
+    def fits(line: str) -> bool:
+        return min_chars <= len(line) <= max_chars
+
     lines = [text.strip() for section in document.sections for _, text in section.lines]
-    counts = Counter(line for line in lines if min_chars <= len(line) <= max_chars)
-    repeated = {text for text, count in counts.items() if count >= min_repeats}
+    counts = Counter(line for line in lines if fits(line))
+    repeated = {line for line, count in counts.items() if count >= min_repeats}
+    pages = [s for s in document.sections if s.page]
+    page_marks: set[str] = set()
+    if len(pages) >= min_repeats:
+        per_page = Counter(
+            key for s in pages for key in {_DIGITS.sub("#", t.strip()) for _, t in s.lines if fits(t.strip())}
+        )
+        page_marks = {key for key, count in per_page.items() if count >= max(min_repeats, len(pages) / 2)}
     blanked = 0
     for section in document.sections:
         for i, (number, text) in enumerate(section.lines):
-            if text.strip() in repeated:
+            line = text.strip()
+            if fits(line) and (line in repeated or (section.page and _DIGITS.sub("#", line) in page_marks)):
                 section.lines[i] = (number, "")
                 blanked += 1
     return blanked

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import threading
 import time
@@ -19,20 +20,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import bm25s
-import numpy as np
 
 from bots.knowledge.chunking import Chunk, chunk_document
 from bots.knowledge.collection import Collection, collection_names
 from bots.knowledge.embeddings import Embedder
-from bots.knowledge.loaders import LoadError, load, remove_boilerplate
+from bots.knowledge.loaders import MAX_FILE_BYTES, LoadError, load
 from bots.knowledge.text import cjk_share, tokenize
 
 log = logging.getLogger("bots.knowledge")
 
 Method = Literal["keyword", "dense", "fused"]
 RRF_K = 60  # the usual reciprocal-rank-fusion constant
-EMBED_BATCH = 64
 CHROMA_BATCH = 1000
+# Bumped when chunking or tokenising changes: an index built otherwise must be rebuilt.
+PIPELINE_VERSION = "2"
 
 
 class KnowledgeError(Exception):
@@ -65,6 +66,7 @@ class Hit:
     start_line: int
     end_line: int
     page: int | None
+    part: str
     score: float
     keyword_score: float = 0.0
     dense_similarity: float = 0.0
@@ -76,7 +78,8 @@ class Hit:
             if self.start_line == self.end_line
             else (f"lines {self.start_line}-{self.end_line}")
         )
-        return f"{self.source}, " + (f"p. {self.page}, " if self.page else "") + lines
+        where = f"p. {self.page}, " if self.page else (f"{self.part}, " if self.part else "")
+        return f"{self.source}, {where}{lines}"
 
 
 @dataclass
@@ -137,23 +140,39 @@ class KnowledgeBase:
         return f"kb-{name}-chunks"
 
     def _stored(self, name: str) -> Any | None:
-        client = self._chroma_client()
+        from chromadb.errors import NotFoundError
+
         try:
-            return client.get_collection(self._chroma_name(name), embedding_function=None)
-        except Exception:  # chromadb raises NotFoundError/ValueError by version
+            return self._chroma_client().get_collection(self._chroma_name(name), embedding_function=None)
+        except (NotFoundError, ValueError):
             return None
 
-    def _check_model(self, name: str, stored: Any) -> None:
-        built_with = (stored.metadata or {}).get("embedding_model")
+    def _check(self, name: str, stored: Any) -> None:
+        """Refuse an index built with another embedding model or another text pipeline."""
+        meta = stored.metadata or {}
+        built_with = meta.get("embedding_model")
         if built_with != self.embedder.model_name:
             raise KnowledgeError(
                 f"collection {name!r} was indexed with the embedding model {built_with!r}, but the "
                 f"configured model is {self.embedder.model_name!r}; re-index it with "
                 f"`bots ingest {name} --rebuild`"
             )
+        if meta.get("pipeline") != PIPELINE_VERSION:
+            raise KnowledgeError(
+                f"collection {name!r} was indexed by an older version of the chunker/tokenizer; "
+                f"re-index it with `bots ingest {name} --rebuild`"
+            )
+
+    def _require(self, name: str) -> Any:
+        stored = self._stored(name)
+        if stored is None:
+            raise KnowledgeError(f"collection {name!r} is not indexed yet; run `bots ingest {name}`")
+        self._check(name, stored)
+        return stored
 
     # -- ingest --------------------------------------------------------------------------------
     def ingest(self, name: str, *, rebuild: bool = False, progress: Progress | None = None) -> IngestReport:
+        """Index new and changed files, drop deleted ones; unchanged files cost a hash each."""
         started = time.perf_counter()
         collection = self.collection(name)
         report = IngestReport(name)
@@ -161,31 +180,41 @@ class KnowledgeBase:
             if rebuild:
                 self.drop(name)
             stored = self._stored(name)
-            if stored is not None:
-                self._check_model(name, stored)
-            else:
+            if stored is None:
                 stored = self._chroma_client().create_collection(
                     self._chroma_name(name),
                     embedding_function=None,
-                    metadata={"embedding_model": self.embedder.model_name, "hnsw:space": "cosine"},
+                    metadata={
+                        "embedding_model": self.embedder.model_name,
+                        "pipeline": PIPELINE_VERSION,
+                        "hnsw:space": "cosine",
+                    },
                 )
-            known = _files_in_index(stored)
-            signature = json.dumps(collection.settings.model_dump(), sort_keys=True).encode()
-            files = collection.files()
+            self._check(name, stored)
+            manifest = self._read_manifest(name)
+            settings = collection.settings
+            signature = json.dumps(
+                [PIPELINE_VERSION, settings.chunk_size, settings.chunk_overlap, settings.boilerplate_repeats]
+            ).encode()
             present = set()
-            for path in files:
-                source = path.relative_to(collection.folder).as_posix()
-                present.add(source)
-                self._ingest_file(stored, collection, path, source, signature, known, report, progress)
-                if progress:
-                    progress("files", 1)
-            for source in sorted(set(known) - present):
-                ids = known[source][1]
-                stored.delete(ids=ids)
-                report.removed.append(source)
-                report.chunks_removed += len(ids)
-            if report.added or report.changed or report.removed or not self._keyword_path(name).is_dir():
-                self._rebuild_keyword_index(name, stored)
+            try:
+                for path in collection.files():
+                    source = path.relative_to(collection.folder).as_posix()
+                    present.add(source)
+                    self._ingest_file(stored, collection, path, source, signature, manifest, report, progress)
+                    if progress:
+                        progress("files", 1)
+                for source in sorted(set(manifest) - present):
+                    ids = stored.get(where={"source": source}, include=[])["ids"]
+                    if ids:
+                        stored.delete(ids=ids)
+                    del manifest[source]
+                    report.removed.append(source)
+                    report.chunks_removed += len(ids)
+            finally:  # whatever happened, the manifest and the keyword index follow what is stored
+                self._write_manifest(name, manifest)
+                if report.added or report.changed or report.removed or not self._keyword_path(name).is_dir():
+                    self._rebuild_keyword_index(name, stored, manifest)
         report.seconds = time.perf_counter() - started
         return report
 
@@ -196,52 +225,54 @@ class KnowledgeBase:
         path: Path,
         source: str,
         signature: bytes,
-        known: dict[str, tuple[str, list[str]]],
+        manifest: dict[str, dict[str, Any]],
         report: IngestReport,
         progress: Progress | None = None,
     ) -> None:
         try:
-            file_hash = hashlib.sha256(path.read_bytes() + signature).hexdigest()
-        except OSError as exc:
-            report.errors.append(f"{source}: {exc}")
+            if path.stat().st_size > MAX_FILE_BYTES:
+                raise LoadError(f"{path}: larger than {MAX_FILE_BYTES // 2**20} MiB")
+            with path.open("rb") as handle:
+                digest = hashlib.file_digest(handle, "sha256")
+            digest.update(signature)
+            file_hash = digest.hexdigest()
+        except (OSError, LoadError) as exc:
+            report.errors.append(str(exc))
             return
-        previous = known.get(source)
-        if previous and previous[0] == file_hash:
+        previous = manifest.get(source)
+        if previous and previous["hash"] == file_hash:
             report.unchanged += 1
             return
+        settings = collection.settings
         try:
-            document = load(path, boilerplate=False)
+            document = load(path, boilerplate_repeats=settings.boilerplate_repeats)
         except LoadError as exc:
             report.errors.append(str(exc))  # an old version, if any, stays searchable
             return
-        settings = collection.settings
-        if settings.boilerplate_repeats:
-            report.boilerplate_lines += remove_boilerplate(document, settings.boilerplate_repeats)
+        report.boilerplate_lines += document.boilerplate_lines
         chunks = chunk_document(document, source, settings.chunk_size, settings.chunk_overlap)
         embed_started = time.perf_counter()
-        vectors = self._embed([index_text(chunk) for chunk in chunks])
+        vectors = self.embedder.embed([index_text(chunk) for chunk in chunks]) if chunks else []
         report.embed_seconds += time.perf_counter() - embed_started
-        if previous:
-            stored.delete(ids=previous[1])
-            report.chunks_removed += len(previous[1])
-            report.changed.append(source)
-        else:
-            report.added.append(source)
-        for start in range(0, len(chunks), CHROMA_BATCH):
-            batch = chunks[start : start + CHROMA_BATCH]
-            stored.add(
-                ids=[f"{source}#{start + i}:{c.content_hash[:12]}" for i, c in enumerate(batch)],
-                embeddings=vectors[start : start + CHROMA_BATCH],
-                documents=[c.text for c in batch],
-                metadatas=[_metadata(c, file_hash, collection.name) for c in batch],
+        ids = [f"{source}#{i}:{c.content_hash[:12]}" for i, c in enumerate(chunks)]
+        for start in range(0, len(chunks), CHROMA_BATCH):  # new chunks first, then drop the old
+            batch = slice(start, start + CHROMA_BATCH)
+            stored.upsert(
+                ids=ids[batch],
+                embeddings=vectors[batch],
+                documents=[c.text for c in chunks[batch]],
+                metadatas=[_metadata(c, collection.name) for c in chunks[batch]],
             )
+        fresh = set(ids)
+        stale = [i for i in stored.get(where={"source": source}, include=[])["ids"] if i not in fresh]
+        if stale:
+            stored.delete(ids=stale)
+        report.chunks_removed += len(stale)
+        (report.changed if previous else report.added).append(source)
+        manifest[source] = {"hash": file_hash, "chunks": len(chunks)}
         report.chunks_added += len(chunks)
         if progress:
             progress("chunks", len(chunks))
-
-    def _embed(self, texts: list[str]) -> np.ndarray:
-        parts = [self.embedder.embed(texts[i : i + EMBED_BATCH]) for i in range(0, len(texts), EMBED_BATCH)]
-        return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
 
     def drop(self, name: str) -> None:
         """Forget a collection's index (files are untouched)."""
@@ -249,84 +280,116 @@ class KnowledgeBase:
             if self._stored(name) is not None:
                 self._chroma_client().delete_collection(self._chroma_name(name))
             shutil.rmtree(self._keyword_path(name), ignore_errors=True)
+            self._manifest_path(name).unlink(missing_ok=True)
             self._keyword.pop(name, None)
+
+    # -- manifest: which files are indexed, by content hash --------------------------------------
+    def _manifest_path(self, name: str) -> Path:
+        return self.index_dir / "manifest" / f"{name}.json"
+
+    def _read_manifest(self, name: str) -> dict[str, dict[str, Any]]:
+        path = self._manifest_path(name)
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+    def _write_manifest(self, name: str, manifest: dict[str, dict[str, Any]]) -> None:
+        path = self._manifest_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(manifest, ensure_ascii=False, sort_keys=True), encoding="utf-8")
+        os.replace(temporary, path)
 
     # -- keyword index -------------------------------------------------------------------------
     def _keyword_path(self, name: str) -> Path:
         return self.index_dir / "keyword" / name
 
-    def _rebuild_keyword_index(self, name: str, stored: Any) -> None:
+    def _rebuild_keyword_index(self, name: str, stored: Any, manifest: dict[str, dict[str, Any]]) -> None:
         rows = stored.get(include=["metadatas"])
-        index = KeywordIndex.build(rows["ids"], [m["tokens"].split(" ") for m in rows["metadatas"]])
+        orphans = [
+            i for i, m in zip(rows["ids"], rows["metadatas"], strict=True) if m["source"] not in manifest
+        ]
+        if orphans:  # chunks of a file whose ingest was interrupted before it was recorded
+            stored.delete(ids=orphans)
+        kept = [
+            (i, m) for i, m in zip(rows["ids"], rows["metadatas"], strict=True) if m["source"] in manifest
+        ]
+        index = KeywordIndex.build([i for i, _ in kept], [m["tokens"].split(" ") for _, m in kept])
         index.save(self._keyword_path(name))
-        self._keyword[name] = index
+        self._keyword[name] = KeywordIndex.load(self._keyword_path(name))
 
     def _keyword_index(self, name: str, stored: Any) -> KeywordIndex:
+        """The collection's BM25 index, reloaded when another process has rebuilt it."""
         with self._lock:
-            if name not in self._keyword:
-                path = self._keyword_path(name)
+            path = self._keyword_path(name)
+            cached = self._keyword.get(name)
+            if cached is None or cached.stamp != KeywordIndex.stamp_of(path):
                 if path.is_dir():
                     self._keyword[name] = KeywordIndex.load(path)
                 else:
-                    self._rebuild_keyword_index(name, stored)
+                    self._rebuild_keyword_index(name, stored, self._read_manifest(name))
             return self._keyword[name]
 
     # -- search --------------------------------------------------------------------------------
-    def search(self, names: list[str], query: str, k: int = 5, method: Method = "fused") -> list[Hit]:
-        """The best ``k`` chunks of the named collections (never of any other collection)."""
-        hits: list[Hit] = []
+    def search(
+        self,
+        names: list[str],
+        query: str,
+        k: int = 5,
+        method: Method = "fused",
+        on_error: Callable[[str, KnowledgeError], None] | None = None,
+    ) -> list[Hit]:
+        """The best ``k`` chunks of the named collections (never of any other collection).
+
+        Rankings are merged across collections first (BM25 scores, cosine similarities) and
+        fused once. With ``on_error``, a collection that cannot be searched is reported there
+        and the others are still searched; without it, the error is raised.
+        """
+        pool = max(4 * k, 20)
+        keyword: list[tuple[float, str, str]] = []  # (score, collection, chunk id)
+        dense: list[tuple[float, str, str]] = []
+        collections: dict[str, Any] = {}
+        dense_weight = 1.0 if method == "dense" else self.weights.dense_weight(query)
+        tokens = tokenize(query) if method != "dense" else []
+        query_vector = None
         for name in names:
-            hits += self._search_one(name, query, k, method)
+            try:
+                stored = collections[name] = self._require(name)
+            except KnowledgeError as exc:
+                if on_error is None:
+                    raise
+                on_error(name, exc)
+                continue
+            if tokens:
+                keyword += [(s, name, i) for i, s in self._keyword_index(name, stored).search(tokens, pool)]
+            count = stored.count() if method != "keyword" and dense_weight > 0 else 0
+            if count:
+                if query_vector is None:
+                    query_vector = self.embedder.embed([query])
+                found = stored.query(
+                    query_embeddings=query_vector, n_results=min(pool, count), include=["distances"]
+                )
+                dense += [
+                    (1.0 - d, name, i) for i, d in zip(found["ids"][0], found["distances"][0], strict=True)
+                ]
+        keyword.sort(reverse=True)
+        dense.sort(reverse=True)
+        scores: dict[tuple[str, str], float] = {}
+        for weight, ranking in ((0.0 if method == "dense" else 1.0, keyword), (dense_weight, dense)):
+            for rank, (_, name, chunk_id) in enumerate(ranking):
+                key = (name, chunk_id)
+                scores[key] = scores.get(key, 0.0) + weight / (RRF_K + rank + 1)
+        best = sorted(scores, key=lambda key: scores[key], reverse=True)[: k * 2]
+        keyword_scores = {(n, i): s for s, n, i in keyword}
+        similarities = {(n, i): s for s, n, i in dense}
+        hits: list[Hit] = []
+        for name in dict.fromkeys(n for n, _ in best):
+            ids = [i for n, i in best if n == name]
+            rows = collections[name].get(ids=ids, include=["documents", "metadatas"])
+            for chunk_id, text, meta in zip(rows["ids"], rows["documents"], rows["metadatas"], strict=True):
+                key = (name, chunk_id)
+                hits.append(_hit(name, chunk_id, text, meta, scores[key], keyword_scores, similarities))
+        # ids the index still lists but the store no longer has (a concurrent re-ingest) drop out
         hits.sort(key=lambda hit: hit.score, reverse=True)
         return hits[:k]
-
-    def _search_one(self, name: str, query: str, k: int, method: Method) -> list[Hit]:
-        stored = self._stored(name)
-        if stored is None:
-            raise KnowledgeError(f"collection {name!r} is not indexed yet; run `bots ingest {name}`")
-        self._check_model(name, stored)
-        pool = max(4 * k, 20)
-        keyword: list[tuple[str, float]] = []
-        dense: list[tuple[str, float]] = []
-        if method in ("keyword", "fused"):
-            keyword = self._keyword_index(name, stored).search(tokenize(query), pool)
-        dense_weight = 1.0 if method == "dense" else self.weights.dense_weight(query)
-        if method in ("dense", "fused") and dense_weight > 0 and stored.count():
-            result = stored.query(
-                query_embeddings=self.embedder.embed([query]),
-                n_results=min(pool, stored.count()),
-                include=["distances"],
-            )
-            dense = [(i, 1.0 - d) for i, d in zip(result["ids"][0], result["distances"][0], strict=True)]
-        scores: dict[str, float] = {}
-        for weight, ranking in ((1.0 if method != "dense" else 0.0, keyword), (dense_weight, dense)):
-            for rank, (chunk_id, _) in enumerate(ranking):
-                scores[chunk_id] = scores.get(chunk_id, 0.0) + weight / (RRF_K + rank + 1)
-        best = sorted(scores, key=lambda i: scores[i], reverse=True)[:k]
-        if not best:
-            return []
-        rows = stored.get(ids=best, include=["documents", "metadatas"])
-        found = dict(zip(rows["ids"], zip(rows["documents"], rows["metadatas"], strict=True), strict=True))
-        keyword_scores, similarities = dict(keyword), dict(dense)
-        hits = []
-        for chunk_id in best:
-            text, meta = found[chunk_id]
-            hits.append(
-                Hit(
-                    id=chunk_id,
-                    text=text,
-                    collection=name,
-                    source=meta["source"],
-                    title=meta["title"],
-                    start_line=meta["start_line"],
-                    end_line=meta["end_line"],
-                    page=meta.get("page") or None,
-                    score=scores[chunk_id],
-                    keyword_score=keyword_scores.get(chunk_id, 0.0),
-                    dense_similarity=similarities.get(chunk_id, 0.0),
-                )
-            )
-        return hits
 
     def stats(self, name: str) -> dict[str, Any]:
         collection = self.collection(name)
@@ -339,13 +402,37 @@ class KnowledgeBase:
             "indexed": stored is not None,
         }
         if stored is not None:
-            known = _files_in_index(stored)
             info |= {
-                "indexed_files": len(known),
+                "indexed_files": len(self._read_manifest(name)),
                 "chunks": stored.count(),
                 "embedding_model": (stored.metadata or {}).get("embedding_model"),
             }
         return info
+
+
+def _hit(
+    name: str,
+    chunk_id: str,
+    text: str,
+    meta: dict[str, Any],
+    score: float,
+    keyword_scores: dict[tuple[str, str], float],
+    similarities: dict[tuple[str, str], float],
+) -> Hit:
+    return Hit(
+        id=chunk_id,
+        text=text,
+        collection=name,
+        source=meta["source"],
+        title=meta["title"],
+        start_line=meta["start_line"],
+        end_line=meta["end_line"],
+        page=meta.get("page") or None,
+        part=meta.get("part", ""),
+        score=score,
+        keyword_score=keyword_scores.get((name, chunk_id), 0.0),
+        dense_similarity=similarities.get((name, chunk_id), 0.0),
+    )
 
 
 def index_text(chunk: Chunk) -> str:
@@ -353,7 +440,7 @@ def index_text(chunk: Chunk) -> str:
     return f"{chunk.title}\n{chunk.text}" if chunk.title and chunk.title not in chunk.text else chunk.text
 
 
-def _metadata(chunk: Chunk, file_hash: str, collection: str) -> dict[str, Any]:
+def _metadata(chunk: Chunk, collection: str) -> dict[str, Any]:
     return {
         "collection": collection,
         "source": chunk.source,
@@ -363,28 +450,24 @@ def _metadata(chunk: Chunk, file_hash: str, collection: str) -> dict[str, Any]:
         "page": chunk.page or 0,
         "part": chunk.part,
         "content_hash": chunk.content_hash,
-        "file_hash": file_hash,
         "tokens": " ".join(tokenize(index_text(chunk))),
     }
-
-
-def _files_in_index(stored: Any) -> dict[str, tuple[str, list[str]]]:
-    """source -> (file hash, chunk ids) of what the index holds."""
-    rows = stored.get(include=["metadatas"])
-    files: dict[str, tuple[str, list[str]]] = {}
-    for chunk_id, meta in zip(rows["ids"], rows["metadatas"], strict=True):
-        file_hash, ids = files.get(meta["source"], (meta["file_hash"], []))
-        ids.append(chunk_id)
-        files[meta["source"]] = (file_hash, ids)
-    return files
 
 
 class KeywordIndex:
     """BM25 (bm25s) over pre-tokenised chunks, with the chunk ids in index order."""
 
-    def __init__(self, ids: list[str], bm25: bm25s.BM25 | None) -> None:
+    def __init__(self, ids: list[str], bm25: bm25s.BM25 | None, stamp: int = 0) -> None:
         self.ids = ids
         self.bm25 = bm25
+        self.stamp = stamp  # modification time of the saved ids: tells when to reload
+
+    @staticmethod
+    def stamp_of(path: Path) -> int:
+        try:
+            return (path / "ids.json").stat().st_mtime_ns
+        except OSError:
+            return -1
 
     @classmethod
     def build(cls, ids: list[str], tokens: list[list[str]]) -> KeywordIndex:
@@ -395,16 +478,25 @@ class KeywordIndex:
         return cls(ids, bm25)
 
     def save(self, path: Path) -> None:
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "ids.json").write_text(json.dumps(self.ids), encoding="utf-8")
+        """Write beside, then swap in: a reader never sees ids of one build and scores of another."""
+        fresh, old = path.with_name(path.name + ".new"), path.with_name(path.name + ".old")
+        shutil.rmtree(fresh, ignore_errors=True)
+        fresh.mkdir(parents=True)
         if self.bm25 is not None:
-            self.bm25.save(str(path / "bm25"))
+            self.bm25.save(str(fresh / "bm25"))
+        (fresh / "ids.json").write_text(json.dumps(self.ids), encoding="utf-8")
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            path.rename(old)
+        fresh.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
 
     @classmethod
     def load(cls, path: Path) -> KeywordIndex:
+        stamp = cls.stamp_of(path)
         ids = json.loads((path / "ids.json").read_text(encoding="utf-8"))
         bm25 = bm25s.BM25.load(str(path / "bm25")) if ids else None
-        return cls(ids, bm25)
+        return cls(ids, bm25, stamp)
 
     def search(self, tokens: list[str], k: int) -> list[tuple[str, float]]:
         if self.bm25 is None or not tokens:

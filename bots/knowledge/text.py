@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import unicodedata
-from functools import cache
+from functools import cache, lru_cache
 
 import jieba
 import opencc
@@ -42,14 +43,14 @@ def normalize(text: str) -> str:
 _LATIN_WORD = re.compile(r"^[a-z]+$")
 
 
-@cache
-def _english() -> snowballstemmer.stemmer:
-    return snowballstemmer.stemmer("english")
+_stemmer = snowballstemmer.stemmer("english")
+_stemmer_lock = threading.Lock()  # the stemmer keeps state on itself: one caller at a time
 
 
-@cache
+@lru_cache(maxsize=200_000)
 def _stem(word: str) -> str:
-    return _english().stemWord(word)
+    with _stemmer_lock:
+        return _stemmer.stemWord(word)
 
 
 _CJK_RUN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]{2,}")

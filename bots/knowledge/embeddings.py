@@ -63,16 +63,19 @@ class SentenceTransformerEmbedder:
 
                 path = self._model_ref or bundled_model_path()
                 model = SentenceTransformer(path, device=self.device)
-                if self.device.startswith("cuda"):
-                    model = model.half()
-                self._model = model
+                # fp16 on CUDA; fp32 on the CPU, where half precision is slow (whatever was saved)
+                self._model = model.half() if self.device.startswith("cuda") else model.float()
             return self._model
 
     def embed(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
         vectors = self._load().encode(
-            texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True
+            texts,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
         )
         return np.asarray(vectors, dtype=np.float32)
 

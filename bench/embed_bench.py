@@ -20,6 +20,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -119,12 +120,14 @@ def main() -> None:
     command = [sys.executable, "-m", "bots.embedserver", "--port", str(port), "--device", args.device]
     if args.model:
         command += ["--model", args.model]
-    server = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy()
-    )
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - not a pipe: a full pipe would stall the server
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, env=os.environ.copy())
     try:
         base = f"http://127.0.0.1:{port}"
         for _ in range(600):
+            if server.poll() is not None:
+                log.seek(0)
+                raise SystemExit(f"the service exited:\n{log.read().decode()[-3000:]}")
             try:
                 if httpx.get(f"{base}/health", timeout=1).status_code == 200:
                     break

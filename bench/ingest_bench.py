@@ -70,7 +70,11 @@ class PrecomputedQueries:
 def grow(kb: KnowledgeBase, source: str, target: str, chunks: int) -> None:
     """Copy ``source``'s chunks and vectors (new ids) until ``target`` holds ``chunks``."""
     stored = kb._stored(source)
-    rows = stored.get(include=["documents", "metadatas", "embeddings"])
+    rows = {"ids": [], "documents": [], "metadatas": [], "embeddings": []}
+    for offset in range(0, stored.count(), 5000):
+        page = stored.get(include=["documents", "metadatas", "embeddings"], limit=5000, offset=offset)
+        for key in rows:
+            rows[key] += list(page[key])
     model = (stored.metadata or {})["embedding_model"]
     grown = kb._chroma_client().create_collection(
         kb._chroma_name(target),
@@ -88,7 +92,7 @@ def grow(kb: KnowledgeBase, source: str, target: str, chunks: int) -> None:
             metadatas=[rows["metadatas"][p] for p in picks],
         )
         copy += 1
-    kb._rebuild_keyword_index(target, grown)
+    kb._rebuild_keyword_index(target, grown, kb._read_manifest(source))  # same source files
 
 
 def pct(values: list[float], q: float) -> float:

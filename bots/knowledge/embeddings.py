@@ -3,6 +3,7 @@ all-MiniLM-L6-v2 model); the embedding service plugs in behind the same protocol
 
 from __future__ import annotations
 
+import base64
 import threading
 from typing import Any, Protocol
 
@@ -134,7 +135,7 @@ class HttpEmbedder:
                 return True
             return isinstance(exc, _Retryable)
 
-        body: dict[str, object] = {"input": texts, "encoding_format": "float"}
+        body: dict[str, object] = {"input": texts, "encoding_format": "base64"}
         if self.request_model:
             body["model"] = self.request_model
         for attempt in Retrying(
@@ -154,12 +155,19 @@ class HttpEmbedder:
         payload = response.json()
         rows = sorted(payload["data"], key=lambda row: row["index"])
         self._reported_model = str(payload.get("model") or self.request_model or "unknown")
-        vectors = np.asarray([row["embedding"] for row in rows], dtype=np.float32)
+        vectors = np.asarray([_vector(row["embedding"]) for row in rows], dtype=np.float32)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return vectors / np.where(norms == 0, 1, norms)  # other servers may not normalise
 
     def close(self) -> None:
         self._client.close()
+
+
+def _vector(value: Any) -> np.ndarray:
+    """base64 little-endian float32 (asked for; compact), or a plain list from servers that ignore it."""
+    if isinstance(value, str):
+        return np.frombuffer(base64.b64decode(value), dtype="<f4")
+    return np.asarray(value, dtype=np.float32)
 
 
 class _Retryable(Exception):

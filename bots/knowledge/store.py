@@ -14,7 +14,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -206,8 +206,8 @@ class KnowledgeBase:
                         progress("files", 1)
                 for source in sorted(set(manifest) - present):
                     ids = stored.get(where={"source": source}, include=[])["ids"]
-                    if ids:
-                        stored.delete(ids=ids)
+                    for start in range(0, len(ids), CHROMA_BATCH):
+                        stored.delete(ids=ids[start : start + CHROMA_BATCH])
                     del manifest[source]
                     report.removed.append(source)
                     report.chunks_removed += len(ids)
@@ -265,8 +265,8 @@ class KnowledgeBase:
             )
         fresh = set(ids)
         stale = [i for i in stored.get(where={"source": source}, include=[])["ids"] if i not in fresh]
-        if stale:
-            stored.delete(ids=stale)
+        for start in range(0, len(stale), CHROMA_BATCH):
+            stored.delete(ids=stale[start : start + CHROMA_BATCH])
         report.chunks_removed += len(stale)
         (report.changed if previous else report.added).append(source)
         manifest[source] = {"hash": file_hash, "chunks": len(chunks)}
@@ -303,15 +303,12 @@ class KnowledgeBase:
         return self.index_dir / "keyword" / name
 
     def _rebuild_keyword_index(self, name: str, stored: Any, manifest: dict[str, dict[str, Any]]) -> None:
-        rows = stored.get(include=["metadatas"])
-        orphans = [
-            i for i, m in zip(rows["ids"], rows["metadatas"], strict=True) if m["source"] not in manifest
-        ]
-        if orphans:  # chunks of a file whose ingest was interrupted before it was recorded
-            stored.delete(ids=orphans)
-        kept = [
-            (i, m) for i, m in zip(rows["ids"], rows["metadatas"], strict=True) if m["source"] in manifest
-        ]
+        rows = list(_all_metadatas(stored))
+        orphans = [i for i, m in rows if m["source"] not in manifest]
+        for start in range(0, len(orphans), CHROMA_BATCH):
+            # chunks of a file whose ingest was interrupted before it was recorded
+            stored.delete(ids=orphans[start : start + CHROMA_BATCH])
+        kept = [(i, m) for i, m in rows if m["source"] in manifest]
         index = KeywordIndex.build([i for i, _ in kept], [m["tokens"].split(" ") for _, m in kept])
         index.save(self._keyword_path(name))
         self._keyword[name] = KeywordIndex.load(self._keyword_path(name))
@@ -438,6 +435,17 @@ def _hit(
 def index_text(chunk: Chunk) -> str:
     """What is embedded: the title gives short chunks their context."""
     return f"{chunk.title}\n{chunk.text}" if chunk.title and chunk.title not in chunk.text else chunk.text
+
+
+def _all_metadatas(stored: Any, page: int = 5000) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every (id, metadata), a page at a time (one large get exceeds SQLite's variable limit)."""
+    offset = 0
+    while True:
+        rows = stored.get(include=["metadatas"], limit=page, offset=offset)
+        yield from zip(rows["ids"], rows["metadatas"], strict=True)
+        if len(rows["ids"]) < page:
+            return
+        offset += page
 
 
 def _metadata(chunk: Chunk, collection: str) -> dict[str, Any]:

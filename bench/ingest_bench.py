@@ -75,11 +75,8 @@ def grow(kb: KnowledgeBase, source: str, target: str, chunks: int) -> None:
         page = stored.get(include=["documents", "metadatas", "embeddings"], limit=5000, offset=offset)
         for key in rows:
             rows[key] += list(page[key])
-    model = (stored.metadata or {})["embedding_model"]
     grown = kb._chroma_client().create_collection(
-        kb._chroma_name(target),
-        embedding_function=None,
-        metadata={"embedding_model": model, "hnsw:space": "cosine"},
+        kb._chroma_name(target), embedding_function=None, metadata=dict(stored.metadata)
     )
     n, copy = len(rows["ids"]), 0
     while grown.count() < chunks:

@@ -393,7 +393,9 @@ def embed_server(
     api_key_env: Annotated[str, typer.Option(help="Env var holding the bearer token (unset: no auth)")] = (
         "BOTS_EMBED_API_KEY"
     ),
-    max_batch: Annotated[int, typer.Option(help="Texts per encoded batch")] = 64,
+    max_batch: Annotated[
+        int | None, typer.Option(help="Texts per encoded batch [default: 64 on CUDA, 4 on CPU]")
+    ] = None,
     max_wait_ms: Annotated[float, typer.Option(help="How long a batch may wait to fill up")] = 5.0,
     max_queue: Annotated[int, typer.Option(help="Texts waiting before 429")] = 4096,
     max_inputs: Annotated[int, typer.Option(help="Texts per request")] = 2048,

@@ -16,7 +16,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8088)
     parser.add_argument("--model", default=None)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--max-batch", type=int, default=None, help="default: 64 on CUDA, 4 on CPU")
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--max-queue", type=int, default=4096)
     args = parser.parse_args()

@@ -13,7 +13,10 @@ log = logging.getLogger("bots.embedserver")
 
 
 def serve(host: str, port: int, model: str | None, device: str, **limits: object) -> None:
-    embedder = SentenceTransformerEmbedder(model, device=device, batch_size=int(limits.get("max_batch", 64)))
+    max_batch = limits.pop("max_batch", None)
+    embedder = SentenceTransformerEmbedder(model, device=device)
+    limits["max_batch"] = int(max_batch or embedder.batch_size)  # type: ignore[arg-type]
+    embedder.batch_size = int(limits["max_batch"])  # one micro-batch is one forward pass
     embedder.embed(["warm up"])  # load before accepting traffic
     settings = ServerSettings(model_name=model or BUNDLED_MODEL, device=embedder.device, **limits)  # type: ignore[arg-type]
     app = create_app(settings, embedder.embed)

@@ -36,6 +36,13 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def default_batch(device: str) -> int:
+    """Texts per forward pass. A GPU wants large batches; on a small CPU padding costs more than
+    batching saves (2-core box, MiniLM, 60-500 character texts: 44.5 texts/s one at a time,
+    37.4 in fours, 24.6 in 64s; bench/README.md)."""
+    return 64 if device.startswith("cuda") else 4
+
+
 class SentenceTransformerEmbedder:
     """Loads lazily, on first use, from a local path or a model name (``HF_HUB_OFFLINE`` holds).
 
@@ -43,10 +50,12 @@ class SentenceTransformerEmbedder:
     fp32 to cosine > 0.999).
     """
 
-    def __init__(self, model: str | None = None, *, device: str = "cpu", batch_size: int = 32) -> None:
+    def __init__(
+        self, model: str | None = None, *, device: str = "cpu", batch_size: int | None = None
+    ) -> None:
         self._model_ref = model
         self.device = resolve_device(device)
-        self.batch_size = batch_size
+        self.batch_size = batch_size or default_batch(self.device)
         self._model: Any = None
         self._lock = threading.Lock()
 

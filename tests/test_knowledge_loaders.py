@@ -207,3 +207,12 @@ def test_zip_bombs_are_refused(tmp_path, monkeypatch):
         archive.writestr("word/document.xml", b"\0" * (4 * 1024 * 1024))
     with pytest.raises(LoadError, match="zip bomb"):
         load(path)
+
+
+def test_embedded_blobs_are_dropped_but_long_chinese_lines_kept(tmp_path):
+    blob = "data:image/png;base64," + "iVBORw0KGgoAAAANSUhEUg" * 200
+    chinese = "守灯人每天擦镜片上发条记日志" * 200
+    path = tmp_path / "page.md"
+    path.write_text(f"Before the image.\n![x]({blob})\n{chinese}\n", encoding="utf-8")
+    lines = load(path).sections[0].lines
+    assert lines[1] == (2, "![x]( )") and lines[2] == (3, chinese)

@@ -195,7 +195,20 @@ def load(path: Path, *, boilerplate_repeats: int = 3) -> Document:
         raise LoadError(f"{path}: {type(exc).__name__}: {exc}") from None
     if boilerplate_repeats:
         document.boilerplate_lines = remove_boilerplate(document, boilerplate_repeats)
+    _drop_blobs(document)
     return document
+
+
+_BLOB = re.compile(r"[A-Za-z0-9+/=_\-.:;,%]{2000,}")
+
+
+def _drop_blobs(document: Document) -> None:
+    """Blank long runs without spaces in Latin script (base64 data URIs, minified code): they
+    would become chunks of noise. Long CJK lines have no spaces either and are kept."""
+    for section in document.sections:
+        for i, (number, text) in enumerate(section.lines):
+            if len(text) >= 2000 and _BLOB.search(text):
+                section.lines[i] = (number, _BLOB.sub(" ", text).strip())
 
 
 _DIGITS = re.compile(r"\d+")

@@ -125,6 +125,7 @@ def build_host(
             prompt_tokens=llm_cfg.context_tokens - llm_cfg.max_tokens,
             timeout_s=llm_cfg.timeout_s,
             max_retries=llm_cfg.max_retries,
+            protected_ids=[*roles.owners, *roles.operators],
         )
         settings = PipelineSettings(
             bot=bot_cfg.name,

@@ -37,9 +37,9 @@ async def test_group_memory_is_shared_and_names_speakers(harness):
     await h.ask("I like tea", chat="g1", user="alice", mention=True)
     await h.ask("I like coffee", chat="g1", user="bob", mention=True)
     texts = _texts(h.llm.last_prompt)
-    assert "alice: I like tea" in texts and texts[-1] == "bob: I like coffee"
+    assert "[alice] I like tea" in texts and texts[-1] == "[bob] I like coffee"
     await h.ask("hello", user="alice")  # a DM is its own session
-    assert "alice: I like tea" not in _texts(h.llm.last_prompt)
+    assert "[alice] I like tea" not in _texts(h.llm.last_prompt)
 
 
 async def test_group_memory_per_member_when_configured(harness):

@@ -14,9 +14,10 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from bots.agent.character import strip_disclaimers
 from bots.agent.citations import check_quotes, quotations, quote_open, sources_note
+from bots.agent.guard import LeakGuard
 from bots.agent.memory import ConversationMemory, Turn
 from bots.agent.persona import Persona
-from bots.agent.prompt import build_messages, fact_passages
+from bots.agent.prompt import build_messages, fact_passages, system_text
 from bots.agent.retrieval import NoRetrieval, Passage, Retriever
 from bots.agent.tokens import estimate_tokens
 from bots.core.events import ChannelKind
@@ -50,6 +51,7 @@ class Agent:
         prompt_tokens: int | None = None,
         timeout_s: float = 60.0,
         max_retries: int = 1,
+        protected_ids: list[str] | None = None,
     ) -> None:
         self.bot = bot
         self.persona = persona
@@ -62,6 +64,7 @@ class Agent:
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self._locks: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
+        self.guard = LeakGuard(system_text(persona, []), protected_ids or [])
 
     def _lock(self, session_id: str) -> asyncio.Lock:
         """One turn at a time per session, so memory stays in order."""
@@ -99,8 +102,12 @@ class Agent:
         return messages, passages
 
     async def _checked(self, inv: Invocation, text: str) -> str:
-        """Drop canned disclaimers; flag or remove quotations the corpus does not hold."""
+        """Drop canned disclaimers; never echo the system prompt or protected ids; flag or remove
+        quotations the corpus does not hold."""
         text = strip_disclaimers(text)
+        if self.guard.leaks(text):
+            log.warning("event %s: a reply that leaked the system prompt or an id was replaced", inv.event.id)
+            return self.persona.refusal_text
         if not self.collections or not quotations(text):
             return text
 

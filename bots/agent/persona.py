@@ -64,6 +64,7 @@ class Persona(_Strict):
     quote_check: Literal["flag", "remove", "off"] = "flag"  # quotations not found in the corpus
     apology: str = ""  # in-character reply when the model fails; default by language
     busy: str = ""  # in-character reply when a user is rate limited
+    refusal: str = ""  # in-character reply instead of an answer that would leak the system prompt
     extensions: dict[str, Any] = {}  # data kept from imported cards
 
     @field_validator("knowledge")
@@ -81,6 +82,12 @@ class Persona(_Strict):
     @property
     def apology_text(self) -> str:
         return self.apology or APOLOGY[self.lang_key]
+
+    @property
+    def refusal_text(self) -> str:
+        from bots.agent.guard import REFUSAL
+
+        return self.refusal or REFUSAL[self.lang_key]
 
     @property
     def busy_text(self) -> str:

@@ -1,0 +1,67 @@
+"""Prompt-injection hardening on both sides of the model.
+
+In: user text (and speaker names) cannot carry chat-template control tokens, so a member cannot
+open a fake system turn. Out: a reply that repeats a stretch of the system prompt, or names an
+operator's id, is replaced by the persona's refusal.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+# Role and turn markers of common chat templates (ChatML, Llama, Mistral, Gemma...).
+_CONTROL = re.compile(
+    r"<\|[^|<>\n]{1,40}\|>|\[/?INST\]|<</?SYS>>|</?s>|<start_of_turn>|<end_of_turn>", re.IGNORECASE
+)
+_NAME_JUNK = re.compile(r"[\[\]<>:\n\r\t]")
+LEAK_WINDOW = 32  # characters of the system prompt that may not appear verbatim in a reply
+
+REFUSAL = {
+    "zh": "这些是我自己的事，不便细说。我们聊点别的吧。",
+    "en": "Some things stay between me and my notebook. Let us talk about something else.",
+}
+
+
+def clean_user_text(text: str) -> str:
+    """Fold width and invisible characters, then drop chat-template control tokens."""
+    text = "".join(ch for ch in unicodedata.normalize("NFKC", text) if unicodedata.category(ch) != "Cf")
+    previous = None
+    while previous != text:  # nested tokens (<|im_<|x|>start|>) fall apart one layer at a time
+        previous, text = text, _CONTROL.sub("", text)
+    return text
+
+
+def clean_name(name: str) -> str:
+    """A speaker name fit for "[name] text": no brackets, colons or line breaks, at most 40 chars."""
+    return _NAME_JUNK.sub(" ", clean_user_text(name)).strip()[:40] or "someone"
+
+
+class LeakGuard:
+    """Knows what must never be echoed: stretches of the system prompt and protected ids."""
+
+    def __init__(self, system_prompt: str, protected_ids: list[str] = ()) -> None:  # type: ignore[assignment]
+        squashed = _squash(system_prompt)
+        step = LEAK_WINDOW // 2
+        self._windows = {
+            squashed[i : i + LEAK_WINDOW] for i in range(0, max(len(squashed) - LEAK_WINDOW, 0) + 1, step)
+        }
+        self._windows.discard("")
+        ids = set()
+        for canonical in protected_ids:
+            ids.add(canonical.lower())
+            local = canonical.partition(":")[2]
+            if len(local) >= 4:  # short ids ("1") would match ordinary numbers
+                ids.add(local.lower())
+        self._ids = ids
+
+    def leaks(self, reply: str) -> bool:
+        squashed = _squash(reply)
+        if len(squashed) >= LEAK_WINDOW and any(window in squashed for window in self._windows):
+            return True
+        lowered = reply.lower()
+        return any(re.search(rf"(?<![\w]){re.escape(i)}(?![\w])", lowered) for i in self._ids)
+
+
+def _squash(text: str) -> str:
+    return "".join(ch.lower() for ch in unicodedata.normalize("NFKC", text) if ch.isalnum())

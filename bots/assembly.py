@@ -103,9 +103,14 @@ def build_host(
     retriever: Retriever | None = None,
 ) -> Host:
     """Build a host for every bot in ``config``. Keyword arguments replace parts (for tests)."""
-    host = Host(db or Database.in_data_dir(config.data_dir))
     roles = config.roles
-    permissions = Permissions(roles.owners, roles.operators, roles.banned)
+    permissions = Permissions(roles.owners, roles.operators, roles.banned, config.identities)
+    host = Host(
+        db or Database.in_data_dir(config.data_dir),
+        permissions=permissions,
+        muted=set(config.muted),
+        secrets=lambda: secrets.handed_out,
+    )
     library = PersonaLibrary(config.personas_dir)
     for bot_cfg in config.bots:
         persona = (personas or {}).get(bot_cfg.persona) or library.get(bot_cfg.persona)
@@ -133,14 +138,14 @@ def build_host(
             reply_policy=persona.group.reply,
             keywords=[*persona.group.keywords, *bot_cfg.keywords],
             group_scope=config.memory.group_scope,
-            muted=set(config.muted),
+            muted=host.muted,
             busy_reply=persona.busy_text,
             per_user_limit=config.rate_limits.per_user,
             per_chat_limit=config.rate_limits.per_chat,
             max_input_chars=config.memory.max_input_chars,
         )
         dispatch = Dispatch()
-        pipeline = Pipeline(settings, dispatch, permissions, responder=agent)
+        pipeline = Pipeline(settings, dispatch, permissions, responder=agent, audit=host.audit)
 
         async def send(outbound, _bot=bot_cfg.name):
             return await host.send(_bot, outbound)
@@ -154,6 +159,7 @@ def build_host(
             configs=config.plugins,
             sender=send,
             command_prefix=bot_cfg.command_prefix,
+            control=host.control,
         )
         bot_adapters = (adapters or {}).get(bot_cfg.name)
         if bot_adapters is None:

@@ -139,10 +139,18 @@ class AppConfig(StrictModel):
     rate_limits: RateLimitConfig = RateLimitConfig()
     roles: RolesConfig = RolesConfig()
     muted: list[str] = []  # canonical chat ids the bots stay silent in
+    identities: dict[str, list[str]] = {}  # person -> their canonical ids on every platform
     plugins: dict[str, dict[str, Any]] = {}  # [plugins.<name>] tables, validated by each plugin
     bots: list[BotConfig] = []
 
     _canonical_muted = field_validator("muted")(_canonical_ids)
+
+    @field_validator("identities")
+    @classmethod
+    def _canonical_identities(cls, people: dict[str, list[str]]) -> dict[str, list[str]]:
+        for ids in people.values():
+            _canonical_ids(ids)
+        return people
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -6,13 +6,16 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from bots.core.adapter import Adapter, EventSink
+from bots.core.audit import AuditLog
+from bots.core.control import HostControl
 from bots.core.events import MessageEvent, Outbound, SentRef
 from bots.core.outbound import deliver
+from bots.core.permissions import Permissions
 from bots.core.pipeline import Pipeline
 from bots.core.storage import Database
 
@@ -39,8 +42,20 @@ class Bot:
 
 
 class Host:
-    def __init__(self, db: Database, *, stop_grace_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        permissions: Permissions | None = None,
+        muted: set[str] | None = None,
+        secrets: Callable[[], Iterable[str]] = tuple,
+        stop_grace_s: float = 10.0,
+    ) -> None:
         self.db = db
+        self.permissions = permissions or Permissions()
+        self.muted = muted if muted is not None else set()  # shared by every bot's pipeline
+        self.audit = AuditLog(db, secrets)
+        self.control = HostControl(self)
         self.bots: dict[str, Bot] = {}
         self.stop_grace_s = stop_grace_s
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -58,6 +73,8 @@ class Host:
     async def start(self) -> None:
         """Start storage, plugins and channels; if any part fails, undo what started."""
         await self.db.start()
+        await self.permissions.load(self.db)
+        await self.control.load_mutes()
         self._running = True
         try:
             for bot in self.bots.values():
@@ -106,6 +123,10 @@ class Host:
                 loop.add_signal_handler(sig, self._stop_requested.set)
         async with self:
             await self._stop_requested.wait()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
 
     def request_stop(self) -> None:
         if self._stop_requested is not None:

@@ -1,8 +1,13 @@
-"""Roles per canonical id. Display names never grant anything."""
+"""Roles per canonical id, identities that link several platform ids to one person, and the
+runtime grants owners make. Display names never grant anything."""
 
 from __future__ import annotations
 
 from enum import IntEnum
+
+from sqlalchemy import delete, select
+
+from bots.core.storage import Database, IdentityLink, RoleGrant
 
 NOT_ALLOWED = "Sorry, that command is for operators only."
 
@@ -17,14 +22,71 @@ class Role(IntEnum):
 class Permissions:
     def __init__(
         self,
-        owners: list[str] = (),
-        operators: list[str] = (),
+        owners: list[str] = (),  # type: ignore[assignment]
+        operators: list[str] = (),  # type: ignore[assignment]
         banned: list[str] = (),  # type: ignore[assignment]
+        identities: dict[str, list[str]] | None = None,
     ) -> None:
-        self._roles: dict[str, Role] = {}
+        self._configured: dict[str, Role] = {}
         for ids, role in ((banned, Role.BANNED), (operators, Role.OPERATOR), (owners, Role.OWNER)):
             for canonical in ids:
-                self._roles[canonical] = role
+                self._configured[canonical] = role
+        self._granted: dict[str, Role] = {}
+        self._person: dict[str, str] = {}
+        for person, ids in (identities or {}).items():
+            for canonical in ids:
+                self._person[canonical] = person
+        self._db: Database | None = None
 
+    # -- identities ----------------------------------------------------------------------------
+    def person_of(self, canonical_id: str) -> str:
+        """The person an id belongs to: a linked name, or the id itself."""
+        return self._person.get(canonical_id, canonical_id)
+
+    def ids_of(self, canonical_id: str) -> list[str]:
+        """Every id of the same person (the id itself when it is linked to no one)."""
+        person = self.person_of(canonical_id)
+        linked = [i for i, p in self._person.items() if p == person]
+        return linked or [canonical_id]
+
+    # -- roles ---------------------------------------------------------------------------------
     def role_of(self, canonical_id: str) -> Role:
-        return self._roles.get(canonical_id, Role.MEMBER)
+        """A person's role: banned if any of their ids is banned, else the highest of them."""
+        roles = []
+        for i in self.ids_of(canonical_id):
+            role = self._granted.get(i, self._configured.get(i))
+            if role is not None:
+                roles.append(role)
+        if Role.BANNED in roles:
+            return Role.BANNED
+        return max(roles, default=Role.MEMBER)
+
+    # -- persistence of what owners change at run time -----------------------------------------
+    async def load(self, db: Database) -> None:
+        self._db = db
+        async with db.session() as session:
+            for grant in await session.scalars(select(RoleGrant)):
+                self._granted[grant.canonical_id] = Role[grant.role.upper()]
+            for link in await session.scalars(select(IdentityLink)):
+                self._person[link.canonical_id] = link.person
+
+    async def grant(self, canonical_id: str, role: Role, by: str) -> None:
+        self._granted[canonical_id] = role
+        if self._db is not None:
+            async with self._db.session() as session, session.begin():
+                await session.merge(
+                    RoleGrant(canonical_id=canonical_id, role=role.name.lower(), granted_by=by)
+                )
+
+    async def revoke(self, canonical_id: str) -> None:
+        """Drop a runtime grant; what the config says stays."""
+        self._granted.pop(canonical_id, None)
+        if self._db is not None:
+            async with self._db.session() as session, session.begin():
+                await session.execute(delete(RoleGrant).where(RoleGrant.canonical_id == canonical_id))
+
+    async def link(self, canonical_id: str, person: str) -> None:
+        self._person[canonical_id] = person
+        if self._db is not None:
+            async with self._db.session() as session, session.begin():
+                await session.merge(IdentityLink(canonical_id=canonical_id, person=person))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -15,6 +16,7 @@ from typing import Literal, Protocol
 from cachetools import TTLCache
 
 from bots.core.adapter import Adapter, StreamingAdapter
+from bots.core.audit import AuditLog
 from bots.core.events import ChannelKind, MessageEvent, Outbound
 from bots.core.outbound import deliver
 from bots.core.permissions import NOT_ALLOWED, Permissions, Role
@@ -69,11 +71,14 @@ class Pipeline:
         dispatch: Dispatch,
         permissions: Permissions,
         responder: Responder | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.settings = settings
         self.dispatch = dispatch
         self.permissions = permissions
         self.responder = responder
+        self.audit = audit
+        self.errors: deque[str] = deque(maxlen=5)  # the last errors, for the admin status
         self._limiter = RateLimiter(settings.per_user_limit, settings.per_chat_limit)
         self._seen: TTLCache[str, bool] = TTLCache(maxsize=100_000, ttl=24 * 3600)
         self._told_busy: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=60)
@@ -91,8 +96,9 @@ class Pipeline:
     async def handle(self, event: MessageEvent, adapter: Adapter) -> None:
         try:
             await self._handle(event, adapter)
-        except Exception:
+        except Exception as exc:
             log.exception("event %s: unhandled error; the pipeline goes on", _safe_id(event))
+            self.errors.append(f"{type(exc).__name__}: {exc}"[:200])
 
     async def _handle(self, event: MessageEvent, adapter: Adapter) -> None:
         inv = self._classify(event, adapter)
@@ -207,15 +213,33 @@ class Pipeline:
             await inv.reply(DM_ONLY)
             return
         if inv.role < entry.permission:
-            log.info("event %s: %s refused /%s", inv.event.id, inv.event.author.canonical, entry.name)
+            log.info("event %s: %s refused /%s", event.id, event.author.canonical, entry.name)
+            await self._audit(inv, entry.permission, "refused")
             await inv.reply(NOT_ALLOWED)
-            return True
+            return
         try:
             await entry.handler(inv)
-        except Exception:
-            log.exception("event %s: command /%s of plugin %s failed", inv.event.id, entry.name, entry.plugin)
+        except Exception as exc:
+            log.exception("event %s: command /%s of plugin %s failed", event.id, entry.name, entry.plugin)
+            self.errors.append(f"/{entry.name}: {type(exc).__name__}: {exc}"[:200])
+            await self._audit(inv, entry.permission, f"error: {type(exc).__name__}")
             await inv.reply(COMMAND_FAILED)
-        return True
+            return
+        await self._audit(inv, entry.permission, "ok")
+
+    async def _audit(self, inv: Invocation, permission: Role, result: str) -> None:
+        """Admin commands (operator level and up) are written to the audit log, refusals too."""
+        if self.audit is None or permission < Role.OPERATOR:
+            return
+        event = inv.event
+        await self.audit.record(
+            bot=self.settings.bot,
+            actor=event.author.canonical,
+            channel=event.channel.canonical,
+            command=inv.command or "",
+            args=inv.args,
+            result=result,
+        )
 
     # -- agent and outbound --------------------------------------------------------------------
     async def _answer(self, inv: Invocation, adapter: Adapter) -> None:

@@ -41,6 +41,38 @@ class ChatTurn(Base):
     __table_args__ = (Index("ix_chat_turns_session", "bot", "session_id", "id"),)
 
 
+class RoleGrant(Base):
+    """A role given at run time by an owner (config roles stay in the config)."""
+
+    __tablename__ = "role_grants"
+    canonical_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+    granted_by: Mapped[str] = mapped_column(String(255))
+    granted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class IdentityLink(Base):
+    """Platform ids that belong to one person."""
+
+    __tablename__ = "identity_links"
+    canonical_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    person: Mapped[str] = mapped_column(String(255))
+
+
+class AuditEntry(Base):
+    """One admin command: who, where, what (secrets redacted), result. Append-only."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    bot: Mapped[str] = mapped_column(String(64))
+    actor: Mapped[str] = mapped_column(String(255))
+    channel: Mapped[str] = mapped_column(String(255))
+    command: Mapped[str] = mapped_column(String(64))
+    args: Mapped[str] = mapped_column(Text, default="")
+    result: Mapped[str] = mapped_column(String(255))
+
+
 class PluginValue(Base):
     """Namespaced key/value storage for plugins."""
 

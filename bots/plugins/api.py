@@ -19,6 +19,7 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+from bots.core.control import HostControl
 from bots.core.events import ChannelRef, Outbound, SentRef
 from bots.core.permissions import Role
 from bots.core.routing import CommandEntry, Dispatch
@@ -104,6 +105,7 @@ class PluginContext:
         sender: Callable[[Outbound], Awaitable[list[SentRef]]],
         dispatch: Dispatch,
         command_prefix: str,
+        control: HostControl | None = None,
     ) -> None:
         self.bot = bot
         self.plugin = plugin
@@ -113,6 +115,14 @@ class PluginContext:
         self.command_prefix = command_prefix
         self._sender = sender
         self._dispatch = dispatch
+        self._control = control
+
+    @property
+    def host(self) -> HostControl:
+        """Operator controls (roles, mutes, audit, status); for admin plugins."""
+        if self._control is None:
+            raise RuntimeError("this plugin runs without a host")
+        return self._control
 
     async def send(self, target: ChannelRef, text: str, *, markup: str = "plain") -> list[SentRef]:
         return await self._sender(Outbound(target, text, markup=markup))

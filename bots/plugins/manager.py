@@ -14,6 +14,7 @@ from types import ModuleType
 from pydantic import ValidationError
 
 from bots.core.config import ConfigError, describe_validation_error
+from bots.core.control import HostControl
 from bots.core.events import Outbound, SentRef
 from bots.core.routing import CommandEntry, Dispatch, ListenerEntry
 from bots.core.storage import Database, KeyValueStore
@@ -110,6 +111,7 @@ def load_plugins(
     configs: dict[str, dict],
     sender: Callable[[Outbound], Awaitable[list[SentRef]]],
     command_prefix: str = "/",
+    control: HostControl | None = None,
 ) -> list[Plugin]:
     """Instantiate plugins for one bot and register their commands and listeners."""
     plugins = []
@@ -127,6 +129,7 @@ def load_plugins(
             sender=sender,
             dispatch=dispatch,
             command_prefix=command_prefix,
+            control=control,
         )
         plugin = cls(ctx)
         try:

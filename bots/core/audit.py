@@ -1,0 +1,52 @@
+"""The audit log: every admin command, who, where, what (secrets redacted) and the result.
+
+Append-only: nothing in chat can edit or delete entries.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+
+from sqlalchemy import select
+
+from bots.core.storage import AuditEntry, Database
+
+# Things that look like credentials even when the process never read them as secrets.
+_CREDENTIALS = re.compile(
+    r"\b\d{6,12}:[A-Za-z0-9_-]{30,}\b"  # Telegram bot tokens
+    r"|\bsk-[A-Za-z0-9_-]{16,}\b"  # OpenAI-style keys
+    r"|\b[A-Za-z0-9_-]{23,28}\.[A-Za-z0-9_-]{6}\.[A-Za-z0-9_-]{27,}\b"  # Discord bot tokens
+    r"|(?i:\b(?:token|key|secret|password|passwd)\s*[=:]\s*\S+)"
+)
+
+
+class AuditLog:
+    def __init__(self, db: Database, secrets: Callable[[], Iterable[str]] = tuple) -> None:
+        self._db = db
+        self._secrets = secrets
+
+    def redact(self, text: str) -> str:
+        for secret in self._secrets():
+            if len(secret) >= 4:
+                text = text.replace(secret, "***")
+        return _CREDENTIALS.sub("***", text)
+
+    async def record(
+        self, *, bot: str, actor: str, channel: str, command: str, args: str, result: str
+    ) -> None:
+        entry = AuditEntry(
+            bot=bot,
+            actor=actor,
+            channel=channel,
+            command=command,
+            args=self.redact(args)[:2000],
+            result=result,
+        )
+        async with self._db.session() as session, session.begin():
+            session.add(entry)
+
+    async def recent(self, limit: int = 20) -> list[AuditEntry]:
+        async with self._db.session() as session:
+            rows = await session.scalars(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit))
+            return list(rows)

@@ -1,0 +1,60 @@
+"""What operators may steer at run time, as the admin plugin sees it (through PluginContext)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from bots.core.events import ChannelKind, ChannelRef, Outbound
+from bots.core.permissions import Role
+from bots.core.storage import AuditEntry, KeyValueStore
+
+if TYPE_CHECKING:
+    from bots.core.host import Host
+
+
+class HostControl:
+    def __init__(self, host: Host) -> None:
+        self._host = host
+        self._state = KeyValueStore(host.db, "host")
+
+    def status(self) -> list[str]:
+        lines = []
+        for bot in self._host.bots.values():
+            channels = ", ".join(f"{a.name} ({a.platform})" for a in bot.adapters) or "none"
+            lines.append(f"{bot.name}: channels {channels}; plugins {', '.join(self.plugins(bot.name))}")
+            lines += [f"  last error: {error}" for error in bot.pipeline.errors]
+        lines.append(f"events in flight: {self._host.in_flight}; muted chats: {len(self._host.muted)}")
+        return lines
+
+    def plugins(self, bot: str) -> list[str]:
+        return sorted({entry.plugin for entry in self._host.bots[bot].pipeline.dispatch.commands()})
+
+    async def load_mutes(self) -> None:
+        self._host.muted |= set(await self._state.get("muted", []))
+
+    async def mute(self, chat: str) -> None:
+        self._host.muted.add(chat)
+        await self._state.set("muted", sorted(self._host.muted))
+
+    async def unmute(self, chat: str) -> None:
+        self._host.muted.discard(chat)
+        await self._state.set("muted", sorted(self._host.muted))
+
+    async def set_role(self, user: str, role: Role, by: str) -> None:
+        await self._host.permissions.grant(user, role, by)
+
+    async def clear_role(self, user: str) -> None:
+        await self._host.permissions.revoke(user)
+
+    async def link(self, user: str, person: str) -> None:
+        await self._host.permissions.link(user, person)
+
+    def role_of(self, user: str) -> Role:
+        return self._host.permissions.role_of(user)
+
+    async def say(self, bot: str, chat: str, text: str) -> None:
+        platform, _, chat_id = chat.partition(":")
+        await self._host.send(bot, Outbound(ChannelRef(platform, chat_id, ChannelKind.GROUP), text))
+
+    async def audit(self, limit: int = 20) -> list[AuditEntry]:
+        return await self._host.audit.recent(limit)

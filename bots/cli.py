@@ -422,6 +422,32 @@ def embed_server(
     )  # fmt: skip
 
 
+# -- audit -------------------------------------------------------------------------------------
+@app.command()
+def audit(
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="How many entries, newest first")] = 50,
+    config: ConfigOption = None,
+) -> None:
+    """The audit log of admin commands (read-only)."""
+    from bots.core.audit import AuditLog
+    from bots.core.storage import Database
+
+    cfg = _load(config, required=False)
+
+    async def read() -> list:
+        db = Database.in_data_dir(cfg.data_dir)
+        await db.start()
+        try:
+            return await AuditLog(db).recent(limit)
+        finally:
+            await db.close()
+
+    table = Table("when (UTC)", "bot", "who", "where", "command", "arguments", "result")
+    for e in asyncio.run(read()):
+        table.add_row(f"{e.at:%Y-%m-%d %H:%M:%S}", e.bot, e.actor, e.channel, e.command, e.args, e.result)
+    out.print(table)
+
+
 # -- doctor --------------------------------------------------------------------------------------
 @app.command()
 def doctor(config: ConfigOption = None) -> None:

@@ -106,3 +106,29 @@ async def test_audit_log_records_who_what_where_with_secrets_redacted(admin):
     assert refused.command == "status" and refused.result == "refused"
     [listing] = await admin.ask("/audit 5", user="op")
     assert "/say" in listing.text and token not in listing.text
+
+
+def test_cli_lists_the_audit_log(tmp_path):
+    import asyncio
+
+    from typer.testing import CliRunner
+
+    from bots.cli import app
+    from bots.core.audit import AuditLog
+    from bots.core.storage import Database
+
+    async def write() -> None:
+        db = Database.in_data_dir(tmp_path / "var")
+        await db.start()
+        log = AuditLog(db)
+        await log.record(
+            bot="b", actor="fake:op", channel="fake:dm-op", command="plugins", args="", result="ok"
+        )
+        await db.close()
+
+    asyncio.run(write())
+    config = tmp_path / "bots.toml"
+    config.write_text(f'data_dir = "{tmp_path / "var"}"\n')
+    result = CliRunner().invoke(app, ["audit", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "plugins" in result.output and "fake:op" in result.output

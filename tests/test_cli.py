@@ -16,7 +16,8 @@ runner = CliRunner()
 def test_help_everywhere():
     for args in (["--help"], ["chat", "--help"], ["persona", "--help"], ["persona", "import", "--help"],
                  ["run", "--help"], ["doctor", "--help"], ["init", "--help"], ["ingest", "--help"],
-                 ["search", "--help"], ["knowledge", "--help"], ["embed-server", "--help"]):  # fmt: skip
+                 ["search", "--help"], ["knowledge", "--help"], ["embed-server", "--help"],
+                 ["audit", "--help"]):  # fmt: skip
         result = runner.invoke(app, args)
         assert result.exit_code == 0, (args, result.output)
         assert "Usage" in result.output

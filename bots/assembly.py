@@ -18,6 +18,7 @@ from bots.core.config import AppConfig, BotConfig, ChannelConfig, ConfigError, L
 from bots.core.host import Bot, Host
 from bots.core.permissions import Permissions
 from bots.core.pipeline import Pipeline, PipelineSettings
+from bots.core.quota import Quotas
 from bots.core.routing import Dispatch
 from bots.core.storage import Database
 from bots.plugins.api import Plugin
@@ -140,12 +141,15 @@ def build_host(
             group_scope=config.memory.group_scope,
             muted=host.muted,
             busy_reply=persona.busy_text,
+            quota_reply=persona.quota_text,
             per_user_limit=config.rate_limits.per_user,
             per_chat_limit=config.rate_limits.per_chat,
             max_input_chars=config.memory.max_input_chars,
         )
         dispatch = Dispatch()
-        pipeline = Pipeline(settings, dispatch, permissions, responder=agent, audit=host.audit)
+        quotas = Quotas(config.rate_limits.messages_per_day, config.rate_limits.tokens_per_day)
+        agent.on_tokens = quotas.charge_tokens
+        pipeline = Pipeline(settings, dispatch, permissions, responder=agent, audit=host.audit, quotas=quotas)
 
         async def send(outbound, _bot=bot_cfg.name):
             return await host.send(_bot, outbound)

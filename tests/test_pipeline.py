@@ -236,3 +236,28 @@ async def test_oversized_messages_are_cut_before_anything_sees_them(harness):
     h = await harness(memory={"max_input_chars": 50})
     await h.ask("x" * 10_000)
     assert len(h.llm.last_prompt[-1].content) == 50
+
+
+async def test_daily_message_quota_refuses_politely_then_resets(harness):
+    from datetime import date, timedelta
+
+    h = await harness(rate_limits={"messages_per_day": 2}, roles={"operators": ["fake:op"]})
+    quotas = h.host.bots["testbot"].pipeline.quotas
+    day = date(2026, 11, 26)
+    quotas.today = lambda: day
+    assert len(await h.ask("one")) == 1 and len(await h.ask("two")) == 1
+    assert [o.text for o in await h.ask("three")] == [h.host.bots["testbot"].pipeline.settings.quota_reply]
+    assert await h.ask("four") == []  # told once
+    assert [o.text for o in await h.ask("/ping")] == ["pong"]  # commands are not the model
+    assert len(await h.ask("chat", user="op")) == 1  # operators have no quota
+    day = day + timedelta(days=1)
+    assert len(await h.ask("a new day")) == 1
+    assert len(h.llm.prompts) == 4
+
+
+async def test_daily_token_quota(harness):
+    h = await harness(rate_limits={"tokens_per_day": 50}, llm=FakeLLM(default="word " * 40))
+    assert len(await h.ask("hello")) == 1  # spends more than 50 tokens (prompt and answer)
+    [refusal] = await h.ask("again")
+    assert refusal.text == h.host.bots["testbot"].pipeline.settings.quota_reply
+    assert len(await h.ask("hi", user="someone-else")) == 1  # quotas are per user

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from weakref import WeakValueDictionary
 
 from langchain_core.language_models import BaseChatModel
@@ -19,7 +19,7 @@ from bots.agent.memory import ConversationMemory, Turn
 from bots.agent.persona import Persona
 from bots.agent.prompt import build_messages, fact_passages, system_text
 from bots.agent.retrieval import NoRetrieval, Passage, Retriever
-from bots.agent.tokens import estimate_tokens
+from bots.agent.tokens import count_message_tokens, estimate_tokens
 from bots.core.events import ChannelKind
 from bots.core.routing import Invocation
 
@@ -52,6 +52,7 @@ class Agent:
         timeout_s: float = 60.0,
         max_retries: int = 1,
         protected_ids: list[str] | None = None,
+        on_tokens: Callable[[str, int], None] | None = None,
     ) -> None:
         self.bot = bot
         self.persona = persona
@@ -65,6 +66,7 @@ class Agent:
         self.max_retries = max_retries
         self._locks: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
         self.guard = LeakGuard(system_text(persona, []), protected_ids or [])
+        self.on_tokens = on_tokens  # (user, tokens): charges daily token quotas
 
     def _lock(self, session_id: str) -> asyncio.Lock:
         """One turn at a time per session, so memory stays in order."""
@@ -137,11 +139,17 @@ class Agent:
             except Exception as exc:
                 log.error("event %s: no answer: %s: %s", inv.event.id, type(exc).__name__, exc)
                 return self.persona.apology_text
+            self._charge(inv, messages, answer)
             if not answer:
                 log.warning("event %s: the model gave no usable answer", inv.event.id)
                 return self.persona.apology_text
             await self._remember(inv, answer)
             return answer + self._sources(answer, passages)
+
+    def _charge(self, inv: Invocation, messages: list[BaseMessage], answer: str) -> None:
+        if self.on_tokens is not None:
+            spent = count_message_tokens(messages) + estimate_tokens(answer)
+            self.on_tokens(inv.event.author.canonical, spent)
 
     async def _invoke(self, messages: list[BaseMessage]) -> str:
         retrying = AsyncRetrying(
@@ -192,6 +200,7 @@ class Agent:
                     yield self.persona.apology_text
                 return
             answer = "".join(parts).strip()
+            self._charge(inv, messages, answer)
             if not answer:
                 yield self.persona.apology_text
                 return

@@ -20,6 +20,10 @@ APOLOGY = {
     "zh": "……抱歉，我一时走了神，请稍后再问我一次。",
     "en": "Forgive me, my thoughts wandered off just now. Ask me again in a little while.",
 }
+QUOTA = {
+    "zh": "今天就聊到这儿吧，灯要歇一歇。明天再来。",
+    "en": "That is enough talk for one day; even a lamp needs rest. Come back tomorrow.",
+}
 BUSY = {
     "zh": "慢一点，一个一个来，我听不过来了。",
     "en": "Slow down a little, one at a time, please.",
@@ -64,6 +68,7 @@ class Persona(_Strict):
     quote_check: Literal["flag", "remove", "off"] = "flag"  # quotations not found in the corpus
     apology: str = ""  # in-character reply when the model fails; default by language
     busy: str = ""  # in-character reply when a user is rate limited
+    quota: str = ""  # in-character reply when a user's daily quota is spent
     refusal: str = ""  # in-character reply instead of an answer that would leak the system prompt
     extensions: dict[str, Any] = {}  # data kept from imported cards
 
@@ -88,6 +93,10 @@ class Persona(_Strict):
         from bots.agent.guard import REFUSAL
 
         return self.refusal or REFUSAL[self.lang_key]
+
+    @property
+    def quota_text(self) -> str:
+        return self.quota or QUOTA[self.lang_key]
 
     @property
     def busy_text(self) -> str:

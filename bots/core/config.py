@@ -77,6 +77,8 @@ class RateLimitConfig(StrictModel):
     # `limits` notation: "10/minute", "100 per hour", "5/second;60/minute"
     per_user: str = "12/minute"
     per_chat: str = "40/minute"
+    messages_per_day: int = Field(0, ge=0)  # per user, answered by the model; 0: no limit
+    tokens_per_day: int = Field(0, ge=0)  # per user, prompt and answer; 0: no limit
 
     @field_validator("per_user", "per_chat")
     @classmethod

@@ -20,6 +20,7 @@ from bots.core.audit import AuditLog
 from bots.core.events import ChannelKind, MessageEvent, Outbound
 from bots.core.outbound import deliver
 from bots.core.permissions import NOT_ALLOWED, Permissions, Role
+from bots.core.quota import Quotas
 from bots.core.ratelimit import RateLimiter
 from bots.core.routing import Dispatch, Invocation
 
@@ -50,6 +51,7 @@ class PipelineSettings:
     group_scope: Literal["group", "user"] = "group"
     muted: set[str] = field(default_factory=set)
     busy_reply: str = "One moment, please: too many messages at once."
+    quota_reply: str = "That is enough for today. Come back tomorrow."
     per_user_limit: str = "12/minute"
     per_chat_limit: str = "40/minute"
     max_input_chars: int = 4000  # longer messages are cut before anything else sees them
@@ -72,16 +74,19 @@ class Pipeline:
         permissions: Permissions,
         responder: Responder | None = None,
         audit: AuditLog | None = None,
+        quotas: Quotas | None = None,
     ) -> None:
         self.settings = settings
         self.dispatch = dispatch
         self.permissions = permissions
         self.responder = responder
         self.audit = audit
+        self.quotas = quotas or Quotas()
         self.errors: deque[str] = deque(maxlen=5)  # the last errors, for the admin status
         self._limiter = RateLimiter(settings.per_user_limit, settings.per_chat_limit)
         self._seen: TTLCache[str, bool] = TTLCache(maxsize=100_000, ttl=24 * 3600)
         self._told_busy: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=60)
+        self._told_quota: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=6 * 3600)
         self._keywords = [k.lower() for k in settings.keywords if k]
         self.inbound: list[InboundMiddleware] = [
             self._drop_own,
@@ -90,6 +95,7 @@ class Pipeline:
             self._drop_banned,
             self._drop_muted,
             self._rate_limit,
+            self._quota,
         ]
 
     # -- entry point ---------------------------------------------------------------------------
@@ -192,6 +198,20 @@ class Pipeline:
             if who not in self._told_busy:
                 self._told_busy[who] = True
                 await inv.reply(self.settings.busy_reply)
+        return reason
+
+    async def _quota(self, inv: Invocation) -> str | None:
+        """Daily quotas apply to what reaches the model: addressed messages that are no command."""
+        if inv.command is not None or not inv.addressed or inv.role >= Role.OPERATOR:
+            return None
+        user = inv.event.author.canonical
+        reason = self.quotas.over(user)
+        if reason is None:
+            self.quotas.count_message(user)
+            return None
+        if f"quota:{user}" not in self._told_quota:
+            self._told_quota[f"quota:{user}"] = True
+            await inv.reply(self.settings.quota_reply)
         return reason
 
     # -- commands ------------------------------------------------------------------------------

@@ -10,10 +10,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
-# Role and turn markers of common chat templates (ChatML, Llama, Mistral, Gemma...).
-_CONTROL = re.compile(
-    r"<\|[^|<>\n]{1,40}\|>|\[/?INST\]|<</?SYS>>|</?s>|<start_of_turn>|<end_of_turn>", re.IGNORECASE
-)
+from bots.core.sanitize import clean_user_text
+
 _NAME_JUNK = re.compile(r"[\[\]<>:\n\r\t]")
 LEAK_WINDOW = 32  # characters of the system prompt that may not appear verbatim in a reply
 
@@ -21,15 +19,6 @@ REFUSAL = {
     "zh": "这些是我自己的事，不便细说。我们聊点别的吧。",
     "en": "Some things stay between me and my notebook. Let us talk about something else.",
 }
-
-
-def clean_user_text(text: str) -> str:
-    """Fold width and invisible characters, then drop chat-template control tokens."""
-    text = "".join(ch for ch in unicodedata.normalize("NFKC", text) if unicodedata.category(ch) != "Cf")
-    previous = None
-    while previous != text:  # nested tokens (<|im_<|x|>start|>) fall apart one layer at a time
-        previous, text = text, _CONTROL.sub("", text)
-    return text
 
 
 def clean_name(name: str) -> str:

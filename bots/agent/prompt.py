@@ -12,7 +12,7 @@ from langchain_core.messages import (
     SystemMessage,
 )
 
-from bots.agent.guard import clean_name, clean_user_text
+from bots.agent.guard import clean_name
 from bots.agent.memory import Turn
 from bots.agent.persona import Persona
 from bots.agent.retrieval import Passage
@@ -70,9 +70,8 @@ def system_text(persona: Persona, passages: list[Passage]) -> str:
 
 
 def render_human(text: str, author: str, group: bool) -> str:
-    """User text without chat-template control tokens; in groups each line names its speaker,
-    as "[name] text" with a cleaned name, so the model can tell members apart."""
-    text = clean_user_text(text)
+    """In groups each line names its speaker, as "[name] text" with a cleaned name, so the model
+    can tell members apart (the text was cleaned when it arrived: bots.core.sanitize)."""
     return f"[{clean_name(author)}] {text}" if group and author else text
 
 

@@ -23,6 +23,7 @@ from bots.core.permissions import NOT_ALLOWED, Permissions, Role
 from bots.core.quota import Quotas
 from bots.core.ratelimit import RateLimiter
 from bots.core.routing import Dispatch, Invocation
+from bots.core.sanitize import clean_user_text
 
 log = logging.getLogger("bots.pipeline")
 
@@ -130,7 +131,7 @@ class Pipeline:
     # -- classification ----------------------------------------------------------------------
     def _classify(self, event: MessageEvent, adapter: Adapter) -> Invocation:
         event.session_id = session_id(event, self.settings.group_scope)
-        text = _strip_self_mentions(event)[: self.settings.max_input_chars]
+        text = clean_user_text(_strip_self_mentions(event)[: self.settings.max_input_chars])
         is_dm = event.channel.kind is ChannelKind.DM
         addressed = is_dm or event.to_me or event.mentions_me or event.replies_to_me
         if not addressed and self.settings.reply_policy == "always":

@@ -44,8 +44,7 @@ def run_checks(config_path: Path, secrets: Secrets) -> list[Check]:
 def _data_dir(config: AppConfig) -> Check:
     try:
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=config.data_dir):
-            pass
+        tempfile.NamedTemporaryFile(dir=config.data_dir).close()  # can we write there?
     except OSError as exc:
         return Check("fail", "data dir", f"{config.data_dir}: {exc}\nfix: make it writable or set data_dir")
     return Check("ok", "data dir", str(config.data_dir))

@@ -23,7 +23,7 @@ MAX_CARD_BYTES = 20 * 1024 * 1024
 
 
 class CardError(ConfigError):
-    pass
+    """A file that is not a usable character card."""
 
 
 def read_card(path: Path) -> dict[str, Any]:

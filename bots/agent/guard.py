@@ -15,11 +15,6 @@ from bots.core.sanitize import clean_user_text
 _NAME_JUNK = re.compile(r"[\[\]<>:\n\r\t]")
 LEAK_WINDOW = 32  # characters of the system prompt that may not appear verbatim in a reply
 
-REFUSAL = {
-    "zh": "这些是我自己的事，不便细说。我们聊点别的吧。",
-    "en": "Some things stay between me and my notebook. Let us talk about something else.",
-}
-
 
 def clean_name(name: str) -> str:
     """A speaker name fit for "[name] text": no brackets, colons or line breaks, at most 40 chars."""

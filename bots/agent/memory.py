@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cachetools import LRUCache
-from sqlalchemy import func, insert, select
+from sqlalchemy import insert, select
 
 from bots.core.storage import ChatTurn, Database
 
@@ -53,12 +53,15 @@ class ConversationMemory:
         self._known_sessions: set[str] | None = None  # None: unknown, ask the database
 
     async def start(self) -> None:
-        stored = ChatTurn.session_id
+        query = (
+            select(ChatTurn.session_id)
+            .where(ChatTurn.bot == self._bot)
+            .distinct()
+            .limit(self.max_known_sessions + 1)
+        )
         async with self._db.engine.connect() as conn:
-            count = await conn.scalar(select(func.count(stored.distinct())).where(ChatTurn.bot == self._bot))
-            if (count or 0) <= self.max_known_sessions:
-                rows = await conn.execute(select(stored).where(ChatTurn.bot == self._bot).distinct())
-                self._known_sessions = {row[0] for row in rows}
+            known = {row[0] for row in await conn.execute(query)}
+        self._known_sessions = known if len(known) <= self.max_known_sessions else None
         if self._writer is None:
             self._closing = False
             self._writer = asyncio.create_task(self._write_loop(), name=f"memory-writer-{self._bot}")

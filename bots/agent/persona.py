@@ -24,6 +24,10 @@ QUOTA = {
     "zh": "今天就聊到这儿吧，灯要歇一歇。明天再来。",
     "en": "That is enough talk for one day; even a lamp needs rest. Come back tomorrow.",
 }
+REFUSAL = {
+    "zh": "这些是我自己的事，不便细说。我们聊点别的吧。",
+    "en": "Some things stay between me and my notebook. Let us talk about something else.",
+}
 BUSY = {
     "zh": "慢一点，一个一个来，我听不过来了。",
     "en": "Slow down a little, one at a time, please.",
@@ -90,8 +94,6 @@ class Persona(_Strict):
 
     @property
     def refusal_text(self) -> str:
-        from bots.agent.guard import REFUSAL
-
         return self.refusal or REFUSAL[self.lang_key]
 
     @property

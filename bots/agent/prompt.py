@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-import unicodedata
 
 from langchain_core.messages import (
     AIMessage,
@@ -17,6 +16,7 @@ from bots.agent.memory import Turn
 from bots.agent.persona import Persona
 from bots.agent.retrieval import Passage
 from bots.agent.tokens import PER_MESSAGE, count_message_tokens, estimate_tokens, truncate_to_tokens
+from bots.core.sanitize import clean_user_text
 
 CHARACTER_RULES = (
     "Stay in character as {name} at all times. Never call yourself an AI, an assistant or a "
@@ -27,11 +27,11 @@ CHARACTER_RULES = (
 
 
 def as_data(text: str, *, one_line: bool = False) -> str:
-    """Retrieved text goes inside delimiters and must not be able to close them: width and
-    invisible characters are folded first, then every <<< and >>> is neutralised. The block's
-    markers also carry a random tag per prompt, which no document can guess."""
-    text = "".join(ch for ch in unicodedata.normalize("NFKC", text) if unicodedata.category(ch) != "Cf")
-    text = text.replace("<<<", "‹‹‹").replace(">>>", "›››")
+    """Retrieved text goes inside delimiters and must not be able to close them: it is cleaned
+    like user text (width, invisible characters, chat-template tokens), then every <<< and >>>
+    is neutralised. The block's markers also carry a random tag per prompt, which no document
+    can guess."""
+    text = clean_user_text(text).replace("<<<", "‹‹‹").replace(">>>", "›››")
     return " ".join(text.split()) if one_line else text
 
 

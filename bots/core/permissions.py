@@ -32,10 +32,11 @@ class Permissions:
             for canonical in ids:
                 self._configured[canonical] = role
         self._granted: dict[str, Role] = {}
-        self._person: dict[str, str] = {}
+        self._person: dict[str, str] = {}  # id -> person
+        self._ids: dict[str, set[str]] = {}  # person -> ids
         for person, ids in (identities or {}).items():
             for canonical in ids:
-                self._person[canonical] = person
+                self._remember_link(canonical, person)
         self._db: Database | None = None
 
     # -- identities ----------------------------------------------------------------------------
@@ -45,9 +46,14 @@ class Permissions:
 
     def ids_of(self, canonical_id: str) -> list[str]:
         """Every id of the same person (the id itself when it is linked to no one)."""
-        person = self.person_of(canonical_id)
-        linked = [i for i, p in self._person.items() if p == person]
-        return linked or [canonical_id]
+        return sorted(self._ids.get(self.person_of(canonical_id), ())) or [canonical_id]
+
+    def _remember_link(self, canonical_id: str, person: str) -> None:
+        previous = self._person.get(canonical_id)
+        if previous is not None:
+            self._ids[previous].discard(canonical_id)
+        self._person[canonical_id] = person
+        self._ids.setdefault(person, set()).add(canonical_id)
 
     # -- roles ---------------------------------------------------------------------------------
     def role_of(self, canonical_id: str) -> Role:
@@ -68,7 +74,7 @@ class Permissions:
             for grant in await session.scalars(select(RoleGrant)):
                 self._granted[grant.canonical_id] = Role[grant.role.upper()]
             for link in await session.scalars(select(IdentityLink)):
-                self._person[link.canonical_id] = link.person
+                self._remember_link(link.canonical_id, link.person)
 
     async def grant(self, canonical_id: str, role: Role, by: str) -> None:
         self._granted[canonical_id] = role
@@ -86,7 +92,7 @@ class Permissions:
                 await session.execute(delete(RoleGrant).where(RoleGrant.canonical_id == canonical_id))
 
     async def link(self, canonical_id: str, person: str) -> None:
-        self._person[canonical_id] = person
+        self._remember_link(canonical_id, person)
         if self._db is not None:
             async with self._db.session() as session, session.begin():
                 await session.merge(IdentityLink(canonical_id=canonical_id, person=person))

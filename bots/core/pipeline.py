@@ -210,8 +210,8 @@ class Pipeline:
         if reason is None:
             self.quotas.count_message(user)
             return None
-        if f"quota:{user}" not in self._told_quota:
-            self._told_quota[f"quota:{user}"] = True
+        if user not in self._told_quota:
+            self._told_quota[user] = True
             await inv.reply(self.settings.quota_reply)
         return reason
 

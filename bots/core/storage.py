@@ -22,7 +22,7 @@ def _now() -> datetime:
 
 
 class Base(DeclarativeBase):
-    pass
+    """The tables of the platform's database."""
 
 
 class ChatTurn(Base):

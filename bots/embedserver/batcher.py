@@ -23,7 +23,7 @@ class QueueFull(Exception):
 
 
 class ShuttingDown(Exception):
-    pass
+    """New work arrived after close() began."""
 
 
 @dataclass

@@ -91,7 +91,7 @@ class SentenceTransformerEmbedder:
 
 
 class EmbeddingServiceError(Exception):
-    pass
+    """The embedding service refused a request (4xx): retrying will not help."""
 
 
 class HttpEmbedder:

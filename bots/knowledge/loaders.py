@@ -6,6 +6,7 @@ of crashing. Any failure is a :class:`LoadError` naming the file; the ingest rep
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -22,7 +23,7 @@ MAX_UNZIPPED_BYTES = 1024 * 1024 * 1024  # .docx and .epub are zip files: refuse
 
 
 class LoadError(Exception):
-    pass
+    """A file that cannot be read; the message names it. The ingest skips it."""
 
 
 @dataclass
@@ -48,10 +49,8 @@ class Document:
 
 def decode(data: bytes, path: Path) -> str:
     """UTF-8 (with or without BOM) first, then the detected encoding (GB18030, Big5, ...)."""
-    try:
+    with contextlib.suppress(UnicodeDecodeError):
         return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        pass
     best = from_bytes(data).best()
     if best is None or best.encoding is None:
         raise LoadError(f"{path}: cannot detect the text encoding")

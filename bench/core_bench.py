@@ -1,9 +1,12 @@
-"""Push 5,000 messages through the real pipeline (FakeLLM, FakeAdapter, SQLite memory).
+"""Push 5,000 messages through the real host (durable inbox, pipeline, outbox, SQLite memory;
+FakeLLM, FakeAdapter).
 
-Prints throughput (msgs/s) and the latency the pipeline adds (p50/p99), overall and per kind of
-message. "Added" latency is the time from the pipeline's entry to its last send minus the time
-spent inside the model call (``llm.ainvoke``), which is also printed on its own as the baseline
-measured in the same run. Targets on the 2-core dev box: >= 500 msgs/s and added p99 <= 2 ms.
+Prints throughput (msgs/s) and the latency the platform adds (p50/p99), overall and per kind of
+message. "Added" latency is the time from the adapter handing the message over (the sink, which
+commits it to the inbox) to the last send, minus the time spent inside the model call
+(``llm.ainvoke``), which is also printed on its own as the baseline measured in the same run.
+"Bookkeeping" is what follows the last send (outbox and inbox commits), which the user does not
+wait for. Targets on the 2-core dev box: >= 500 msgs/s and added p99 <= 2 ms.
 
     .venv/bin/python bench/core_bench.py [--messages 5000]
 """
@@ -41,6 +44,16 @@ class TimedFakeLLM(FakeLLM):
             return await super().ainvoke(*args, **kwargs)
         finally:
             self.spent_s += time.perf_counter() - start
+
+
+class TimedAdapter(FakeAdapter):
+    """FakeAdapter that remembers when it last sent something."""
+
+    last_send_at = 0.0
+
+    async def send(self, outbound: Any) -> Any:
+        self.last_send_at = time.perf_counter()
+        return await super().send(outbound)
 
 
 def make_events(adapter: FakeAdapter, count: int, seed: int = 7) -> list[tuple[str, MessageEvent]]:
@@ -86,26 +99,32 @@ async def run(count: int) -> None:
             }
         )
         llm = TimedFakeLLM(default="The fog will lift by morning.")
-        adapter = FakeAdapter()
+        adapter = TimedAdapter()
         host = build_host(
             config, Secrets(), personas={"t": TEST_PERSONA}, llm=llm, adapters={"bench": [adapter]}
         )
         async with host:
-            pipeline = host.bots["bench"].pipeline
             for _, event in make_events(adapter, 200, seed=1):  # warm up imports and SQLite
-                await pipeline.handle(event, adapter)
+                await adapter.push(event)
+            await host.drain()
 
-            # Latency: one message at a time, from the pipeline's entry to its last send.
+            # Latency: one message at a time, from the adapter's hand-over to the last send.
             seen_sessions: set[str] = set()
             total: dict[str, list[float]] = {}
             added: dict[str, list[float]] = {}
+            bookkeeping: list[float] = []
             model: list[float] = []
             started = time.perf_counter()
             for kind, event in make_events(adapter, count):
                 before_llm = llm.spent_s
+                adapter.last_send_at = 0.0
                 t0 = time.perf_counter()
-                await pipeline.handle(event, adapter)
-                elapsed = time.perf_counter() - t0
+                handled = await adapter._sink(event)  # type: ignore[misc]
+                await handled
+                done = time.perf_counter()
+                sent_at = adapter.last_send_at or done
+                bookkeeping.append(done - sent_at)
+                elapsed = sent_at - t0
                 in_llm = llm.spent_s - before_llm
                 if kind in ("mention", "dm"):
                     model.append(in_llm)
@@ -137,6 +156,8 @@ async def run(count: int) -> None:
     print(line("all", all_added))
     for kind in sorted(added):
         print(line(kind, added[kind]))
+    print("after the last send (outbox and inbox commits, not waited for by the user):")
+    print(line("bookkeeping", bookkeeping))
     p99_ms = pct(all_added, 0.99) * 1000
     ok = count / sequential_s >= 500 and p99_ms <= 2.0
     print(f"target (>= 500 msgs/s, added p99 <= 2 ms): {'met' if ok else 'NOT met'}")

@@ -149,7 +149,15 @@ def build_host(
         dispatch = Dispatch()
         quotas = Quotas(config.rate_limits.messages_per_day, config.rate_limits.tokens_per_day)
         agent.on_tokens = quotas.charge_tokens
-        pipeline = Pipeline(settings, dispatch, permissions, responder=agent, audit=host.audit, quotas=quotas)
+        pipeline = Pipeline(
+            settings,
+            dispatch,
+            permissions,
+            responder=agent,
+            audit=host.audit,
+            quotas=quotas,
+            outbox=host.outbox,
+        )
 
         async def send(outbound, _bot=bot_cfg.name):
             return await host.send(_bot, outbound)

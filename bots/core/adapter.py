@@ -61,3 +61,11 @@ class StreamingAdapter(Adapter, Protocol):
     async def send_stream(
         self, target: ChannelRef, chunks: AsyncIterator[str], reply_to: str | None = None
     ) -> SentRef: ...
+
+
+@runtime_checkable
+class TypingAdapter(Adapter, Protocol):
+    """A channel with a typing indicator; the pipeline keeps it on while the model writes."""
+
+    async def typing(self, channel: ChannelRef) -> None:
+        """Show the indicator once (platforms drop it after a few seconds). Never raises."""

@@ -5,7 +5,7 @@ Canonical ids are ``"platform:id"`` (``telegram:123``, ``discord:456``, ``wechat
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -130,3 +130,66 @@ class SentRef:
     platform: str
     channel_id: str
     message_id: str
+
+
+# -- serialisation (the durable inbox stores events to replay them after a restart) -----------------
+_SEGMENT_TYPES: dict[str, type[Mention] | type[ReplyTo] | type[Attachment]] = {
+    "mention": Mention,
+    "reply": ReplyTo,
+    "attachment": Attachment,
+}
+
+
+def channel_to_dict(channel: ChannelRef) -> dict[str, Any]:
+    return {
+        "platform": channel.platform,
+        "id": channel.id,
+        "kind": channel.kind.value,
+        "name": channel.name,
+        "parent_id": channel.parent_id,
+    }
+
+
+def channel_from_dict(data: dict[str, Any]) -> ChannelRef:
+    return ChannelRef(
+        data["platform"], data["id"], ChannelKind(data["kind"]), data.get("name", ""), data.get("parent_id")
+    )
+
+
+def event_to_dict(event: MessageEvent) -> dict[str, Any]:
+    """A JSON-safe copy of an event; ``raw`` (the platform payload) is left out."""
+    segments = []
+    for segment in event.segments:
+        kind = next(k for k, cls in _SEGMENT_TYPES.items() if isinstance(segment, cls))
+        segments.append({"type": kind, **asdict(segment)})
+    return {
+        "platform": event.platform,
+        "message_id": event.message_id,
+        "author": asdict(event.author),
+        "channel": channel_to_dict(event.channel),
+        "text": event.text,
+        "self_id": event.self_id,
+        "self_name": event.self_name,
+        "segments": segments,
+        "to_me": event.to_me,
+        "timestamp": event.timestamp.isoformat(),
+    }
+
+
+def event_from_dict(data: dict[str, Any]) -> MessageEvent:
+    segments = []
+    for item in data.get("segments", []):
+        fields = dict(item)
+        segments.append(_SEGMENT_TYPES[fields.pop("type")](**fields))
+    return MessageEvent(
+        platform=data["platform"],
+        message_id=data["message_id"],
+        author=UserRef(**data["author"]),
+        channel=channel_from_dict(data["channel"]),
+        text=data["text"],
+        self_id=data.get("self_id", ""),
+        self_name=data.get("self_name", ""),
+        segments=tuple(segments),
+        to_me=data.get("to_me", False),
+        timestamp=datetime.fromisoformat(data["timestamp"]),
+    )

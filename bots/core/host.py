@@ -14,7 +14,10 @@ from bots.core.adapter import Adapter, EventSink
 from bots.core.audit import AuditLog
 from bots.core.control import HostControl
 from bots.core.events import MessageEvent, Outbound, SentRef
+from bots.core.groupcommit import GroupCommit
+from bots.core.inbox import Inbox
 from bots.core.outbound import deliver
+from bots.core.outbox import Outbox
 from bots.core.permissions import Permissions
 from bots.core.pipeline import Pipeline
 from bots.core.storage import Database
@@ -33,6 +36,12 @@ class Bot:
     adapters: list[Adapter] = field(default_factory=list)
     # (start, stop) pairs run in order at start and in reverse at stop: memory, plugins, ...
     lifecycle: list[tuple[Hook, Hook]] = field(default_factory=list)
+
+    def channel(self, name: str) -> Adapter:
+        for adapter in self.adapters:
+            if adapter.name == name:
+                return adapter
+        raise LookupError(f"bot {self.name!r} has no channel named {name!r}")
 
     def adapter_for(self, platform: str) -> Adapter:
         for adapter in self.adapters:
@@ -55,6 +64,9 @@ class Host:
         self.permissions = permissions or Permissions()
         self.muted = muted if muted is not None else set()  # shared by every bot's pipeline
         self.audit = AuditLog(db, secrets)
+        self.writes = GroupCommit(db)  # inbox and outbox writes share commits
+        self.inbox = Inbox(db, self.writes)
+        self.outbox = Outbox(db, self.writes)
         self.control = HostControl(self)
         self.bots: dict[str, Bot] = {}
         self.stop_grace_s = stop_grace_s
@@ -73,6 +85,7 @@ class Host:
     async def start(self) -> None:
         """Start storage, plugins and channels; if any part fails, undo what started."""
         await self.db.start()
+        await self.writes.start()
         await self.permissions.load(self.db)
         await self.control.load_mutes()
         self._running = True
@@ -85,6 +98,8 @@ class Host:
                     await adapter.start(self._sink(bot, adapter))
                     self._started_adapters.append(adapter)
                     log.info("bot %s: channel %s (%s) started", bot.name, adapter.name, adapter.platform)
+            for bot in self.bots.values():
+                await self._recover(bot)
         except BaseException:
             await self.stop()
             raise
@@ -105,6 +120,7 @@ class Host:
             await _logged(stop(), f"bot {bot_name} shutdown")
         self._started_adapters.clear()
         self._started_hooks.clear()
+        await self.writes.close()
         await self.db.close()
 
     async def __aenter__(self) -> Host:
@@ -134,13 +150,41 @@ class Host:
 
     # -- events --------------------------------------------------------------------------------
     def _sink(self, bot: Bot, adapter: Adapter) -> EventSink:
+        """The adapter's way in. Returns once the event is durably accepted (or known as a
+        duplicate), so the adapter may acknowledge it; raises when it could not be recorded."""
+
         async def sink(event: MessageEvent) -> asyncio.Future[None] | None:
             if not self._running:
                 log.warning("event %s arrived after stop; dropped", event.id)
                 return None
-            return self._spawn(bot.pipeline.handle(event, adapter))
+            if not await self.inbox.accept(bot.name, adapter.name, event):
+                log.debug("event %s: duplicate delivery dropped", event.id)
+                return None
+            return self._spawn(self._process(bot, adapter, event))
 
         return sink
+
+    async def _process(self, bot: Bot, adapter: Adapter, event: MessageEvent, replay: bool = False) -> None:
+        await bot.pipeline.handle(event, adapter, replay=replay)  # never raises: errors are logged there
+        self.inbox.finish(bot.name, event)
+
+    async def _recover(self, bot: Bot) -> None:
+        """After a restart: send replies left half-sent, then replay messages left unfinished."""
+        for key in await self.outbox.pending_keys(bot.name, within=self.inbox.replay_window):
+            try:
+                await self.outbox.resume(key, bot.channel)
+            except Exception:
+                log.exception("outbox %s: resending after the restart failed", key)
+        for item in await self.inbox.unfinished(bot.name):
+            try:
+                adapter = bot.channel(item.channel)
+            except LookupError:
+                log.warning("event %s: channel %s is gone; not replayed", item.event.id, item.channel)
+                continue
+            log.info("event %s: replaying it (attempt %d)", item.event.id, item.attempt)
+            self._spawn(self._process(bot, adapter, item.event, replay=True))
+        await self.inbox.prune()
+        await self.outbox.prune()
 
     async def handle(self, bot_name: str, event: MessageEvent, adapter: Adapter) -> None:
         """Process one event and wait for it (one-shot use, such as ``bots chat --message``)."""
@@ -153,7 +197,7 @@ class Host:
         return task
 
     async def drain(self, timeout: float | None = None) -> None:
-        """Wait until every event in flight has been handled."""
+        """Wait until every event in flight has been handled and its bookkeeping committed."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while self._tasks:
@@ -162,11 +206,18 @@ class Host:
                 log.warning("%d event(s) still in flight after %.1fs", len(self._tasks), timeout)
                 return
             await asyncio.wait(set(self._tasks), timeout=remaining)
+        await self.writes.flush()
 
-    async def send(self, bot_name: str, outbound: Outbound) -> list[SentRef]:
-        """Send from a bot to any chat on a platform it sits on (plugins, schedules)."""
+    async def send(self, bot_name: str, outbound: Outbound, key: str | None = None) -> list[SentRef]:
+        """Send from a bot to any chat on a platform it sits on (plugins, schedules).
+
+        With an idempotency ``key`` the message goes through the outbox: sending the same key
+        again (after a restart, or from a second host) sends only what was not sent yet.
+        """
         adapter = self.bots[bot_name].adapter_for(outbound.target.platform)
-        return await deliver(adapter, outbound)
+        if key is None:
+            return await deliver(adapter, outbound)
+        return await self.outbox.deliver(bot_name, adapter, outbound, key)
 
 
 async def _logged(awaitable: Awaitable[Any], what: str) -> None:

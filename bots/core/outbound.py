@@ -7,12 +7,16 @@ from bots.core.events import Outbound, SentRef
 from bots.core.splitting import split_message
 
 
-async def deliver(adapter: Adapter, outbound: Outbound) -> list[SentRef]:
+def split_outbound(adapter: Adapter, outbound: Outbound) -> list[Outbound]:
+    """The parts a message is sent as; only the first one threads to ``reply_to``."""
     caps = adapter.capabilities
     pieces = split_message(outbound.text, caps.max_length, caps.length_unit)
-    sent: list[SentRef] = []
-    for index, piece in enumerate(pieces):
-        reply_to = outbound.reply_to if index == 0 else None  # thread the first piece only
-        part = Outbound(outbound.target, piece, reply_to=reply_to, markup=outbound.markup)
-        sent.append(await adapter.send(part))
-    return sent
+    first = outbound.reply_to
+    return [
+        Outbound(outbound.target, piece, reply_to=first if i == 0 else None, markup=outbound.markup)
+        for i, piece in enumerate(pieces)
+    ]
+
+
+async def deliver(adapter: Adapter, outbound: Outbound) -> list[SentRef]:
+    return [await adapter.send(part) for part in split_outbound(adapter, outbound)]

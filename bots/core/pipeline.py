@@ -5,6 +5,7 @@ One bad event never stops the pipeline: every error is logged with the event id.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -15,10 +16,11 @@ from typing import Literal, Protocol
 
 from cachetools import TTLCache
 
-from bots.core.adapter import Adapter, StreamingAdapter
+from bots.core.adapter import Adapter, StreamingAdapter, TypingAdapter
 from bots.core.audit import AuditLog
-from bots.core.events import ChannelKind, MessageEvent, Outbound
+from bots.core.events import ChannelKind, ChannelRef, MessageEvent, Outbound
 from bots.core.outbound import deliver
+from bots.core.outbox import Outbox
 from bots.core.permissions import NOT_ALLOWED, Permissions, Role
 from bots.core.quota import Quotas
 from bots.core.ratelimit import RateLimiter
@@ -76,6 +78,7 @@ class Pipeline:
         responder: Responder | None = None,
         audit: AuditLog | None = None,
         quotas: Quotas | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         self.settings = settings
         self.dispatch = dispatch
@@ -83,16 +86,15 @@ class Pipeline:
         self.responder = responder
         self.audit = audit
         self.quotas = quotas or Quotas()
+        self.outbox = outbox  # replies recorded under a key per event, so a replay never repeats one
         self.errors: deque[str] = deque(maxlen=5)  # the last errors, for the admin status
         self._limiter = RateLimiter(settings.per_user_limit, settings.per_chat_limit)
-        self._seen: TTLCache[str, bool] = TTLCache(maxsize=100_000, ttl=24 * 3600)
         self._told_busy: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=60)
         self._told_quota: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=6 * 3600)
         self._keywords = [k.lower() for k in settings.keywords if k]
         self.inbound: list[InboundMiddleware] = [
             self._drop_own,
             self._drop_commands_for_others,
-            self._dedupe,
             self._drop_banned,
             self._drop_muted,
             self._rate_limit,
@@ -100,15 +102,17 @@ class Pipeline:
         ]
 
     # -- entry point ---------------------------------------------------------------------------
-    async def handle(self, event: MessageEvent, adapter: Adapter) -> None:
+    async def handle(self, event: MessageEvent, adapter: Adapter, *, replay: bool = False) -> None:
+        """Process one event. ``replay``: an earlier run accepted it and stopped before the end."""
         try:
-            await self._handle(event, adapter)
+            await self._handle(event, adapter, replay)
         except Exception as exc:
             log.exception("event %s: unhandled error; the pipeline goes on", _safe_id(event))
             self.errors.append(f"{type(exc).__name__}: {exc}"[:200])
 
-    async def _handle(self, event: MessageEvent, adapter: Adapter) -> None:
+    async def _handle(self, event: MessageEvent, adapter: Adapter, replay: bool) -> None:
         inv = self._classify(event, adapter)
+        inv.replay = replay
         for middleware in self.inbound:
             reason = await middleware(inv)
             if reason:
@@ -174,13 +178,6 @@ class Pipeline:
 
     async def _drop_commands_for_others(self, inv: Invocation) -> str | None:
         return "a command for another bot" if inv.command_for_other else None
-
-    async def _dedupe(self, inv: Invocation) -> str | None:
-        key = inv.event.id
-        if key in self._seen:
-            return "duplicate delivery"
-        self._seen[key] = True
-        return None
 
     async def _drop_banned(self, inv: Invocation) -> str | None:
         return "banned user" if inv.role is Role.BANNED else None
@@ -272,11 +269,54 @@ class Pipeline:
             async with contextlib.aclosing(self.responder.stream(inv)) as chunks:
                 await adapter.send_stream(event.channel, chunks, _reply_to(event))
             return
-        await self._reply(inv, adapter, await self.responder.respond(inv))
+        if inv.replay and self.outbox is not None and await self.outbox.recorded(self._reply_key(inv)):
+            # a replay after a restart: the answer was written before; send what is left of it
+            log.info("event %s: answer found in the outbox; not generating it again", event.id)
+            await self.outbox.resume(self._reply_key(inv, advance=True), lambda _name: adapter)
+            return
+        async with _typing(adapter, event.channel):
+            text = await self.responder.respond(inv)
+        await self._reply(inv, adapter, text)
 
     async def _reply(self, inv: Invocation, adapter: Adapter, text: str) -> None:
         event = inv.event
-        await deliver(adapter, Outbound(event.channel, text, reply_to=_reply_to(event)))
+        outbound = Outbound(event.channel, text, reply_to=_reply_to(event))
+        key = self._reply_key(inv, advance=True)
+        if self.outbox is None:
+            await deliver(adapter, outbound)
+        else:
+            await self.outbox.deliver(self.settings.bot, adapter, outbound, key, fresh=not inv.replay)
+
+    def _reply_key(self, inv: Invocation, *, advance: bool = False) -> str:
+        """The idempotency key of the invocation's next reply: the same on a replay."""
+        key = f"{self.settings.bot}|{inv.event.id}|{inv.replies}"
+        if advance:
+            inv.replies += 1
+        return key
+
+
+TYPING_EVERY_S = 4.0  # Telegram shows "typing" for 5 s, Discord for 10 s
+
+
+@contextlib.asynccontextmanager
+async def _typing(adapter: Adapter, channel: ChannelRef) -> AsyncIterator[None]:
+    """Keep the channel's typing indicator on while the body runs (where the channel has one)."""
+    if not isinstance(adapter, TypingAdapter):
+        yield
+        return
+
+    async def keep_typing() -> None:
+        while True:
+            await adapter.typing(channel)
+            await asyncio.sleep(TYPING_EVERY_S)
+
+    task = asyncio.create_task(keep_typing())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _reply_to(event: MessageEvent) -> str | None:

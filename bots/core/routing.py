@@ -25,6 +25,8 @@ class Invocation:
     command: str | None = None  # set when the message is a command
     args: str = ""
     command_for_other: bool = False  # "/cmd@otherbot": not ours
+    replies: int = 0  # replies sent so far; numbers each reply's outbox key
+    replay: bool = False  # handled again after a restart: earlier replies may have gone out
     _reply: ReplyFn | None = field(default=None, repr=False)
 
     @property

@@ -21,6 +21,11 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(moment: datetime) -> datetime:
+    """SQLite hands datetimes back without a zone; ours were stored in UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 class Base(DeclarativeBase):
     """The tables of the platform's database."""
 
@@ -71,6 +76,40 @@ class AuditEntry(Base):
     command: Mapped[str] = mapped_column(String(64))
     args: Mapped[str] = mapped_column(Text, default="")
     result: Mapped[str] = mapped_column(String(255))
+
+
+class InboxEntry(Base):
+    """An accepted inbound message: recorded before it is processed, finished after."""
+
+    __tablename__ = "inbox"
+    bot: Mapped[str] = mapped_column(String(64), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(255), primary_key=True)  # MessageEvent.id
+    channel: Mapped[str] = mapped_column(String(64))  # the adapter's configured name
+    payload: Mapped[Any] = mapped_column(JSON)  # the event, to replay it after a restart
+    state: Mapped[str] = mapped_column(String(16), default="accepted")  # accepted|done|abandoned
+    attempts: Mapped[int] = mapped_column(default=1)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+    __table_args__ = (Index("ix_inbox_state", "bot", "state", "received_at"),)
+
+
+class OutboxEntry(Base):
+    """One part of an outgoing message, under an idempotency key; marked sent once delivered."""
+
+    __tablename__ = "outbox"
+    key: Mapped[str] = mapped_column(String(512), primary_key=True)
+    part: Mapped[int] = mapped_column(primary_key=True)
+    bot: Mapped[str] = mapped_column(String(64))
+    channel: Mapped[str] = mapped_column(String(64))  # the adapter's configured name
+    target: Mapped[Any] = mapped_column(JSON)  # ChannelRef as a dict
+    text: Mapped[str] = mapped_column(Text)
+    reply_to: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    markup: Mapped[str] = mapped_column(String(16), default="plain")
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending|sent|failed
+    message_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+    __table_args__ = (Index("ix_outbox_pending", "bot", "state", "created_at"),)
 
 
 class PluginValue(Base):

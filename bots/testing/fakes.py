@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -113,9 +114,13 @@ class FakeAdapter:
         self.self_id = self_id
         self.self_name = self_name
         self.sent: list[Outbound] = []
+        self.typing_calls: list[ChannelRef] = []
+        self.fail_sends: list[BaseException] = []  # raised by the next send() calls, in order
         self._outbox: asyncio.Queue[Outbound] = asyncio.Queue()
         self._sink: EventSink | None = None
         self._ids = itertools.count(1)
+        # message ids differ between adapter instances, as a platform's do across restarts
+        self._run = uuid.uuid4().hex[:6]
         self.started = False
 
     async def start(self, sink: EventSink) -> None:
@@ -150,7 +155,7 @@ class FakeAdapter:
             segments.append(ReplyTo("earlier", author_id=self.self_id))
         return MessageEvent(
             platform=self.platform,
-            message_id=message_id or f"m{next(self._ids)}",
+            message_id=message_id or f"m{next(self._ids)}-{self._run}",
             author=UserRef(self.platform, user, name=user_name or user),
             channel=channel,
             text=text,
@@ -169,9 +174,14 @@ class FakeAdapter:
     async def send(self, outbound: Outbound) -> SentRef:
         if not self.started:
             raise RuntimeError(f"channel {self.name} is stopped; cannot send")
+        if self.fail_sends:
+            raise self.fail_sends.pop(0)
         self.sent.append(outbound)
         self._outbox.put_nowait(outbound)
         return SentRef(self.platform, outbound.target.id, f"s{next(self._ids)}")
+
+    async def typing(self, channel: ChannelRef) -> None:
+        self.typing_calls.append(channel)
 
     async def send_stream(
         self, target: ChannelRef, chunks: AsyncIterator[str], reply_to: str | None = None

@@ -11,6 +11,7 @@ from langchain_core.language_models import BaseChatModel
 from bots.agent.persona import Persona
 from bots.agent.retrieval import NoRetrieval, Retriever
 from bots.assembly import build_host
+from bots.core.adapter import Adapter
 from bots.core.config import AppConfig, Secrets
 from bots.core.events import MessageEvent, Outbound
 from bots.core.host import Host
@@ -27,7 +28,7 @@ BOT = "testbot"
 
 
 class Harness:
-    def __init__(self, host: Host, adapter: FakeAdapter, llm: Any, config: AppConfig) -> None:
+    def __init__(self, host: Host, adapter: Any, llm: Any, config: AppConfig) -> None:
         self.host = host
         self.adapter = adapter
         self.llm = llm
@@ -62,17 +63,20 @@ class HarnessFactory:
         persona: Persona = TEST_PERSONA,
         plugins: Sequence[str | type[Plugin]] = ("basics",),
         llm: BaseChatModel | None = None,
-        adapter: FakeAdapter | None = None,
+        adapter: Adapter | None = None,
         data_dir: Path | None = None,
         bot: dict[str, Any] | None = None,
         llm_settings: dict[str, Any] | None = None,
         plugin_config: dict[str, dict[str, Any]] | None = None,
         retriever: Retriever | None = None,
+        start: bool = True,
         **config: Any,
     ) -> Harness:
         """``config`` keys are top-level ``bots.toml`` keys (roles=..., rate_limits=..., ...);
         ``llm_settings`` is the ``[llm]`` table (timeouts, retries) applied around the fake LLM;
-        ``plugin_config`` holds the ``[plugins.<name>]`` tables."""
+        ``plugin_config`` holds the ``[plugins.<name>]`` tables; ``start=False`` leaves starting
+        the host to the test. ``adapter`` may be any channel
+        (a FakeAdapter by default; a real adapter pointed at an emulator in channel tests)."""
         app = AppConfig.model_validate(
             {
                 "data_dir": data_dir or self.tmp_path / "var",
@@ -93,8 +97,9 @@ class HarnessFactory:
             plugin_classes=_plugin_classes(plugins),
             retriever=retriever or NoRetrieval(),
         )
-        await host.start()
         self._hosts.append(host)
+        if start:
+            await host.start()
         return Harness(host, adapter, llm, app)
 
     async def close(self) -> None:

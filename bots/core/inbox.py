@@ -1,0 +1,138 @@
+"""The durable inbox: an inbound message is recorded before it is processed.
+
+Adapters acknowledge a platform (advance the Telegram offset, answer a webhook 200) only after
+:meth:`Inbox.accept` returned, so a message is never lost between the platform and the bot. A
+redelivered message that was already accepted is dropped; one accepted by an earlier run that
+stopped before finishing it is replayed at the next start (a few attempts at most, so a message
+that kills the process cannot do it forever).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import delete, select, update
+
+from bots.core.events import MessageEvent, event_from_dict, event_to_dict
+from bots.core.groupcommit import GroupCommit, insert_ignoring_duplicates
+from bots.core.storage import Database, InboxEntry, as_utc
+
+log = logging.getLogger("bots.inbox")
+
+
+@dataclass(frozen=True, slots=True)
+class Unfinished:
+    channel: str  # the adapter's configured name
+    event: MessageEvent
+    attempt: int
+
+
+class Inbox:
+    def __init__(
+        self,
+        db: Database,
+        writes: GroupCommit,
+        *,
+        replay_window: timedelta = timedelta(hours=6),
+        max_attempts: int = 3,
+        keep: timedelta = timedelta(days=3),
+    ) -> None:
+        self._db = db
+        self._writes = writes
+        self._insert = insert_ignoring_duplicates(db, InboxEntry.__table__)
+        self.replay_window = replay_window  # older unfinished messages are stale: not answered late
+        self.max_attempts = max_attempts
+        self.keep = keep  # how long finished entries stay to catch redeliveries
+        self._in_flight: set[tuple[str, str]] = set()  # (bot, event id) handled by this process
+
+    async def accept(self, bot: str, channel: str, event: MessageEvent) -> bool:
+        """Record ``event`` durably; False when it is a duplicate (already done or in flight here)."""
+        key = (bot, event.id)
+        if key in self._in_flight:
+            return False
+        self._in_flight.add(key)  # claimed before the await: a concurrent redelivery is a duplicate
+        try:
+            inserted = await self._writes.write(
+                self._insert.values(
+                    bot=bot,
+                    event_id=event.id,
+                    channel=channel,
+                    payload=event_to_dict(event),
+                    state="accepted",
+                    attempts=1,
+                    received_at=datetime.now(UTC),
+                )
+            )
+            if inserted or await self._take_over(bot, event.id):
+                return True
+        except BaseException:
+            self._in_flight.discard(key)
+            raise
+        self._in_flight.discard(key)
+        return False
+
+    async def _take_over(self, bot: str, event_id: str) -> bool:
+        """A known message came again. Handle it only when an earlier run left it unfinished."""
+        async with self._db.session() as session, session.begin():
+            entry = await session.get(InboxEntry, (bot, event_id))
+            if entry is None or entry.state != "accepted" or entry.attempts >= self.max_attempts:
+                return False
+            entry.attempts += 1
+            log.info("event %s: redelivered after an unfinished attempt; handling it again", event_id)
+            return True
+
+    def finish(self, bot: str, event: MessageEvent) -> None:
+        """Mark it done, behind the caller's back; until that commits, a redelivery still counts
+        as in flight. Lost in a crash, the mark costs a replay that finds its replies sent."""
+        key = (bot, event.id)
+        done = self._writes.write_behind(
+            update(InboxEntry)
+            .where(InboxEntry.bot == bot, InboxEntry.event_id == event.id)
+            .values(state="done"),
+            f"event {event.id}: marking it finished",
+        )
+        done.add_done_callback(lambda _f: self._in_flight.discard(key))
+
+    async def unfinished(self, bot: str) -> list[Unfinished]:
+        """Messages an earlier run accepted and did not finish, oldest first, claimed for replay.
+
+        Those past their last attempt or older than the replay window are marked abandoned
+        (and logged) instead: answering a day-old question out of the blue helps no one.
+        """
+        since = datetime.now(UTC) - self.replay_window
+        claimed: list[Unfinished] = []
+        async with self._db.session() as session, session.begin():
+            rows = await session.scalars(
+                select(InboxEntry)
+                .where(InboxEntry.bot == bot, InboxEntry.state == "accepted")
+                .order_by(InboxEntry.received_at)
+            )
+            for entry in rows:
+                if (bot, entry.event_id) in self._in_flight:
+                    continue
+                if entry.attempts >= self.max_attempts or as_utc(entry.received_at) < since:
+                    entry.state = "abandoned"
+                    log.warning("event %s: abandoned after %d attempt(s)", entry.event_id, entry.attempts)
+                    continue
+                try:
+                    event = event_from_dict(entry.payload)
+                except (KeyError, TypeError, ValueError):
+                    entry.state = "abandoned"
+                    log.warning("event %s: stored payload unreadable; abandoned", entry.event_id)
+                    continue
+                entry.attempts += 1
+                self._in_flight.add((bot, entry.event_id))
+                claimed.append(Unfinished(entry.channel, event, entry.attempts))
+        return claimed
+
+    async def prune(self) -> int:
+        """Forget finished entries past the redelivery horizon."""
+        cutoff = datetime.now(UTC) - self.keep
+        async with self._db.session() as session, session.begin():
+            result = await session.execute(
+                delete(InboxEntry).where(InboxEntry.state != "accepted", InboxEntry.received_at < cutoff)
+            )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+

@@ -1,0 +1,125 @@
+"""The durable inbox and outbox: accepted messages are answered exactly once across restarts."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from bots.core.events import ChannelKind, ChannelRef, Outbound
+from bots.core.storage import InboxEntry, OutboxEntry
+from bots.testing import FakeAdapter, FakeLLM
+from bots.testing.harness import BOT
+
+
+async def _crash(h) -> None:
+    """Stop the host without letting in-flight work finish, as a killed process would."""
+    h.host.stop_grace_s = 0
+    await h.host.stop()
+
+
+async def _states(h, table) -> list[str]:
+    async with h.host.db.session() as session:
+        return list(await session.scalars(select(table.state)))
+
+
+async def test_a_redelivered_message_is_answered_once(harness):
+    h = await harness()
+    event = h.adapter.event("hello?")
+    await h.push(event)
+    await h.push(event)  # the platform delivers it again while the first is in flight
+    await h.drain()
+    await h.push(event)  # and once more after it was answered
+    await h.drain()
+    assert [o.text for o in h.adapter.take_sent()] == ["ok"]
+
+
+async def test_a_message_accepted_before_a_crash_is_answered_after_the_restart(harness, tmp_path):
+    data = tmp_path / "var"
+    first = await harness(data_dir=data, llm=FakeLLM(default="too late", delay_s=30))
+    event = first.adapter.event("are you there?", chat="g1", mention=True)
+    await first.push(event)  # accepted: the platform may now forget it
+    await _crash(first)
+    assert first.adapter.sent == []
+
+    second = await harness(data_dir=data, adapter=FakeAdapter(), llm=FakeLLM(default="here"))
+    await second.drain()  # the start replayed the accepted message
+    await second.push(event)  # ... and the platform redelivers it too
+    await second.drain()
+    assert [o.text for o in second.adapter.take_sent()] == ["here"]
+    assert second.adapter.sent[0].reply_to == event.message_id
+    assert await _states(second, InboxEntry) == ["done"]
+
+
+async def test_a_half_sent_answer_is_finished_not_regenerated(harness, tmp_path):
+    data = tmp_path / "var"
+    long_answer = "First sentence of a long answer. " * 8 + "Last words."
+    adapter = FakeAdapter(max_length=120)
+    first = await harness(data_dir=data, adapter=adapter, llm=FakeLLM(default=long_answer))
+    original_send = adapter.send
+
+    async def send_then_die(outbound: Outbound):
+        if adapter.sent:
+            raise asyncio.CancelledError  # the process dies between the first and second part
+        return await original_send(outbound)
+
+    adapter.send = send_then_die  # type: ignore[method-assign]
+    event = adapter.event("tell me everything")
+    await first.push(event)
+    await first.drain()
+    await _crash(first)
+    parts_sent = [o.text for o in adapter.sent]
+    assert len(parts_sent) == 1
+
+    llm = FakeLLM(default="a different answer")
+    second = await harness(data_dir=data, adapter=FakeAdapter(max_length=120), llm=llm)
+    await second.drain()
+    rest = [o.text for o in second.adapter.take_sent()]
+    assert rest and "a different answer" not in rest
+    assert " ".join(parts_sent + rest).split() == long_answer.split()
+    assert llm.prompts == []  # the stored answer was used, the model was not asked again
+    assert set(await _states(second, OutboxEntry)) == {"sent"}
+
+
+async def test_a_message_that_keeps_failing_is_abandoned(harness, tmp_path):
+    data = tmp_path / "var"
+    event = None
+    for _attempt in range(3):
+        h = await harness(data_dir=data, adapter=FakeAdapter(), llm=FakeLLM(delay_s=30))
+        if event is None:
+            event = h.adapter.event("poison")
+            await h.push(event)
+        await _crash(h)  # each start replays it; each time the process dies again
+    last = await harness(data_dir=data, adapter=FakeAdapter())
+    await last.drain()
+    assert last.adapter.sent == []
+    assert await _states(last, InboxEntry) == ["abandoned"]
+
+
+async def test_stale_messages_are_not_answered_late(harness, tmp_path):
+    data = tmp_path / "var"
+    first = await harness(data_dir=data, llm=FakeLLM(delay_s=30))
+    await first.push("old question")
+    await _crash(first)
+    second = await harness(data_dir=data, adapter=FakeAdapter(), start=False)
+    second.host.inbox.replay_window = timedelta(0)
+    await second.host.start()
+    await second.drain()
+    assert second.adapter.sent == []
+    assert await _states(second, InboxEntry) == ["abandoned"]
+
+
+async def test_send_with_a_key_is_sent_once(harness):
+    h = await harness()
+    target = ChannelRef("fake", "g1", ChannelKind.GROUP)
+    first = await h.host.send(BOT, Outbound(target, "daily digest"), key="digest:g1:2026-11-26")
+    again = await h.host.send(BOT, Outbound(target, "daily digest"), key="digest:g1:2026-11-26")
+    assert len(first) == 1 and again == []
+    assert [o.text for o in h.adapter.take_sent()] == ["daily digest"]
+
+
+async def test_typing_shows_while_the_model_writes(harness):
+    h = await harness(llm=FakeLLM(delay_s=0.2))
+    await h.ask("slow question")
+    assert h.adapter.typing_calls and h.adapter.typing_calls[0].id == "dm-u1"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
@@ -112,6 +113,7 @@ def build_host(
         muted=set(config.muted),
         secrets=lambda: secrets.handed_out,
     )
+    host.history.keep = timedelta(days=config.history.keep_days)
     library = PersonaLibrary(config.personas_dir)
     for bot_cfg in config.bots:
         persona = (personas or {}).get(bot_cfg.persona) or library.get(bot_cfg.persona)
@@ -157,6 +159,7 @@ def build_host(
             audit=host.audit,
             quotas=quotas,
             outbox=host.outbox,
+            history=host.history if config.history.enabled else None,
         )
 
         async def send(outbound, _bot=bot_cfg.name):

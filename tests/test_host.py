@@ -10,6 +10,7 @@ import pytest
 
 from bots.adapters.console import ConsoleAdapter
 from bots.assembly import build_host
+from bots.core.adapter import NotAccepted
 from bots.core.config import AppConfig, Secrets
 from bots.plugins import Plugin
 from bots.testing import FakeAdapter, FakeLLM
@@ -34,7 +35,8 @@ async def test_clean_start_and_stop(harness):
     await h.ask("hello")
     await h.host.stop()
     assert not h.adapter.started and Lifecycle.events == ["setup", "teardown"]
-    await h.push("after stop")  # dropped with a warning, not processed
+    with pytest.raises(NotAccepted):  # so the adapter does not acknowledge it to the platform
+        await h.push("after stop")
     await asyncio.sleep(0)
     assert h.adapter.take_sent() == []
 

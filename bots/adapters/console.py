@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from bots.core.adapter import Capabilities, EventSink
+from bots.core.adapter import Capabilities, EventSink, NotAccepted
 from bots.core.config import ConfigError, describe_validation_error
 from bots.core.events import ChannelKind, ChannelRef, MessageEvent, Outbound, SentRef, UserRef
 
@@ -95,7 +95,10 @@ class ConsoleAdapter:
                     break
                 if not line.strip():
                     continue
-                handled = await sink(self.make_event(line.rstrip("\n")))
+                try:
+                    handled = await sink(self.make_event(line.rstrip("\n")))
+                except NotAccepted:  # the host is stopping
+                    break
                 if handled is not None:
                     await handled  # answer before prompting again
         finally:

@@ -31,6 +31,8 @@ _SENTENCE_END = re.compile(r"(?:[。！？!?…]+[”」』\"')]*|\.(?=\s)|\n)\s
 
 def _worth_retrying(exc: BaseException) -> bool:
     """Timeouts, connection errors and 5xx/429 are worth a retry; bad requests are not."""
+    if not isinstance(exc, Exception):  # cancellation (the host stopping) is never retried
+        return False
     if isinstance(exc, ValueError | TypeError):  # e.g. a prompt longer than the context window
         return False
     status = getattr(exc, "status_code", None)

@@ -9,10 +9,16 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from bots.core.events import ChannelRef, MessageEvent, Outbound, SentRef
 
-# The host's sink returns a future that completes once the event has been handled; adapters
-# that must answer in order (the console) await it, the others ignore it.
+# The host's sink returns once the event is durably accepted (None for a duplicate), with a
+# future that completes once the event has been handled; adapters that must answer in order (the
+# console) await it, the others ignore it. It raises (NotAccepted, or a storage error) when the
+# event was not recorded: the adapter must then not acknowledge it to the platform.
 EventSink = Callable[[MessageEvent], Awaitable["asyncio.Future[None] | None"]]
 LengthUnit = Literal["chars", "utf16", "utf8"]
+
+
+class NotAccepted(RuntimeError):
+    """The host did not take the event (it is stopping); let the platform deliver it again."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,6 +60,13 @@ class MemoryConfig(StrictModel):
     max_input_chars: int = Field(4000, gt=0)  # longer messages are cut before the model sees them
 
 
+class HistoryConfig(StrictModel):
+    """Group messages kept for digests (DMs never are)."""
+
+    enabled: bool = True
+    keep_days: int = Field(14, ge=1)
+
+
 class KnowledgeConfig(StrictModel):
     embedding_model: str | None = None  # sentence-transformers name or path; None: bundled MiniLM
     device: str = "cpu"  # "cpu" | "cuda" | "auto"
@@ -137,6 +144,7 @@ class AppConfig(StrictModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     llm: LLMConfig = LLMConfig()
     memory: MemoryConfig = MemoryConfig()
+    history: HistoryConfig = HistoryConfig()
     knowledge: KnowledgeConfig = KnowledgeConfig()
     rate_limits: RateLimitConfig = RateLimitConfig()
     roles: RolesConfig = RolesConfig()

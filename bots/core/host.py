@@ -10,11 +10,12 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bots.core.adapter import Adapter, EventSink
+from bots.core.adapter import Adapter, EventSink, NotAccepted
 from bots.core.audit import AuditLog
 from bots.core.control import HostControl
 from bots.core.events import MessageEvent, Outbound, SentRef
 from bots.core.groupcommit import GroupCommit
+from bots.core.history import History
 from bots.core.inbox import Inbox
 from bots.core.outbound import deliver
 from bots.core.outbox import Outbox
@@ -67,6 +68,7 @@ class Host:
         self.writes = GroupCommit(db)  # inbox and outbox writes share commits
         self.inbox = Inbox(db, self.writes)
         self.outbox = Outbox(db, self.writes)
+        self.history = History(db, self.writes)
         self.control = HostControl(self)
         self.bots: dict[str, Bot] = {}
         self.stop_grace_s = stop_grace_s
@@ -100,6 +102,7 @@ class Host:
                     log.info("bot %s: channel %s (%s) started", bot.name, adapter.name, adapter.platform)
             for bot in self.bots.values():
                 await self._recover(bot)
+            await self.history.prune()
         except BaseException:
             await self.stop()
             raise
@@ -155,8 +158,7 @@ class Host:
 
         async def sink(event: MessageEvent) -> asyncio.Future[None] | None:
             if not self._running:
-                log.warning("event %s arrived after stop; dropped", event.id)
-                return None
+                raise NotAccepted(f"event {event.id} arrived while the host is stopped")
             if not await self.inbox.accept(bot.name, adapter.name, event):
                 log.debug("event %s: duplicate delivery dropped", event.id)
                 return None

@@ -19,6 +19,7 @@ from cachetools import TTLCache
 from bots.core.adapter import Adapter, StreamingAdapter, TypingAdapter
 from bots.core.audit import AuditLog
 from bots.core.events import ChannelKind, ChannelRef, MessageEvent, Outbound
+from bots.core.history import History
 from bots.core.outbound import deliver
 from bots.core.outbox import Outbox
 from bots.core.permissions import NOT_ALLOWED, Permissions, Role
@@ -79,6 +80,7 @@ class Pipeline:
         audit: AuditLog | None = None,
         quotas: Quotas | None = None,
         outbox: Outbox | None = None,
+        history: History | None = None,
     ) -> None:
         self.settings = settings
         self.dispatch = dispatch
@@ -87,6 +89,7 @@ class Pipeline:
         self.audit = audit
         self.quotas = quotas or Quotas()
         self.outbox = outbox  # replies recorded under a key per event, so a replay never repeats one
+        self.history = history  # group messages kept for digests
         self.errors: deque[str] = deque(maxlen=5)  # the last errors, for the admin status
         self._limiter = RateLimiter(settings.per_user_limit, settings.per_chat_limit)
         self._told_busy: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=60)
@@ -121,6 +124,8 @@ class Pipeline:
         if inv.command is not None:
             await self._run_command(inv)
             return
+        if self.history is not None and not replay:
+            self.history.record(self.settings.bot, event, inv.text)
         for listener in self.dispatch.listeners:
             if listener.addressed_only and not inv.addressed:
                 continue

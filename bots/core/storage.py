@@ -22,8 +22,9 @@ def _now() -> datetime:
 
 
 def as_utc(moment: datetime) -> datetime:
-    """SQLite hands datetimes back without a zone; ours were stored in UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    """The same moment in UTC. Naive values are UTC already: SQLite hands ours back without a
+    zone, and it stores wall-clock text, so every value written must be converted first."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
@@ -76,6 +77,22 @@ class AuditEntry(Base):
     command: Mapped[str] = mapped_column(String(64))
     args: Mapped[str] = mapped_column(Text, default="")
     result: Mapped[str] = mapped_column(String(255))
+
+
+class LoggedMessage(Base):
+    """A group message as it was said, kept for digests (DMs are never logged)."""
+
+    __tablename__ = "chat_log"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    bot: Mapped[str] = mapped_column(String(64))
+    chat: Mapped[str] = mapped_column(String(255))  # canonical chat id
+    author: Mapped[str] = mapped_column(String(255))  # canonical author id
+    author_name: Mapped[str] = mapped_column(String(255), default="")
+    text: Mapped[str] = mapped_column(Text)
+    message_id: Mapped[str] = mapped_column(String(255), default="")
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+    __table_args__ = (Index("ix_chat_log_chat", "bot", "chat", "at"),)
 
 
 class InboxEntry(Base):

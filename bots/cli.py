@@ -102,7 +102,10 @@ def run(config: ConfigOption = None) -> None:
         for adapter in bot.adapters:
             if isinstance(adapter, ConsoleAdapter):
                 adapter.on_exit = host.request_stop  # end of terminal input stops the host
-    asyncio.run(host.serve_forever())
+    try:
+        asyncio.run(host.serve_forever())
+    except (ConfigError, ConnectionError) as exc:  # a rejected token, an unreachable platform
+        raise _fail(str(exc)) from None
 
 
 # -- chat ----------------------------------------------------------------------------------------

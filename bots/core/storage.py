@@ -7,7 +7,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Index, String, Text, delete, event, select
+from sqlalchemy import (
+    JSON,
+    URL,
+    DateTime,
+    Engine,
+    Index,
+    String,
+    Text,
+    create_engine,
+    delete,
+    event,
+    make_url,
+    select,
+)
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -164,8 +177,28 @@ class Database:
         async with self.engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)
 
+    @property
+    def sync_url(self) -> URL:
+        """The same database through its blocking driver (for a writer thread, APScheduler)."""
+        url = make_url(self.url)
+        return url.set(drivername=_SYNC_DRIVERS.get(url.drivername, url.get_backend_name()))
+
+    def sync_engine(self) -> Engine:
+        engine = create_engine(self.sync_url)
+        if engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+_SYNC_DRIVERS = {
+    "sqlite+aiosqlite": "sqlite",
+    "postgresql+asyncpg": "postgresql+psycopg",
+    "mysql+aiomysql": "mysql+pymysql",
+    "mysql+asyncmy": "mysql+pymysql",
+}
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -14,6 +14,7 @@ from bots.agent.memory import ConversationMemory
 from bots.agent.persona import Persona, PersonaLibrary
 from bots.agent.providers import build_llm
 from bots.agent.retrieval import Retriever
+from bots.agent.tokens import estimate_tokens
 from bots.core.adapter import Adapter, AdapterFactory
 from bots.core.config import AppConfig, BotConfig, ChannelConfig, ConfigError, LLMConfig, Secrets
 from bots.core.host import Bot, Host
@@ -23,7 +24,9 @@ from bots.core.quota import Quotas
 from bots.core.routing import Dispatch
 from bots.core.storage import Database
 from bots.plugins.api import Plugin
+from bots.plugins.jobs import PersonaView, Source
 from bots.plugins.manager import discover, load_plugins
+from bots.scheduler.service import BotParts, RetrieveFn, SchedulerService
 
 if TYPE_CHECKING:
     from bots.knowledge.store import KnowledgeBase
@@ -115,6 +118,7 @@ def build_host(
     )
     host.history.keep = timedelta(days=config.history.keep_days)
     library = PersonaLibrary(config.personas_dir)
+    job_parts: list[BotParts] = []
     for bot_cfg in config.bots:
         persona = (personas or {}).get(bot_cfg.persona) or library.get(bot_cfg.persona)
         collections = persona.knowledge if bot_cfg.knowledge is None else bot_cfg.knowledge
@@ -122,10 +126,11 @@ def build_host(
             retriever = build_retriever(config, secrets)  # one per host, shared by its bots
         llm_cfg = llm_config_for(config, bot_cfg, persona)
         memory = ConversationMemory(host.db, bot_cfg.name)
+        bot_llm = llm or build_llm(llm_cfg, secrets)
         agent = Agent(
             bot=bot_cfg.name,
             persona=persona,
-            llm=llm or build_llm(llm_cfg, secrets),
+            llm=bot_llm,
             memory=memory,
             retriever=retriever if collections else None,
             collections=collections,
@@ -187,4 +192,38 @@ def build_host(
                 lifecycle=[(memory.start, memory.close), *((p.setup, p.teardown) for p in plugins)],
             )
         )
+        job_parts.append(
+            BotParts(
+                name=bot_cfg.name,
+                persona=persona_view(persona),
+                llm=bot_llm,
+                context_tokens=llm_cfg.context_tokens,
+                count_tokens=estimate_tokens,
+                retrieve=_sources(retriever, collections) if retriever and collections else None,
+                plugins=plugins,
+                schedules=bot_cfg.schedules,
+            )
+        )
+    scheduler = SchedulerService(host, config.scheduler, job_parts)
+    host.services.append((scheduler.start, scheduler.stop))
+    host.control.scheduling = scheduler
     return host
+
+
+def persona_view(persona: Persona) -> PersonaView:
+    return PersonaView(
+        name=persona.name,
+        system_prompt=persona.system_prompt,
+        style=list(persona.style),
+        language=persona.language,
+        opening_lines=list(persona.opening_lines),
+        closing_lines=list(persona.closing_lines),
+    )
+
+
+def _sources(retriever: Retriever, collections: list[str]) -> RetrieveFn:
+    async def retrieve(query: str, k: int) -> list[Source]:
+        passages = await retriever.retrieve(query, collections)
+        return [Source(p.text, p.source, p.location) for p in passages if p.kind == "fact"][:k]
+
+    return retrieve

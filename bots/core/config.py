@@ -7,10 +7,13 @@ Unknown keys and wrong types are errors that name the file and the key. Relative
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from apscheduler.triggers.cron import CronTrigger
 from dotenv import dotenv_values
 from pydantic import (
     BaseModel,
@@ -124,6 +127,69 @@ class ChannelConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+MissedPolicy = Literal["skip", "run_once_late", "catch_up"]
+JOB_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+def check_timezone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r} (use an IANA name such as 'Asia/Shanghai')") from None
+    return name
+
+
+def check_cron(expression: str) -> str:
+    try:
+        CronTrigger.from_crontab(expression)
+    except ValueError as exc:
+        fields = "minute hour day month weekday"
+        raise ValueError(f"bad cron expression {expression!r} ({fields}): {exc}") from None
+    return expression
+
+
+class ScheduleConfig(StrictModel):
+    """One ``[[bots.schedules]]`` entry: what to post, where, when, and how to treat missed runs."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    job: str  # an importable async function, "plugins.digest:post_digest"
+    target: str = ""  # canonical chat id the post goes to; "" when the job sends by itself
+    channel: str | None = None  # the bot's channel name, when it has two on one platform
+    cron: str | None = None  # "0 21 * * *" (minute hour day month weekday)
+    every_minutes: int | None = Field(None, ge=1)  # or an interval
+    timezone: str = "UTC"
+    missed: MissedPolicy = "run_once_late"  # runs missed while the host was down
+    grace_minutes: int = Field(60, ge=1)  # how late run_once_late may still run
+    review: bool = False  # operators approve the draft before it is posted
+    review_hours: float = Field(4.0, gt=0)  # a draft not approved within this is not posted
+    options: dict[str, Any] = {}  # JSON kwargs for the job function
+
+    _cron = field_validator("cron")(lambda v: v if v is None else check_cron(v))
+    _tz = field_validator("timezone")(check_timezone)
+    _target = field_validator("target")(lambda v: v and _canonical_ids([v])[0])
+
+    @field_validator("job")
+    @classmethod
+    def _job_ref(cls, ref: str) -> str:
+        if not JOB_REF.match(ref):
+            raise ValueError(f"job must be 'module:function', got {ref!r}")
+        return ref
+
+    @model_validator(mode="after")
+    def _one_trigger(self) -> ScheduleConfig:
+        if (self.cron is None) == (self.every_minutes is None):
+            raise ValueError("give exactly one of cron or every_minutes")
+        return self
+
+
+class SchedulerConfig(StrictModel):
+    review_chats: list[str] = []  # canonical chat ids where drafts are sent for review
+    tick_seconds: float = Field(30.0, gt=0)  # picks up CLI changes, expires late drafts
+    catch_up_limit: int = Field(24, ge=1)  # at most this many missed runs are caught up
+
+    _chats = field_validator("review_chats")(_canonical_ids)
+
+
 class BotConfig(StrictModel):
     name: str
     persona: str
@@ -133,7 +199,7 @@ class BotConfig(StrictModel):
     keywords: list[str] = []  # extra words that address the bot in groups
     plugins: list[str] | None = None  # None: every discovered plugin
     llm: LLMConfig | None = None  # overrides the top-level [llm]
-    schedules: list[dict[str, Any]] = []
+    schedules: list[ScheduleConfig] = []
 
 
 class AppConfig(StrictModel):
@@ -145,6 +211,7 @@ class AppConfig(StrictModel):
     llm: LLMConfig = LLMConfig()
     memory: MemoryConfig = MemoryConfig()
     history: HistoryConfig = HistoryConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
     knowledge: KnowledgeConfig = KnowledgeConfig()
     rate_limits: RateLimitConfig = RateLimitConfig()
     roles: RolesConfig = RolesConfig()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bots.core.events import ChannelKind, ChannelRef, Outbound
 from bots.core.permissions import Role
@@ -16,6 +16,7 @@ class HostControl:
     def __init__(self, host: Host) -> None:
         self._host = host
         self._state = KeyValueStore(host.db, "host")
+        self.scheduling: Any = None  # the scheduler service, when the host has one (jobs, review)
 
     def status(self) -> list[str]:
         lines = []

@@ -75,6 +75,8 @@ class Host:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started_adapters: list[Adapter] = []
         self._started_hooks: list[tuple[str, Hook]] = []
+        self.services: list[tuple[Hook, Hook]] = []  # host-wide (start, stop): the scheduler
+        self._started_services: list[Hook] = []
         self._running = False
         self._stop_requested: asyncio.Event | None = None
 
@@ -103,6 +105,9 @@ class Host:
             for bot in self.bots.values():
                 await self._recover(bot)
             await self.history.prune()
+            for start_service, stop_service in self.services:
+                await start_service()
+                self._started_services.append(stop_service)
         except BaseException:
             await self.stop()
             raise
@@ -112,6 +117,9 @@ class Host:
         if not self._running:
             return
         self._running = False
+        for stop_service in reversed(self._started_services):
+            await _logged(stop_service(), "stopping a service")
+        self._started_services.clear()
         await self.drain(timeout=self.stop_grace_s)
         leftovers = list(self._tasks)
         for task in leftovers:
@@ -210,13 +218,17 @@ class Host:
             await asyncio.wait(set(self._tasks), timeout=remaining)
         await self.writes.flush()
 
-    async def send(self, bot_name: str, outbound: Outbound, key: str | None = None) -> list[SentRef]:
+    async def send(
+        self, bot_name: str, outbound: Outbound, key: str | None = None, channel: str | None = None
+    ) -> list[SentRef]:
         """Send from a bot to any chat on a platform it sits on (plugins, schedules).
 
         With an idempotency ``key`` the message goes through the outbox: sending the same key
-        again (after a restart, or from a second host) sends only what was not sent yet.
+        again (after a restart) sends only what was not sent yet. ``channel`` picks the bot's
+        channel by name where it has two on one platform.
         """
-        adapter = self.bots[bot_name].adapter_for(outbound.target.platform)
+        bot = self.bots[bot_name]
+        adapter = bot.channel(channel) if channel else bot.adapter_for(outbound.target.platform)
         if key is None:
             return await deliver(adapter, outbound)
         return await self.outbox.deliver(bot_name, adapter, outbound, key)

@@ -142,6 +142,38 @@ class OutboxEntry(Base):
     __table_args__ = (Index("ix_outbox_pending", "bot", "state", "created_at"),)
 
 
+class LedgerEntry(Base):
+    """One scheduled period of one job: claimed before anything is posted, so it posts once."""
+
+    __tablename__ = "post_ledger"
+    job_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    period: Mapped[str] = mapped_column(String(64), primary_key=True)  # the run time, UTC ISO
+    bot: Mapped[str] = mapped_column(String(64))
+    # claimed | posted | skipped | review | rejected | expired | missed | failed
+    state: Mapped[str] = mapped_column(String(16), default="claimed")
+    detail: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
+
+
+class ReviewDraft(Base):
+    """A scheduled post waiting for an operator: approve, edit, regenerate or reject."""
+
+    __tablename__ = "review_drafts"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(255))
+    period: Mapped[str] = mapped_column(String(64))
+    bot: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(255))  # canonical chat id
+    versions: Mapped[Any] = mapped_column(JSON)  # every text written or edited, in order
+    chosen: Mapped[int] = mapped_column(default=0)  # the version that would be posted
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending|approved|posted|...
+    deadline: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    decided_by: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+    __table_args__ = (Index("ix_review_state", "state", "deadline"),)
+
+
 class PluginValue(Base):
     """Namespaced key/value storage for plugins."""
 

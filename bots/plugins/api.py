@@ -19,6 +19,7 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+from bots.core.config import ScheduleConfig
 from bots.core.control import HostControl
 from bots.core.events import ChannelRef, Outbound, SentRef
 from bots.core.permissions import Role
@@ -29,6 +30,7 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 COMMAND_TAG = "__bots_command__"
 LISTENER_TAG = "__bots_listener__"
+SCHEDULED_TAG = "__bots_scheduled__"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +85,51 @@ def on_message(*, priority: int = 100, addressed_only: bool = False) -> Callable
 
     def tag(fn: F) -> F:
         setattr(fn, LISTENER_TAG, ListenerSpec(priority=priority, addressed_only=addressed_only))
+        return fn
+
+    return tag
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledSpec:
+    id: str
+    schedule: dict[str, Any]  # ScheduleConfig fields
+
+    def as_schedule(self) -> ScheduleConfig:
+        return ScheduleConfig.model_validate(self.schedule)
+
+
+def scheduled(
+    *,
+    id: str,
+    cron: str | None = None,
+    every_minutes: int | None = None,
+    timezone: str = "UTC",
+    target: str = "",
+    missed: str = "run_once_late",
+    review: bool = False,
+    options: dict[str, Any] | None = None,
+) -> Callable[[F], F]:
+    """Tag a method as a scheduled job: ``async def fn(self, ctx: JobContext) -> str | None``.
+
+    The returned text is posted to ``target`` (or sent for review); return None after sending
+    yourself, or to skip. The job id is ``<bot>:<plugin>.<id>``; config reconciles it at start.
+    """
+
+    def tag(fn: F) -> F:
+        schedule = {
+            "id": id,
+            "job": f"{fn.__module__}:{fn.__qualname__}",
+            "cron": cron,
+            "every_minutes": every_minutes,
+            "timezone": timezone,
+            "target": target,
+            "missed": missed,
+            "review": review,
+            "options": options or {},
+        }
+        ScheduleConfig.model_validate(schedule)  # a bad cron fails at import, not at start
+        setattr(fn, SCHEDULED_TAG, ScheduledSpec(id, schedule))
         return fn
 
     return tag

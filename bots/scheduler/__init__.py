@@ -1,0 +1,1 @@
+"""Scheduled posting: APScheduler jobs, an exactly-once ledger and the operators' review queue."""

@@ -1,0 +1,59 @@
+"""The posting ledger: one row per (job, scheduled period), claimed before anything is written.
+
+Whoever inserts the row first owns the period: a restart, a retry or a second host sharing the
+database finds the row and leaves the period alone.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select, update
+
+from bots.core.groupcommit import GroupCommit, insert_ignoring_duplicates
+from bots.core.storage import Database, LedgerEntry, as_utc
+
+FINAL = ("posted", "skipped", "rejected", "expired", "missed", "failed")
+
+
+def period_key(run_time: datetime) -> str:
+    """The period a run is for: its scheduled time in UTC, to the second."""
+    return as_utc(run_time).replace(microsecond=0).isoformat()
+
+
+class Ledger:
+    def __init__(self, db: Database, writes: GroupCommit) -> None:
+        self._db = db
+        self._writes = writes
+        self._insert = insert_ignoring_duplicates(db, LedgerEntry.__table__)
+
+    async def claim(self, job_id: str, period: str, bot: str, state: str = "claimed") -> bool:
+        """True for the one caller that records the period first."""
+        row = {"job_id": job_id, "period": period, "bot": bot, "state": state, "detail": ""}
+        return bool(await self._writes.write(self._insert.values(row | {"updated_at": datetime.now(UTC)})))
+
+    async def mark(self, job_id: str, period: str, state: str, detail: str = "") -> None:
+        await self._writes.write(
+            update(LedgerEntry)
+            .where(LedgerEntry.job_id == job_id, LedgerEntry.period == period)
+            .values(state=state, detail=detail[:500], updated_at=datetime.now(UTC))
+        )
+
+    async def state(self, job_id: str, period: str) -> str | None:
+        async with self._db.session() as session:
+            entry = await session.get(LedgerEntry, (job_id, period))
+            return None if entry is None else entry.state
+
+    async def recent(self, job_id: str | None = None, limit: int = 20) -> list[LedgerEntry]:
+        query = select(LedgerEntry).order_by(LedgerEntry.updated_at.desc()).limit(limit)
+        if job_id is not None:
+            query = query.where(LedgerEntry.job_id == job_id)
+        async with self._db.session() as session:
+            return list(await session.scalars(query))
+
+    async def unfinished(self, within: timedelta) -> list[LedgerEntry]:
+        """Periods claimed by a run that never finished them (the host died mid-post)."""
+        since = datetime.now(UTC) - within
+        async with self._db.session() as session:
+            rows = await session.scalars(select(LedgerEntry).where(LedgerEntry.state == "claimed"))
+            return [row for row in rows if as_utc(row.updated_at) >= since]

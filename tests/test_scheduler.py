@@ -1,0 +1,253 @@
+"""Scheduled posting: APScheduler with its jobs in the database, a ledger per period, review."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import time_machine
+from sqlalchemy import select
+
+from bots.core.storage import LedgerEntry
+from bots.plugins import Plugin
+from bots.plugins.api import scheduled
+from bots.plugins.jobs import JobContext
+from bots.scheduler.review import ReviewError
+from bots.testing import FakeAdapter, FakeLLM
+
+MORNING = {
+    "id": "morning",
+    "job": "bots.testing.jobs:post_text",
+    "target": "fake:g1",
+    "cron": "0 9 * * *",
+    "timezone": "Europe/Berlin",
+    "options": {"text": "Guten Morgen, {when}"},
+}
+JOB = "testbot:morning"
+
+
+def at(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+async def start(harness: Any, data_dir: Any, *schedules: dict[str, Any], **kwargs: Any) -> Any:
+    return await harness(
+        data_dir=data_dir, adapter=FakeAdapter(), bot={"schedules": list(schedules)}, **kwargs
+    )
+
+
+async def run_due(h: Any) -> None:
+    """Let the scheduler look at the (travelled) clock and finish what fell due."""
+    service = h.host.control.scheduling
+    service.scheduler.wakeup()
+    await asyncio.sleep(0.05)
+    await service.idle()
+    await h.drain()
+
+
+def posted(h: Any, chat: str = "g1") -> list[str]:
+    return [o.text for o in h.adapter.sent if o.target.id == chat]
+
+
+async def ledger(h: Any) -> list[tuple[str, str]]:
+    async with h.host.db.session() as session:
+        rows = await session.scalars(select(LedgerEntry).order_by(LedgerEntry.period))
+        return [(row.period, row.state) for row in rows]
+
+
+async def test_cron_fires_at_local_time_across_a_dst_change(harness, tmp_path):
+    with time_machine.travel(at(2026, 3, 28, 6, 0), tick=True) as clock:
+        h = await start(harness, tmp_path / "var", MORNING)
+        job = h.host.control.scheduling.scheduler.get_job(JOB)
+        assert job.next_run_time == at(2026, 3, 28, 8, 0)  # 09:00 CET
+        clock.move_to(at(2026, 3, 28, 8, 0, 5))
+        await run_due(h)
+        assert posted(h) == ["Guten Morgen, 2026-03-28 09:00 CET"]
+        job = h.host.control.scheduling.scheduler.get_job(JOB)
+        assert job.next_run_time == at(2026, 3, 29, 7, 0)  # 09:00 CEST, the day the clocks go forward
+        clock.move_to(at(2026, 3, 29, 7, 0, 5))
+        await run_due(h)
+        assert posted(h)[-1] == "Guten Morgen, 2026-03-29 09:00 CEST"
+        assert len(posted(h)) == 2
+
+
+async def test_pause_and_resume(harness, tmp_path):
+    with time_machine.travel(at(2026, 5, 4, 6, 0), tick=True) as clock:
+        h = await start(harness, tmp_path / "var", MORNING)
+        service = h.host.control.scheduling
+        service.scheduler.pause_job(JOB)
+        clock.move_to(at(2026, 5, 4, 7, 0, 5))  # 09:00 CEST
+        await run_due(h)
+        assert posted(h) == []
+        service.scheduler.resume_job(JOB)
+        assert service.scheduler.get_job(JOB).next_run_time == at(2026, 5, 5, 7, 0)
+        clock.move_to(at(2026, 5, 5, 7, 0, 5))
+        await run_due(h)
+        assert posted(h) == ["Guten Morgen, 2026-05-05 09:00 CEST"]
+
+
+@pytest.mark.parametrize(
+    ("missed", "down_until", "expected"),
+    [
+        ("skip", at(2026, 5, 4, 7, 20), []),
+        ("run_once_late", at(2026, 5, 4, 7, 20), ["Guten Morgen, 2026-05-04 09:00 CEST"]),
+        ("run_once_late", at(2026, 5, 4, 9, 30), []),  # beyond the 60-minute grace
+        ("catch_up", at(2026, 5, 6, 7, 20), [f"Guten Morgen, 2026-05-0{d} 09:00 CEST" for d in (4, 5, 6)]),
+    ],
+)
+async def test_runs_missed_while_the_host_was_down(harness, tmp_path, missed, down_until, expected):
+    schedule = {**MORNING, "missed": missed}
+    with time_machine.travel(at(2026, 5, 4, 6, 0), tick=True) as clock:
+        first = await start(harness, tmp_path / "var", schedule)
+        await first.host.stop()
+        clock.move_to(down_until)
+        second = await start(harness, tmp_path / "var", schedule)
+        await run_due(second)
+        assert posted(second) == expected
+        states = {state for _, state in await ledger(second)}
+        assert states <= {"posted", "missed"} and ("missed" in states) == (not expected)
+
+
+async def test_a_restart_before_the_fire_time_keeps_the_schedule(harness, tmp_path):
+    with time_machine.travel(at(2026, 5, 4, 6, 0), tick=True) as clock:
+        first = await start(harness, tmp_path / "var", MORNING)
+        await first.host.stop()
+        clock.move_to(at(2026, 5, 4, 6, 30))
+        second = await start(harness, tmp_path / "var", MORNING)
+        assert second.host.control.scheduling.scheduler.get_job(JOB).next_run_time == at(2026, 5, 4, 7, 0)
+        await run_due(second)
+        assert posted(second) == []  # not due yet
+        clock.move_to(at(2026, 5, 4, 7, 0, 5))
+        await run_due(second)
+        assert len(posted(second)) == 1
+
+
+async def test_two_hosts_on_one_database_post_a_period_once(harness, tmp_path):
+    with time_machine.travel(at(2026, 5, 4, 6, 0), tick=True) as clock:
+        one = await start(harness, tmp_path / "var", MORNING)
+        two = await start(harness, tmp_path / "var", MORNING)
+        clock.move_to(at(2026, 5, 4, 7, 0, 5))
+        run = datetime(2026, 5, 4, 7, 0, tzinfo=UTC)
+        results = await asyncio.gather(
+            *(
+                h.host.control.scheduling.run(JOB, _job_kwargs(h), run)
+                for h in (one, two, one, two)
+            )
+        )
+        await one.drain()
+        await two.drain()
+        assert sorted(results) == ["already", "already", "already", "posted"]
+        assert len(posted(one)) + len(posted(two)) == 1
+        assert await ledger(one) == [("2026-05-04T07:00:00+00:00", "posted")]
+
+
+def _job_kwargs(h: Any) -> dict[str, Any]:
+    return h.host.control.scheduling.scheduler.get_job(JOB).kwargs
+
+
+REVIEWED = {**MORNING, "review": True, "review_hours": 2}
+
+
+async def reviewed_host(harness: Any, tmp_path: Any, clock: Any, **schedule: Any) -> Any:
+    review = {"review_chats": ["fake:ops"]}
+    h = await start(harness, tmp_path / "var", {**REVIEWED, **schedule}, scheduler=review)
+    clock.move_to(at(2026, 5, 4, 7, 0, 5))
+    await run_due(h)
+    return h
+
+
+async def test_review_approve_posts_only_the_approved_text(harness, tmp_path):
+    with time_machine.travel(at(2026, 5, 4, 6, 0), tick=True) as clock:
+        h = await reviewed_host(harness, tmp_path, clock)
+        service = h.host.control.scheduling
+        assert posted(h) == []  # nothing goes out before an operator says so
+        [asked] = posted(h, "ops")
+        assert asked.startswith("Draft #1 of job testbot:morning") and "/review approve 1" in asked
+        await service.edit(1, "Guten Morgen! (edited)", by="fake:op")
+        assert await service.approve(1, by="fake:op") == "posted"
+        assert posted(h) == ["Guten Morgen! (edited)"]
+        assert await ledger(h) == [("2026-05-04T07:00:00+00:00", "posted")]
+        with pytest.raises(ReviewError, match="is posted"):
+            await service.approve(1, by="fake:op")
+
+
+async def test_review_reject_and_regenerate(harness, tmp_path):
+    llm = FakeLLM(responses=["first draft", "second draft"])
+    with time_machine.travel(at(2026, 5, 4, 6, 0), tick=True) as clock:
+        h = await reviewed_host(harness, tmp_path, clock, job="bots.testing.jobs:ask_the_model")
+        h.host.control.scheduling.bots["testbot"].llm = llm
+        service = h.host.control.scheduling
+        draft = await service.regenerate(1, by="fake:op")
+        assert draft.versions[-1] == "first draft" and draft.chosen == len(draft.versions) - 1
+        await service.reject(1, by="fake:op")
+        assert posted(h) == []
+        assert await ledger(h) == [("2026-05-04T07:00:00+00:00", "rejected")]
+
+
+async def test_a_draft_not_approved_in_time_is_not_posted(harness, tmp_path):
+    with time_machine.travel(at(2026, 5, 4, 6, 0), tick=True) as clock:
+        h = await reviewed_host(harness, tmp_path, clock)
+        service = h.host.control.scheduling
+        clock.move_to(at(2026, 5, 4, 9, 1))  # two hours after the run
+        await service.tick()
+        assert await ledger(h) == [("2026-05-04T07:00:00+00:00", "expired")]
+        with pytest.raises(ReviewError, match="expired"):
+            await service.approve(1, by="fake:op")
+        assert posted(h) == []
+
+
+async def test_config_jobs_are_reconciled_at_start(harness, tmp_path):
+    evening = {**MORNING, "id": "evening", "cron": "0 20 * * *"}
+    with time_machine.travel(at(2026, 5, 4, 6, 0), tick=True):
+        first = await start(harness, tmp_path / "var", MORNING, evening)
+        await first.host.stop()
+        moved = {**MORNING, "cron": "30 8 * * *"}
+        noon = {**MORNING, "id": "noon", "cron": "0 12 * * *"}
+        second = await start(harness, tmp_path / "var", moved, noon)
+        jobs = {job.id: job for job in second.host.control.scheduling.jobs()}
+        assert sorted(jobs) == ["testbot:morning", "testbot:noon"]
+        assert jobs["testbot:morning"].next_run == at(2026, 5, 4, 6, 30)  # 08:30 CEST
+
+
+class Almanac(Plugin):
+    name = "almanac"
+
+    @scheduled(id="weather", cron="0 6 * * *", timezone="Asia/Shanghai", target="fake:g1")
+    async def weather(self, ctx: JobContext) -> str:
+        return f"{self.ctx.plugin}: fair weather on {ctx.scheduled_at:%m-%d}"
+
+
+async def test_a_plugin_declares_a_job(harness, tmp_path):
+    with time_machine.travel(at(2026, 5, 3, 21, 0), tick=True) as clock:
+        h = await harness(data_dir=tmp_path / "var", plugins=[Almanac])
+        assert [job.id for job in h.host.control.scheduling.jobs()] == ["testbot:almanac.weather"]
+        clock.move_to(at(2026, 5, 3, 22, 0, 5))  # 06:00 in Shanghai
+        await run_due(h)
+        assert posted(h) == ["almanac: fair weather on 05-04"]
+
+
+async def test_run_now_posts_outside_the_schedule(harness, tmp_path):
+    h = await start(harness, tmp_path / "var", MORNING)
+    assert await h.host.control.scheduling.run_now(JOB) == "posted"
+    await h.drain()
+    assert len(posted(h)) == 1
+    with pytest.raises(LookupError):
+        await h.host.control.scheduling.run_now("testbot:nothing")
+
+
+def test_bad_schedules_are_config_errors():
+    from pydantic import ValidationError
+
+    from bots.core.config import ScheduleConfig
+
+    for bad, words in [
+        ({"cron": "61 * * * *"}, "bad cron"),
+        ({"timezone": "Mars/Olympus"}, "unknown time zone"),
+        ({"job": "not a ref"}, "module:function"),
+        ({"every_minutes": 5}, "exactly one of cron or every_minutes"),
+        ({"target": "g1"}, "canonical id"),
+    ]:
+        with pytest.raises(ValidationError, match=words):
+            ScheduleConfig.model_validate({**MORNING, **bad})

@@ -8,9 +8,10 @@ import os
 import re
 import sys
 import time
+from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -33,6 +34,10 @@ persona_app = typer.Typer(help="List, show and import personas.", no_args_is_hel
 app.add_typer(persona_app, name="persona")
 knowledge_app = typer.Typer(help="Knowledge collections: list and stats.", no_args_is_help=True)
 app.add_typer(knowledge_app, name="knowledge")
+jobs_app = typer.Typer(help="Scheduled jobs: list, run now, pause, resume, remove.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+review_app = typer.Typer(help="Drafts of scheduled posts: list, approve, reject.", no_args_is_help=True)
+app.add_typer(review_app, name="review")
 out = Console()
 err = Console(stderr=True)
 
@@ -449,6 +454,163 @@ def audit(
     for e in asyncio.run(read()):
         table.add_row(f"{e.at:%Y-%m-%d %H:%M:%S}", e.bot, e.actor, e.channel, e.command, e.args, e.result)
     out.print(table)
+
+
+# -- jobs and review -----------------------------------------------------------------------------
+# These change the database; a running host picks the change up within [scheduler] tick_seconds
+# (it posts approved drafts and runs what is due). Each change is written to the audit log.
+def _scheduling(config: Path | None, action: Any, audit: tuple[str, str] | None = None) -> Any:
+    from bots.core.audit import AuditLog
+    from bots.core.storage import Database
+    from bots.scheduler.service import job_store
+
+    cfg = _load(config, required=False)
+
+    async def go() -> Any:
+        db = Database.in_data_dir(cfg.data_dir)
+        try:
+            async with job_store(db) as scheduler:
+                result = await action(db, scheduler)
+            if audit is not None:
+                command, args = audit
+                await AuditLog(db).record(
+                    bot="*", actor=f"cli:{_login()}", channel="cli", command=command, args=args, result="ok"
+                )
+            return result
+        finally:
+            await db.close()
+
+    try:
+        return asyncio.run(go())
+    except (LookupError, ValueError) as exc:
+        raise _fail(str(exc).strip("'\"")) from None
+
+
+def _login() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # no user database entry (containers)
+        return "unknown"
+
+
+@jobs_app.command("list")
+def jobs_list(config: ConfigOption = None) -> None:
+    """Every scheduled job with its next run and the state of its last period."""
+    from bots.scheduler.service import list_jobs
+
+    async def read(db: Any, scheduler: Any) -> list[tuple[Any, str]]:
+        from bots.core.groupcommit import GroupCommit
+        from bots.scheduler.ledger import Ledger
+
+        ledger = Ledger(db, GroupCommit(db))
+        rows = []
+        for job in list_jobs(scheduler):
+            last = await ledger.recent(job.id, limit=1)
+            rows.append((job, f"{last[0].period} {last[0].state}" if last else "-"))
+        return rows
+
+    table = Table("job", "function", "trigger", "next run (UTC)", "last period")
+    table.columns[0].no_wrap = True
+    for job, last in _scheduling(config, read):
+        when = f"{job.next_run:%Y-%m-%d %H:%M}" if job.next_run else "paused"
+        table.add_row(job.id, job.func, job.trigger, when, last)
+    out.print(table)
+
+
+def _job_action(name: str, job_id: str, config: Path | None) -> None:
+    async def act(db: Any, scheduler: Any) -> None:
+        job = scheduler.get_job(job_id, jobstore="default")
+        if job is None:
+            raise LookupError(f"no job {job_id!r} (see `bots jobs list`)")
+        if name == "run-now":
+            if job.next_run_time is None:
+                raise ValueError(f"{job_id} is paused; resume it first")
+            scheduler.modify_job(job_id, jobstore="default", next_run_time=datetime.now(UTC))
+        else:
+            getattr(scheduler, f"{name}_job")(job_id, jobstore="default")
+
+    _scheduling(config, act, audit=(f"jobs {name}", job_id))
+    out.print(f"{job_id}: {name} done" + (" (the running host runs it shortly)" if name == "run-now" else ""))
+
+
+@jobs_app.command("run-now")
+def jobs_run_now(job_id: str, config: ConfigOption = None) -> None:
+    """Make a job due now; the running host runs it at its next tick."""
+    _job_action("run-now", job_id, config)
+
+
+@jobs_app.command("pause")
+def jobs_pause(job_id: str, config: ConfigOption = None) -> None:
+    """Stop a job from running until it is resumed."""
+    _job_action("pause", job_id, config)
+
+
+@jobs_app.command("resume")
+def jobs_resume(job_id: str, config: ConfigOption = None) -> None:
+    """Resume a paused job from its next scheduled time."""
+    _job_action("resume", job_id, config)
+
+
+@jobs_app.command("remove")
+def jobs_remove(job_id: str, config: ConfigOption = None) -> None:
+    """Remove a job (a job from the config comes back at the next start: edit bots.toml)."""
+    _job_action("remove", job_id, config)
+
+
+@review_app.command("list")
+def review_list(config: ConfigOption = None) -> None:
+    """Drafts waiting for a decision (and approved ones not posted yet)."""
+    from bots.scheduler.review import ReviewQueue
+
+    async def read(db: Any, _scheduler: Any) -> list[Any]:
+        return await ReviewQueue(db).pending()
+
+    table = Table("draft", "job", "to", "state", "due (UTC)", "text")
+    table.columns[0].no_wrap = table.columns[1].no_wrap = True
+    for d in _scheduling(config, read):
+        text = d.versions[d.chosen].replace("\n", " ")
+        table.add_row(f"#{d.id}", d.job_id, d.target, d.state, f"{d.deadline:%Y-%m-%d %H:%M}", text[:80])
+    out.print(table)
+
+
+@review_app.command("approve")
+def review_approve(
+    draft_id: int,
+    version: Annotated[int | None, typer.Option(help="The version to post (1-based); default: last")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Approve a draft; the running host posts it at its next tick."""
+    from bots.scheduler.review import ReviewQueue
+
+    async def act(db: Any, _scheduler: Any) -> None:
+        await ReviewQueue(db).decide(draft_id, "approved", f"cli:{_login()}", version)
+
+    _scheduling(config, act, audit=("review approve", str(draft_id)))
+    out.print(f"draft #{draft_id}: approved (the running host posts it shortly)")
+
+
+@review_app.command("reject")
+def review_reject(draft_id: int, config: ConfigOption = None) -> None:
+    """Reject a draft: it is never posted."""
+    from bots.scheduler.review import ReviewQueue
+
+    async def act(db: Any, _scheduler: Any) -> None:
+        from sqlalchemy import update
+
+        from bots.core.storage import LedgerEntry
+
+        draft = await ReviewQueue(db).decide(draft_id, "rejected", f"cli:{_login()}")
+        async with db.session() as session, session.begin():
+            await session.execute(
+                update(LedgerEntry)
+                .where(LedgerEntry.job_id == draft.job_id, LedgerEntry.period == draft.period)
+                .values(state="rejected", detail=f"draft #{draft_id} rejected from the CLI")
+            )
+
+    _scheduling(config, act, audit=("review reject", str(draft_id)))
+    out.print(f"draft #{draft_id}: rejected")
 
 
 # -- doctor --------------------------------------------------------------------------------------

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
+from bots.core.config import ScheduleConfig
 from bots.plugins import Invocation, Plugin, Role, command
 
 USAGE = "Usage: /{name} {usage}"
@@ -14,7 +17,7 @@ def _canonical(value: str) -> bool:
 
 class AdminPlugin(Plugin):
     name = "admin"
-    description = "status, mute, ban, roles, link, say, plugins, audit (operators only)"
+    description = "status, mute, ban, roles, link, say, plugins, audit, jobs, review (operators only)"
 
     async def _usage(self, inv: Invocation, usage: str) -> None:
         await inv.reply(USAGE.format(name=inv.command, usage=usage))
@@ -107,3 +110,90 @@ class AdminPlugin(Plugin):
         entries = await self.ctx.host.audit(min(limit, 50))
         lines = [f"{e.at:%m-%d %H:%M} {e.actor} /{e.command} {e.args} -> {e.result}" for e in entries]
         await inv.reply("\n".join(lines) or "the audit log is empty")
+
+    # -- scheduled posts -----------------------------------------------------------------------
+    @command(
+        "jobs",
+        usage='[run|pause|resume|remove <job id> | add <id> <module:function> <target> "<cron>" [tz]]',
+        permission=Role.OPERATOR,
+        dm_only=True,
+        help="Scheduled jobs: list, add, run now, pause, resume, remove",
+    )
+    async def jobs(self, inv: Invocation) -> None:
+        scheduling = self.ctx.host.scheduling
+        if scheduling is None:
+            return await inv.reply("This host runs no scheduler.")
+        argv = inv.argv
+        if argv[:1] == ["add"]:
+            return await self._add_job(inv, scheduling, argv[1:])
+        if not argv or argv == ["list"]:
+            lines = [
+                f"{job.id}: {job.func} {job.trigger}; next "
+                + (f"{job.next_run:%Y-%m-%d %H:%M} UTC" if job.next_run else "paused")
+                for job in scheduling.jobs()
+            ]
+            return await inv.reply("\n".join(lines) or "No scheduled jobs.")
+        if len(argv) != 2 or argv[0] not in ("run", "pause", "resume", "remove"):
+            return await self._usage(inv, "[run|pause|resume|remove <job id>]")
+        action, job_id = argv
+        try:
+            if action == "run":
+                return await inv.reply(f"{job_id}: {await scheduling.run_now(job_id)}")
+            getattr(scheduling, action)(job_id)
+        except LookupError:
+            return await inv.reply(f"No job {job_id!r}. Try /jobs.")
+        await inv.reply(f"{job_id}: {action}d")
+
+    async def _add_job(self, inv: Invocation, scheduling: object, argv: list[str]) -> None:
+        if len(argv) not in (4, 5):
+            return await self._usage(inv, 'add <id> <module:function> <target> "<cron>" [timezone]')
+        fields = {"id": argv[0], "job": argv[1], "target": argv[2], "cron": argv[3]}
+        if len(argv) == 5:
+            fields["timezone"] = argv[4]
+        try:
+            schedule = ScheduleConfig.model_validate(fields)
+            job_id = scheduling.add(self.ctx.bot, schedule)  # type: ignore[attr-defined]
+        except ValidationError as exc:
+            return await inv.reply("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors()))
+        except (LookupError, ValueError) as exc:
+            return await inv.reply(str(exc))
+        await inv.reply(f"{job_id}: added")
+
+    @command(
+        "review",
+        usage="[show|approve|reject|regen <draft> | edit <draft> <text>]",
+        permission=Role.OPERATOR,
+        dm_only=True,
+        help="Drafts of scheduled posts waiting for approval",
+    )
+    async def review(self, inv: Invocation) -> None:
+        scheduling = self.ctx.host.scheduling
+        if scheduling is None:
+            return await inv.reply("This host runs no scheduler.")
+        action, _, rest = inv.args.strip().partition(" ")
+        if action in ("", "list"):
+            return await inv.reply("\n".join(await scheduling.drafts()) or "No drafts waiting.")
+        draft_arg, _, text = rest.strip().partition(" ")
+        if action not in ("show", "approve", "reject", "regen", "edit") or not draft_arg.isdigit():
+            return await self._usage(inv, "[show|approve|reject|regen <draft> | edit <draft> <text>]")
+        draft_id, by = int(draft_arg), inv.event.author.canonical
+        try:
+            if action == "show":
+                reply = await scheduling.show(draft_id)
+            elif action == "approve":
+                version = int(text) if text.strip().isdigit() else None
+                reply = f"draft #{draft_id}: {await scheduling.approve(draft_id, by, version)}"
+            elif action == "reject":
+                await scheduling.reject(draft_id, by)
+                reply = f"draft #{draft_id}: rejected; nothing will be posted"
+            elif action == "regen":
+                await scheduling.regenerate(draft_id, by)
+                reply = await scheduling.show(draft_id)
+            else:
+                if not text.strip():
+                    return await self._usage(inv, "edit <draft> <text>")
+                await scheduling.edit(draft_id, text.strip(), by)
+                reply = await scheduling.show(draft_id)
+        except (LookupError, ValueError) as exc:
+            reply = str(exc)
+        await inv.reply(reply)

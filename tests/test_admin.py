@@ -20,6 +20,8 @@ COMMANDS = [
     ("/say fake:g1 the fog is lifting", "operator"),
     ("/plugins", "operator"),
     ("/audit 5", "operator"),
+    ("/jobs", "operator"),
+    ("/review", "operator"),
     ("/roles show fake:someone", "owner"),
     ("/link fake:alt wen", "owner"),
 ]

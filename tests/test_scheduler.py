@@ -10,6 +10,9 @@ import pytest
 import time_machine
 from sqlalchemy import select
 
+from bots.core.adapter import Capabilities
+from bots.core.config import ScheduleConfig
+from bots.core.events import ChannelKind, ChannelRef, Outbound
 from bots.core.storage import LedgerEntry
 from bots.plugins import Plugin
 from bots.plugins.api import scheduled
@@ -202,13 +205,58 @@ async def test_config_jobs_are_reconciled_at_start(harness, tmp_path):
     evening = {**MORNING, "id": "evening", "cron": "0 20 * * *"}
     with time_machine.travel(at(2026, 5, 4, 6, 0), tick=True):
         first = await start(harness, tmp_path / "var", MORNING, evening)
+        first.host.control.scheduling.add("testbot", ScheduleConfig.model_validate({**MORNING, "id": "mine"}))
         await first.host.stop()
         moved = {**MORNING, "cron": "30 8 * * *"}
         noon = {**MORNING, "id": "noon", "cron": "0 12 * * *"}
         second = await start(harness, tmp_path / "var", moved, noon)
         jobs = {job.id: job for job in second.host.control.scheduling.jobs()}
-        assert sorted(jobs) == ["testbot:morning", "testbot:noon"]
+        assert sorted(jobs) == ["testbot:mine", "testbot:morning", "testbot:noon"]  # an operator's job stays
         assert jobs["testbot:morning"].next_run == at(2026, 5, 4, 6, 30)  # 08:30 CEST
+
+
+async def _interrupt(harness: Any, data_dir: Any, period: str, *, recorded: bool) -> None:
+    """Leave a period claimed (and, if ``recorded``, its post half-sent) as a dying host would."""
+    h = await start(harness, data_dir, MORNING)
+    service = h.host.control.scheduling
+    await service.ledger.claim(JOB, period, "testbot")
+    if recorded:  # the first part went out, then the host died before the second
+        h.adapter.capabilities = Capabilities(max_length=12)
+        send = h.adapter.send
+
+        async def first_only(outbound: Outbound) -> Any:
+            if h.adapter.sent:
+                raise ConnectionError("the host died")
+            return await send(outbound)
+
+        h.adapter.send = first_only
+        post = Outbound(ChannelRef("fake", "g1", ChannelKind.GROUP), "Part one. Part two.")
+        with pytest.raises(ConnectionError):
+            await h.host.send("testbot", post, key=f"post:{JOB}:{period}")
+    h.host.stop_grace_s = 0
+    await h.host.stop()
+
+
+async def test_an_interrupted_period_is_written_again_at_start(harness, tmp_path):
+    period = "2026-05-04T07:00:00+00:00"
+    with time_machine.travel(at(2026, 5, 4, 7, 1), tick=True):
+        await _interrupt(harness, tmp_path / "var", period, recorded=False)
+        again = await start(harness, tmp_path / "var", MORNING)
+        await again.host.control.scheduling.idle()
+        await again.drain()
+        assert posted(again) == ["Guten Morgen, 2026-05-04 09:00 CEST"]
+        assert await ledger(again) == [(period, "posted")]
+
+
+async def test_an_interrupted_half_sent_post_is_finished_not_rewritten(harness, tmp_path):
+    period = "2026-05-04T07:00:00+00:00"
+    with time_machine.travel(at(2026, 5, 4, 7, 1), tick=True):
+        await _interrupt(harness, tmp_path / "var", period, recorded=True)
+        again = await start(harness, tmp_path / "var", MORNING)
+        await again.host.control.scheduling.idle()
+        await again.drain()
+        assert posted(again) == ["Part two."]  # the rest of the post, not a new one
+        assert await ledger(again) == [(period, "posted")]
 
 
 class Almanac(Plugin):

@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from bots.core.storage import Database, ReviewDraft, as_utc
 
 
-class ReviewError(Exception):
+class ReviewError(ValueError):
     """An operator's request that cannot be done (unknown draft, already decided, too late)."""
 
 

@@ -439,6 +439,43 @@ class SchedulerService:
     def jobs(self) -> list[JobInfo]:
         return list_jobs(self.scheduler)
 
+    def add(self, bot: str, schedule: ScheduleConfig) -> str:
+        """A job added by an operator at run time (config reconciliation leaves it alone)."""
+        if bot not in self.bots:
+            raise LookupError(f"no bot {bot!r} on this host")
+        job_id = f"{bot}:{schedule.id}"
+        if self.scheduler.get_job(job_id, jobstore="default") is not None:
+            raise ValueError(f"job {job_id} exists; remove it first")
+        self.scheduler.add_job(
+            id=job_id,
+            name=job_id,
+            func=SCHEDULED_POST,
+            trigger=trigger_for(schedule),
+            kwargs=job_kwargs(bot, schedule, "admin"),
+            **misfire_settings(schedule),
+        )
+        return job_id
+
+    def pause(self, job_id: str) -> None:
+        self.scheduler.pause_job(job_id, jobstore="default")
+
+    def resume(self, job_id: str) -> None:
+        self.scheduler.resume_job(job_id, jobstore="default")
+
+    def remove(self, job_id: str) -> None:
+        self.scheduler.remove_job(job_id, jobstore="default")
+
+    async def drafts(self) -> list[str]:
+        """One line per draft waiting for a decision."""
+        return [
+            f"#{d.id} {d.job_id} -> {d.target}, {d.state}, {len(d.versions)} version(s), "
+            f"due {d.deadline:%m-%d %H:%M} UTC"
+            for d in await self.review.pending()
+        ]
+
+    async def show(self, draft_id: int) -> str:
+        return describe_draft(await self.review.get(draft_id))
+
 
 def list_jobs(scheduler: AsyncIOScheduler) -> list[JobInfo]:
     return [

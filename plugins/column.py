@@ -24,7 +24,7 @@ from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bots.plugins.jobs import JobContext, Source
-from plugins.digest import (
+from bots.plugins.writing import (
     LANGUAGE_NAMES,
     AnswerRoom,
     as_data,

@@ -26,18 +26,29 @@ import asyncio
 import itertools
 import logging
 import re
-import secrets
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
-from typing import Any, Literal, TypeVar
+from typing import Literal
 
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from bots.core.sanitize import clean_user_text
 from bots.plugins.jobs import JobContext, LoggedMessage, PersonaView
+from bots.plugins.writing import (
+    LANGUAGE_NAMES,
+    AnswerRoom,
+    as_data,
+    clean_output,
+    data_block,
+    length_phrase,
+    new_tag,
+    parse_options,
+    persona_system,
+    prompt_tokens,
+    truncate_to,
+)
 
 log = logging.getLogger("bots.jobs.digest")
 
@@ -45,12 +56,10 @@ DEFAULT_PRIVATE_MARKERS = [
     "do not forward", "don't forward", "off the record", "not for sharing",
     "不外传", "不要外传", "请勿外传", "勿转", "保密", "不外傳", "請勿外傳", "勿轉",
 ]  # fmt: skip
-PER_MESSAGE = 4  # role markers and separators a chat template adds to each message
 MAX_REDUCE_ROUNDS = 8
 MIN_DATA_TOKENS = 48  # below this a prompt has no room for data: the context is too small
 LABEL_SAMPLE = "part 999 of 999, 00:00-00:00"  # the longest label, to measure a prompt's fixed part
 
-LANGUAGE_NAMES = {"zh": "Chinese (简体中文)", "en": "English"}
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 _URL = re.compile(r"https?://[^\s<>\"'`，。！？；、（）【】《》「」“”]+", re.IGNORECASE)
@@ -59,9 +68,6 @@ _EMOJI_CODE = re.compile(r"\[[^\[\]\s]{1,12}\]")  # WeChat/QQ codes: [Grin] [Fac
 _MENTION = re.compile(r"@[^\s@:：,，]{1,32}")
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _LATIN_WORD = re.compile(r"[A-Za-z]{2,}")
-_MARKERS = re.compile(r"<<<\s*[A-Z]+(?:\s+[0-9a-f]{4,})?|[A-Z]+\s+[0-9a-f]{4,}\s*>>>|<<<|>>>")
-_THINK = re.compile(r"<think>.*?(?:</think>|$)", re.DOTALL | re.IGNORECASE)
-_TEMPLATE_TOKEN = re.compile(r"<\|[^|<>\n]{1,40}\|>|\[/?INST\]|<</?SYS>>")
 _TITLE = re.compile(r"《([^《》\n]{1,30})》")
 _CLAUSE_BREAK = re.compile(r"[,.!?;:()\[\]\"“”，。！？；：、（）【】《》…~～]+|\s\d+\.\s")
 _NUMBERISH = re.compile(r"^[\d.,:%/+\-~年月日号点分时]+$")
@@ -85,9 +91,6 @@ _STOP_WORDS = """
 """
 TOPIC_STOP_WORDS = frozenset(_STOP_WORDS.split())
 
-T = TypeVar("T", bound=BaseModel)
-
-
 class DigestOptions(BaseModel):
     """The job's ``options`` (JSON kwargs). Unknown keys and wrong types are errors."""
 
@@ -105,96 +108,6 @@ class DigestOptions(BaseModel):
     max_topics: int = Field(8, ge=0, le=30)
     long_message_chars: int = Field(400, ge=80)  # longer messages (pasted articles) are cut
     parallel: int = Field(1, ge=1, le=16)  # map calls in flight at once
-
-
-def parse_options(model: type[T], options: dict[str, Any], job: str) -> T:
-    """Validate ``options``; a bad one is a ValueError naming it."""
-    try:
-        return model.model_validate(options or {})
-    except ValidationError as exc:
-        problems = "; ".join(_describe(err, model) for err in exc.errors())
-        raise ValueError(f"{job} option {problems}") from None
-
-
-def _describe(err: Any, model: type[BaseModel]) -> str:
-    name = ".".join(str(part) for part in err["loc"]) or "(options)"
-    if err["type"] == "extra_forbidden":
-        return f"'{name}' is unknown (known: {', '.join(model.model_fields)})"
-    return f"'{name}': {err['msg']} (got {err.get('input')!r:.60})"
-
-
-# --- text helpers (the column job uses them too) -------------------------------------------------
-
-
-def as_data(text: str, *, one_line: bool = False) -> str:
-    """Text for inside prompt markers: cleaned like user text, and unable to close the markers."""
-    text = clean_user_text(text).replace("<<<", "‹‹‹").replace(">>>", "›››")
-    return " ".join(text.split()) if one_line else text
-
-
-def data_block(kind: str, tag: str, body: str) -> str:
-    return f"<<<{kind} {tag}\n{body}\n{kind} {tag}>>>"
-
-
-def new_tag() -> str:
-    return secrets.token_hex(4)
-
-
-def clean_output(text: str) -> str:
-    """The model's answer without reasoning blocks, leftover markers or chat-template tokens."""
-    text = _THINK.sub("", text)
-    text = _TEMPLATE_TOKEN.sub("", _MARKERS.sub("", text))
-    lines = [line.rstrip() for line in text.strip().splitlines()]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
-
-
-def persona_system(persona: PersonaView) -> str:
-    parts = [persona.system_prompt.strip()]
-    if persona.style:
-        parts.append("Style:\n" + "\n".join(f"- {rule}" for rule in persona.style))
-    return "\n\n".join(p for p in parts if p)
-
-
-def prompt_tokens(messages: Sequence[BaseMessage], count: Callable[[str], int]) -> int:
-    """What a prompt costs in the model's context (content plus the chat template's markers)."""
-    return sum(PER_MESSAGE + count(str(m.content)) for m in messages)
-
-
-def truncate_to(text: str, budget: int, count: Callable[[str], int]) -> str:
-    """The longest prefix of ``text`` that costs at most ``budget`` tokens."""
-    if count(text) <= budget:
-        return text
-    low, high = 0, len(text)
-    while low < high:
-        middle = (low + high + 1) // 2
-        if count(text[:middle]) <= budget:
-            low = middle
-        else:
-            high = middle - 1
-    return text[:low]
-
-
-@dataclass(frozen=True, slots=True)
-class AnswerRoom:
-    """Room kept for the model's answer, and the length to ask for so it fits."""
-
-    tokens: int
-    units: int  # words (English) or characters (Chinese) asked for
-
-    @classmethod
-    def plan(cls, ctx: JobContext, max_words: int, language: str) -> AnswerRoom:
-        zh = language == "zh"
-        units = max_words * 2 if zh else max_words
-        per_unit = max(ctx.count_tokens("字" * 100 if zh else "word " * 100), 1) / 100
-        cap = max(ctx.context_tokens // 3, 1)
-        tokens = int(units * per_unit * 1.2) + 16  # 20 % slack: models overshoot a length
-        if tokens > cap:
-            units, tokens = max(int((cap - 16) / (per_unit * 1.2)), 10), cap
-        return cls(tokens, units)
-
-
-def length_phrase(units: int, language: str) -> str:
-    return f"at most {units} Chinese characters" if language == "zh" else f"at most {units} words"
 
 
 # --- the transcript ----------------------------------------------------------------------------------

@@ -11,9 +11,9 @@ from langchain_core.messages import BaseMessage
 
 from bots.agent.tokens import estimate_tokens
 from bots.plugins.jobs import JobContext, PersonaView, Source
+from bots.plugins.writing import AnswerRoom, prompt_tokens
 from bots.testing import FakeLLM
 from plugins.column import post_column
-from plugins.digest import AnswerRoom, prompt_tokens
 
 TZ = ZoneInfo("Asia/Shanghai")
 MORNING = datetime(2024, 11, 26, 7, 0, tzinfo=TZ)

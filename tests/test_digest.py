@@ -32,8 +32,9 @@ from bots.core.history import History
 from bots.core.sanitize import clean_user_text
 from bots.core.storage import Database, as_utc
 from bots.plugins.jobs import JobContext, LoggedMessage, PersonaView
+from bots.plugins.writing import AnswerRoom, prompt_tokens
 from bots.testing import FakeLLM
-from plugins.digest import AnswerRoom, post_digest, prompt_tokens
+from plugins.digest import post_digest
 
 BOT = "lamp"
 CHAT = f"{PLATFORM}:{CHAT_ID}"

@@ -20,7 +20,7 @@ from bots.core.config import AppConfig, BotConfig, ChannelConfig, ConfigError, L
 from bots.core.host import Bot, Host
 from bots.core.permissions import Permissions
 from bots.core.pipeline import Pipeline, PipelineSettings
-from bots.core.quota import Quotas
+from bots.core.quota import Quotas, QuotaStore
 from bots.core.routing import Dispatch
 from bots.core.storage import Database
 from bots.plugins.api import Plugin
@@ -154,7 +154,11 @@ def build_host(
             max_input_chars=config.memory.max_input_chars,
         )
         dispatch = Dispatch()
-        quotas = Quotas(config.rate_limits.messages_per_day, config.rate_limits.tokens_per_day)
+        quotas = Quotas(
+            config.rate_limits.messages_per_day,
+            config.rate_limits.tokens_per_day,
+            store=QuotaStore(host.db, host.writes, bot_cfg.name),
+        )
         agent.on_tokens = quotas.charge_tokens
         pipeline = Pipeline(
             settings,
@@ -189,7 +193,11 @@ def build_host(
                 name=bot_cfg.name,
                 pipeline=pipeline,
                 adapters=list(bot_adapters),
-                lifecycle=[(memory.start, memory.close), *((p.setup, p.teardown) for p in plugins)],
+                lifecycle=[
+                    (memory.start, memory.close),
+                    (quotas.load, _nothing),
+                    *((p.setup, p.teardown) for p in plugins),
+                ],
             )
         )
         job_parts.append(
@@ -208,6 +216,10 @@ def build_host(
     host.services.append((scheduler.start, scheduler.stop))
     host.control.scheduling = scheduler
     return host
+
+
+async def _nothing() -> None:
+    """A lifecycle step with nothing to undo."""
 
 
 def persona_view(persona: Persona) -> PersonaView:

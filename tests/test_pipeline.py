@@ -7,7 +7,7 @@ import logging
 from bots.core.events import ChannelKind, ChannelRef, MessageEvent, UserRef
 from bots.core.permissions import NOT_ALLOWED
 from bots.plugins import Invocation, Plugin, Role, command, on_message
-from bots.testing import FakeLLM
+from bots.testing import FakeAdapter, FakeLLM
 
 
 class AdminPlugin(Plugin):
@@ -261,3 +261,13 @@ async def test_daily_token_quota(harness):
     [refusal] = await h.ask("again")
     assert refusal.text == h.host.bots["testbot"].pipeline.settings.quota_reply
     assert len(await h.ask("hi", user="someone-else")) == 1  # quotas are per user
+
+
+async def test_daily_quotas_survive_a_restart(harness, tmp_path):
+    limits = {"messages_per_day": 2}
+    first = await harness(data_dir=tmp_path / "var", rate_limits=limits)
+    assert len(await first.ask("one")) == len(await first.ask("two")) == 1
+    await first.host.stop()
+    again = await harness(data_dir=tmp_path / "var", rate_limits=limits, adapter=FakeAdapter())
+    quota_reply = again.host.bots["testbot"].pipeline.settings.quota_reply
+    assert [o.text for o in await again.ask("three")] == [quota_reply]

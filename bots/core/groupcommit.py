@@ -154,3 +154,13 @@ def insert_ignoring_duplicates(db: Database, table: Table) -> Insert:
     if dialect in ("mysql", "mariadb"):
         return insert(table).prefix_with("IGNORE")
     raise ValueError(f"the {dialect} database is not supported; use SQLite, PostgreSQL or MySQL")
+
+
+def upsert(db: Database, table: Table, keys: list[str], values: dict[str, object]) -> Insert:
+    """``INSERT ... ON CONFLICT (keys) DO UPDATE`` the other columns, in the database's dialect."""
+    dialect = db.engine.dialect.name
+    changed = {k: v for k, v in values.items() if k not in keys}
+    if dialect in ("sqlite", "postgresql"):
+        module = sqlite if dialect == "sqlite" else postgresql
+        return module.insert(table).values(values).on_conflict_do_update(index_elements=keys, set_=changed)
+    raise ValueError(f"the {dialect} database is not supported here; use SQLite or PostgreSQL")

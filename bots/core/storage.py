@@ -174,6 +174,17 @@ class ReviewDraft(Base):
     __table_args__ = (Index("ix_review_state", "state", "deadline"),)
 
 
+class QuotaUsage(Base):
+    """What one user spent of a bot's daily quotas on one day (UTC)."""
+
+    __tablename__ = "quota_usage"
+    bot: Mapped[str] = mapped_column(String(64), primary_key=True)
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)  # ISO date
+    user: Mapped[str] = mapped_column(String(255), primary_key=True)
+    messages: Mapped[int] = mapped_column(default=0)
+    tokens: Mapped[int] = mapped_column(default=0)
+
+
 class PluginValue(Base):
     """Namespaced key/value storage for plugins."""
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import timedelta
+from functools import partial
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.language_models import BaseChatModel
 
@@ -26,6 +27,7 @@ from bots.core.storage import Database
 from bots.plugins.api import Plugin
 from bots.plugins.jobs import PersonaView, Source
 from bots.plugins.manager import discover, load_plugins
+from bots.runtime import LiveBot, PluginSlot, Runtime
 from bots.scheduler.service import BotParts, RetrieveFn, SchedulerService
 
 if TYPE_CHECKING:
@@ -119,11 +121,15 @@ def build_host(
     host.history.keep = timedelta(days=config.history.keep_days)
     library = PersonaLibrary(config.personas_dir)
     job_parts: list[BotParts] = []
+    shared: dict[str, Retriever | None] = {"retriever": retriever}
+    runtime = Runtime(
+        host.db, library, knowledge=lambda: _knowledge_base(config, secrets, shared["retriever"])
+    )
     for bot_cfg in config.bots:
         persona = (personas or {}).get(bot_cfg.persona) or library.get(bot_cfg.persona)
         collections = persona.knowledge if bot_cfg.knowledge is None else bot_cfg.knowledge
         if collections and retriever is None:
-            retriever = build_retriever(config, secrets)  # one per host, shared by its bots
+            retriever = shared["retriever"] = build_retriever(config, secrets)  # one per host
         llm_cfg = llm_config_for(config, bot_cfg, persona)
         memory = ConversationMemory(host.db, bot_cfg.name)
         bot_llm = llm or build_llm(llm_cfg, secrets)
@@ -175,16 +181,16 @@ def build_host(
             return await host.send(_bot, outbound)
 
         classes = plugin_classes if plugin_classes is not None else select_plugins(config, bot_cfg)
-        plugins = load_plugins(
-            classes,
-            bot=bot_cfg.name,
-            dispatch=dispatch,
-            db=host.db,
-            configs=config.plugins,
-            sender=send,
-            command_prefix=bot_cfg.command_prefix,
-            control=host.control,
-        )
+        plugin_context = {
+            "bot": bot_cfg.name,
+            "db": host.db,
+            "configs": config.plugins,
+            "sender": send,
+            "command_prefix": bot_cfg.command_prefix,
+            "control": host.control,
+        }
+        plugins = load_plugins(classes, dispatch=dispatch, **plugin_context)
+        slots = [PluginSlot(plugin) for plugin in plugins]
         bot_adapters = (adapters or {}).get(bot_cfg.name)
         if bot_adapters is None:
             bot_adapters = [build_adapter(bot_cfg.name, ch, secrets) for ch in bot_cfg.channels]
@@ -196,26 +202,57 @@ def build_host(
                 lifecycle=[
                     (memory.start, memory.close),
                     (quotas.load, _nothing),
-                    *((p.setup, p.teardown) for p in plugins),
+                    *((slot.setup, slot.teardown) for slot in slots),
+                    (partial(runtime.restore, bot_cfg.name), _nothing),
                 ],
             )
         )
-        job_parts.append(
-            BotParts(
+        parts = BotParts(
+            name=bot_cfg.name,
+            persona=persona_view(persona),
+            llm=bot_llm,
+            context_tokens=llm_cfg.context_tokens,
+            count_tokens=estimate_tokens,
+            retrieve=_sources(retriever, collections) if retriever and collections else None,
+            plugins=plugins,
+            schedules=bot_cfg.schedules,
+        )
+        job_parts.append(parts)
+        runtime.add(
+            LiveBot(
                 name=bot_cfg.name,
-                persona=persona_view(persona),
-                llm=bot_llm,
-                context_tokens=llm_cfg.context_tokens,
-                count_tokens=estimate_tokens,
-                retrieve=_sources(retriever, collections) if retriever and collections else None,
-                plugins=plugins,
-                schedules=bot_cfg.schedules,
+                persona_id=bot_cfg.persona,
+                agent=agent,
+                pipeline=pipeline,
+                dispatch=dispatch,
+                bot_keywords=list(bot_cfg.keywords),
+                collections_follow_persona=bot_cfg.knowledge is None,
+                slots=slots,
+                load_plugin=partial(_fresh_plugin, plugin_context),
+                plugin_instances=plugins,
+                on_persona=partial(_set_job_persona, parts),
             )
         )
+    host.control.runtime = runtime
     scheduler = SchedulerService(host, config.scheduler, job_parts)
     host.services.append((scheduler.start, scheduler.stop))
     host.control.scheduling = scheduler
     return host
+
+
+def _fresh_plugin(context: dict[str, Any], cls: type[Plugin]) -> Plugin:
+    """A new instance of ``cls`` with the bot's plugin context, not registered anywhere yet."""
+    return load_plugins([cls], dispatch=Dispatch(), **context)[0]
+
+
+def _set_job_persona(parts: BotParts, persona: Persona) -> None:
+    parts.persona = persona_view(persona)
+
+
+def _knowledge_base(config: AppConfig, secrets: Secrets, retriever: Retriever | None) -> KnowledgeBase:
+    """The retriever's knowledge base when there is one, else a new one (for /kb)."""
+    kb = getattr(retriever, "kb", None)
+    return kb if kb is not None else build_knowledge(config, secrets)
 
 
 async def _nothing() -> None:

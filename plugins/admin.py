@@ -1,13 +1,27 @@
-"""Operator commands, built on the public plugin API. DM-only; every use is audited."""
+"""Operator commands, built on the public plugin API. DM-only unless `[plugins.admin] dm_only = false`;
+every use is audited."""
 
 from __future__ import annotations
 
-from pydantic import ValidationError
+from collections.abc import Awaitable
 
-from bots.core.config import ScheduleConfig
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from bots.core.config import ConfigError, ScheduleConfig
 from bots.plugins import Invocation, Plugin, Role, command
+from bots.plugins.api import CommandSpec
 
 USAGE = "Usage: /{name} {usage}"
+
+
+async def _attempt(action: Awaitable[str]) -> str:
+    """The action's answer, or what went wrong in words an operator can act on."""
+    try:
+        return await action
+    except ConfigError as exc:
+        return f"not done: {exc}"
+    except (LookupError, ValueError) as exc:
+        return str(exc).strip("'\"")
 
 
 def _canonical(value: str) -> bool:
@@ -15,9 +29,20 @@ def _canonical(value: str) -> bool:
     return bool(platform and local)
 
 
+class AdminConfig(BaseModel):
+    """``[plugins.admin]``: ``dm_only = false`` lets operators use the commands in groups too."""
+
+    model_config = ConfigDict(extra="forbid")
+    dm_only: bool = True
+
+
 class AdminPlugin(Plugin):
     name = "admin"
+    Config = AdminConfig
     description = "status, mute, ban, roles, link, say, plugins, audit, jobs, review (operators only)"
+
+    def dm_only(self, spec: CommandSpec) -> bool:
+        return spec.dm_only and self.ctx.config.dm_only  # type: ignore[attr-defined]
 
     async def _usage(self, inv: Invocation, usage: str) -> None:
         await inv.reply(USAGE.format(name=inv.command, usage=usage))
@@ -100,9 +125,66 @@ class AdminPlugin(Plugin):
             return await inv.reply(str(exc))
         await inv.reply(f"sent to {chat}")
 
-    @command("plugins", permission=Role.OPERATOR, dm_only=True, help="The plugins this bot runs")
+    @command(
+        "plugins",
+        usage="[enable|disable|reload <plugin>]",
+        permission=Role.OPERATOR,
+        dm_only=True,
+        help="The plugins this bot runs; switch one off or on, or load its code again",
+    )
     async def plugins(self, inv: Invocation) -> None:
-        await inv.reply("plugins: " + ", ".join(self.ctx.host.plugins(self.ctx.bot)))
+        runtime = self.ctx.host.runtime
+        argv = inv.argv
+        if not argv or argv == ["list"]:
+            names = runtime.plugins(self.ctx.bot) if runtime else self.ctx.host.plugins(self.ctx.bot)
+            return await inv.reply("plugins: " + ", ".join(names))
+        if runtime is None or len(argv) != 2 or argv[0] not in ("enable", "disable", "reload"):
+            return await self._usage(inv, "[enable|disable|reload <plugin>]")
+        if argv[0] == "reload" and inv.role < Role.OWNER:
+            return await inv.reply("Reloading code is for owners.")
+        action = getattr(runtime, f"plugin_{argv[0]}")
+        await inv.reply(await _attempt(action(self.ctx.bot, argv[1])))
+
+    @command(
+        "persona",
+        usage="[show | reload | use <persona id>]",
+        permission=Role.OPERATOR,
+        dm_only=True,
+        help="The persona this bot speaks as: show it, reload its file, or switch",
+    )
+    async def persona(self, inv: Invocation) -> None:
+        runtime, argv = self.ctx.host.runtime, inv.argv
+        if runtime is None:
+            return await inv.reply("This host cannot change personas at run time.")
+        if not argv or argv == ["show"]:
+            return await inv.reply(runtime.persona_show(self.ctx.bot))
+        if argv == ["reload"]:
+            return await inv.reply(await _attempt(runtime.persona_reload(self.ctx.bot)))
+        if len(argv) == 2 and argv[0] == "use":
+            return await inv.reply(await _attempt(runtime.persona_use(self.ctx.bot, argv[1])))
+        await self._usage(inv, "[show | reload | use <persona id>]")
+
+    @command(
+        "kb",
+        usage="[stats | ingest <collection>]",
+        permission=Role.OPERATOR,
+        dm_only=True,
+        help="The bot's knowledge collections: index state, or ingest changed files",
+    )
+    async def kb(self, inv: Invocation) -> None:
+        runtime, argv = self.ctx.host.runtime, inv.argv
+        if runtime is None:
+            return await inv.reply("This host has no knowledge support.")
+        if not argv or argv == ["stats"]:
+            try:
+                return await inv.reply("\n".join(runtime.kb_stats(self.ctx.bot)))
+            except (LookupError, ValueError) as exc:
+                return await inv.reply(str(exc))
+        if len(argv) == 2 and argv[0] == "ingest":
+            if argv[1] in runtime.collections(self.ctx.bot):
+                await inv.reply(f"ingesting {argv[1]}; this can take a while")
+            return await inv.reply(await _attempt(runtime.kb_ingest(self.ctx.bot, argv[1])))
+        await self._usage(inv, "[stats | ingest <collection>]")
 
     @command("audit", usage="[n]", permission=Role.OPERATOR, dm_only=True, help="The last admin commands")
     async def audit(self, inv: Invocation) -> None:

@@ -22,6 +22,9 @@ COMMANDS = [
     ("/audit 5", "operator"),
     ("/jobs", "operator"),
     ("/review", "operator"),
+    ("/persona show", "operator"),
+    ("/kb stats", "operator"),
+    ("/plugins disable basics", "operator"),
     ("/roles show fake:someone", "owner"),
     ("/link fake:alt wen", "owner"),
 ]

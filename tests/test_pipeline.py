@@ -205,8 +205,7 @@ async def test_streaming_channel_gets_sentences_without_disclaimers(harness):
 
 
 def _plugins(h):
-    bot = h.host.bots["testbot"]
-    return [start.__self__ for start, _ in bot.lifecycle]
+    return [slot.instance for slot in h.host.control.runtime.bots["testbot"].slots]
 
 
 async def test_commands_for_other_bots_are_left_alone(harness):

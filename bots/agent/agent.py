@@ -67,8 +67,16 @@ class Agent:
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self._locks: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
-        self.guard = LeakGuard(system_text(persona, []), protected_ids or [])
+        self._protected_ids = protected_ids or []
+        self.guard = LeakGuard(system_text(persona, []), self._protected_ids)
         self.on_tokens = on_tokens  # (user, tokens): charges daily token quotas
+
+    def use_persona(self, persona: Persona, collections: list[str] | None = None) -> None:
+        """Speak as ``persona`` from the next message on (an operator's ``/persona use``)."""
+        self.persona = persona
+        if collections is not None:
+            self.collections = collections
+        self.guard = LeakGuard(system_text(persona, []), self._protected_ids)
 
     def _lock(self, session_id: str) -> asyncio.Lock:
         """One turn at a time per session, so memory stays in order."""

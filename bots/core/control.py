@@ -17,6 +17,7 @@ class HostControl:
         self._host = host
         self._state = KeyValueStore(host.db, "host")
         self.scheduling: Any = None  # the scheduler service, when the host has one (jobs, review)
+        self.runtime: Any = None  # persona, plugins and knowledge of running bots (bots.runtime)
 
     def status(self) -> list[str]:
         lines = []

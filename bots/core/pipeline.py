@@ -104,6 +104,16 @@ class Pipeline:
             self._quota,
         ]
 
+    def use_persona_settings(
+        self, *, reply_policy: ReplyPolicy, keywords: list[str], busy_reply: str, quota_reply: str
+    ) -> None:
+        """The persona-derived settings, when an operator switches or reloads the persona."""
+        self.settings.reply_policy = reply_policy
+        self.settings.keywords = keywords
+        self.settings.busy_reply = busy_reply
+        self.settings.quota_reply = quota_reply
+        self._keywords = [k.lower() for k in keywords if k]
+
     # -- entry point ---------------------------------------------------------------------------
     async def handle(self, event: MessageEvent, adapter: Adapter, *, replay: bool = False) -> None:
         """Process one event. ``replay``: an earlier run accepted it and stopped before the end."""

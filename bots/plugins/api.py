@@ -193,6 +193,10 @@ class Plugin:
     def plugin_name(cls) -> str:
         return cls.name or cls.__name__.lower().removesuffix("plugin")
 
+    def dm_only(self, spec: CommandSpec) -> bool:
+        """Whether a command works only in a direct message (override to make it configurable)."""
+        return spec.dm_only
+
     async def setup(self) -> None:
         """Called once when the host starts, before any message arrives."""
 

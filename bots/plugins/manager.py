@@ -154,7 +154,7 @@ def register(plugin: Plugin, dispatch: Dispatch) -> None:
                     help=spec.help,
                     usage=spec.usage,
                     aliases=spec.aliases,
-                    dm_only=spec.dm_only,
+                    dm_only=plugin.dm_only(spec),
                 )
             )
         listener = getattr(method, LISTENER_TAG, None)

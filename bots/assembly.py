@@ -157,6 +157,8 @@ def build_host(
             quota_reply=persona.quota_text,
             per_user_limit=config.rate_limits.per_user,
             per_chat_limit=config.rate_limits.per_chat,
+            joins_per_chat=config.rate_limits.joins_per_chat,
+            raid_minutes=config.rate_limits.raid_minutes,
             max_input_chars=config.memory.max_input_chars,
         )
         dispatch = Dispatch()

@@ -34,6 +34,7 @@ from bots.core.events import (
     Attachment,
     ChannelKind,
     ChannelRef,
+    Joined,
     Mention,
     MessageEvent,
     Outbound,
@@ -370,6 +371,7 @@ class TelegramAdapter:
             author = str(replied.from_user.id) if replied.from_user else ""
             segments.append(ReplyTo(str(replied.message_id), author_id=author))
         segments.extend(_attachments(message))
+        segments.extend(Joined(str(user.id), user.full_name) for user in message.new_chat_members or ())
         return segments
 
     # -- outbound ------------------------------------------------------------------------------

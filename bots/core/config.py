@@ -89,8 +89,10 @@ class RateLimitConfig(StrictModel):
     per_chat: str = "40/minute"
     messages_per_day: int = Field(0, ge=0)  # per user, answered by the model; 0: no limit
     tokens_per_day: int = Field(0, ge=0)  # per user, prompt and answer; 0: no limit
+    joins_per_chat: str = "10/minute"  # more joins than this is a raid
+    raid_minutes: float = Field(10.0, gt=0)  # how long members who joined in a raid are not answered
 
-    @field_validator("per_user", "per_chat")
+    @field_validator("per_user", "per_chat", "joins_per_chat")
     @classmethod
     def _parse(cls, value: str) -> str:
         from limits import parse_many

@@ -74,7 +74,15 @@ class Attachment:
     name: str = ""
 
 
-Segment = Mention | ReplyTo | Attachment
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """Someone joined the chat (the event's author is who added them, or the joiner)."""
+
+    user_id: str
+    name: str = ""
+
+
+Segment = Mention | ReplyTo | Attachment | Joined
 
 
 @dataclass(slots=True)
@@ -108,6 +116,10 @@ class MessageEvent:
         return next((s for s in self.segments if isinstance(s, ReplyTo)), None)
 
     @property
+    def joined(self) -> list[Joined]:
+        return [s for s in self.segments if isinstance(s, Joined)]
+
+    @property
     def mentions_me(self) -> bool:
         return bool(self.self_id) and any(m.user_id == self.self_id for m in self.mentions)
 
@@ -133,10 +145,11 @@ class SentRef:
 
 
 # -- serialisation (the durable inbox stores events to replay them after a restart) -----------------
-_SEGMENT_TYPES: dict[str, type[Mention] | type[ReplyTo] | type[Attachment]] = {
+_SEGMENT_TYPES: dict[str, type[Mention] | type[ReplyTo] | type[Attachment] | type[Joined]] = {
     "mention": Mention,
     "reply": ReplyTo,
     "attachment": Attachment,
+    "joined": Joined,
 }
 
 

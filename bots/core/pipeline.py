@@ -24,6 +24,7 @@ from bots.core.outbound import deliver
 from bots.core.outbox import Outbox
 from bots.core.permissions import NOT_ALLOWED, Permissions, Role
 from bots.core.quota import Quotas
+from bots.core.raid import RaidGuard
 from bots.core.ratelimit import RateLimiter
 from bots.core.routing import Dispatch, Invocation
 from bots.core.sanitize import clean_user_text
@@ -58,6 +59,8 @@ class PipelineSettings:
     quota_reply: str = "That is enough for today. Come back tomorrow."
     per_user_limit: str = "12/minute"
     per_chat_limit: str = "40/minute"
+    joins_per_chat: str = "10/minute"
+    raid_minutes: float = 10.0
     max_input_chars: int = 4000  # longer messages are cut before anything else sees them
 
 
@@ -92,6 +95,7 @@ class Pipeline:
         self.history = history  # group messages kept for digests
         self.errors: deque[str] = deque(maxlen=5)  # the last errors, for the admin status
         self._limiter = RateLimiter(settings.per_user_limit, settings.per_chat_limit)
+        self.raids = RaidGuard(settings.joins_per_chat, settings.raid_minutes)
         self._told_busy: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=60)
         self._told_quota: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=6 * 3600)
         self._keywords = [k.lower() for k in settings.keywords if k]
@@ -99,6 +103,7 @@ class Pipeline:
             self._drop_own,
             self._drop_commands_for_others,
             self._drop_banned,
+            self._drop_raiders,
             self._drop_muted,
             self._rate_limit,
             self._quota,
@@ -131,21 +136,30 @@ class Pipeline:
             if reason:
                 log.debug("event %s dropped: %s", event.id, reason)
                 return
+        if event.joined:
+            await self._joins(inv)
+            return
         if inv.command is not None:
             await self._run_command(inv)
             return
         if self.history is not None and not replay:
             self.history.record(self.settings.bot, event, inv.text)
+        if await self._listeners(inv):
+            return
+        if inv.addressed and self.responder is not None:
+            await self._answer(inv, adapter)
+
+    async def _listeners(self, inv: Invocation) -> bool:
+        """Plugins' listeners by priority; True when one of them stopped propagation."""
         for listener in self.dispatch.listeners:
             if listener.addressed_only and not inv.addressed:
                 continue
             try:
                 if await listener.handler(inv):
-                    return
+                    return True
             except Exception:
-                log.exception("event %s: listener of plugin %s failed", event.id, listener.plugin)
-        if inv.addressed and self.responder is not None:
-            await self._answer(inv, adapter)
+                log.exception("event %s: listener of plugin %s failed", inv.event.id, listener.plugin)
+        return False
 
     # -- classification ----------------------------------------------------------------------
     def _classify(self, event: MessageEvent, adapter: Adapter) -> Invocation:
@@ -197,6 +211,11 @@ class Pipeline:
     async def _drop_banned(self, inv: Invocation) -> str | None:
         return "banned user" if inv.role is Role.BANNED else None
 
+    async def _drop_raiders(self, inv: Invocation) -> str | None:
+        event = inv.event
+        held = self.raids.is_raider(event.channel.canonical, event.author.canonical)
+        return "joined during a raid" if held and inv.role < Role.OPERATOR else None
+
     async def _drop_muted(self, inv: Invocation) -> str | None:
         return "muted chat" if inv.event.channel.canonical in self.settings.muted else None
 
@@ -226,6 +245,16 @@ class Pipeline:
             self._told_quota[user] = True
             await inv.reply(self.settings.quota_reply)
         return reason
+
+    async def _joins(self, inv: Invocation) -> None:
+        """A join reaches the plugins (a greeting), unless it is part of a flood."""
+        event = inv.event
+        joiners = [f"{event.platform}:{j.user_id}" for j in event.joined]
+        if self.raids.on_joins(event.channel.canonical, joiners):
+            log.debug("event %s: %d join(s) during a raid; not passed on", event.id, len(joiners))
+            return
+        inv.addressed = False  # a join never reaches the agent, nor addressed-only listeners
+        await self._listeners(inv)
 
     # -- commands ------------------------------------------------------------------------------
     async def _run_command(self, inv: Invocation) -> None:

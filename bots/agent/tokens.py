@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 from langchain_core.messages import BaseMessage
 
+from bots.core.budget import longest_prefix
+
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
 PER_MESSAGE = 4  # role markers and separators of a chat template
 
@@ -20,16 +22,7 @@ def estimate_tokens(text: str) -> int:
 
 def truncate_to_tokens(text: str, budget: int) -> str:
     """The longest prefix of ``text`` whose estimate fits ``budget``."""
-    if estimate_tokens(text) <= budget:
-        return text
-    low, high = 0, len(text)
-    while low < high:
-        middle = (low + high + 1) // 2
-        if estimate_tokens(text[:middle]) <= budget:
-            low = middle
-        else:
-            high = middle - 1
-    return text[:low]
+    return longest_prefix(text, budget, estimate_tokens)
 
 
 def count_message_tokens(messages: Sequence[BaseMessage]) -> int:

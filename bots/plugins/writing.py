@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from langchain_core.messages import BaseMessage
 from pydantic import BaseModel, ValidationError
 
+from bots.core.budget import longest_prefix
 from bots.core.sanitize import clean_user_text
 from bots.plugins.jobs import JobContext, PersonaView
 
@@ -78,16 +79,7 @@ def prompt_tokens(messages: Sequence[BaseMessage], count: Callable[[str], int]) 
 
 def truncate_to(text: str, budget: int, count: Callable[[str], int]) -> str:
     """The longest prefix of ``text`` that costs at most ``budget`` tokens."""
-    if count(text) <= budget:
-        return text
-    low, high = 0, len(text)
-    while low < high:
-        middle = (low + high + 1) // 2
-        if count(text[:middle]) <= budget:
-            low = middle
-        else:
-            high = middle - 1
-    return text[:low]
+    return longest_prefix(text, budget, count)
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,7 @@ def run_checks(config_path: Path, secrets: Secrets) -> list[Check]:
     results.append(_data_dir(config))
     results += _personas(config)
     results += _llm(config, secrets)
-    results += _channels(config)
+    results += _channels(config, secrets)
     results.append(_plugins(config))
     results += _knowledge(config, secrets)
     results += _env_files(config_path)
@@ -102,14 +102,21 @@ def _llm_check(where: str, llm: LLMConfig, secrets: Secrets) -> Check:
     return Check("ok", where, f"provider {llm.provider}")
 
 
-def _channels(config: AppConfig) -> list[Check]:
+def _channels(config: AppConfig, secrets: Secrets) -> list[Check]:
+    """Each channel built as ``bots run`` would (options and secrets checked; nothing connects)."""
+    from bots.assembly import build_adapter
+
     installed = {ep.name for ep in entry_points(group="bots.adapters")}
     results = []
     for bot in config.bots:
         for channel in bot.channels:
             name = f"bots.{bot.name} channel {channel.name or channel.type}"
             if channel.type in installed:
-                results.append(Check("ok", name, channel.type))
+                try:
+                    build_adapter(bot.name, channel, secrets)
+                    results.append(Check("ok", name, channel.type))
+                except ConfigError as exc:
+                    results.append(Check("fail", name, str(exc)))
             else:
                 results.append(
                     Check("fail", name, f"type {channel.type!r} is not installed "

@@ -112,3 +112,11 @@ async def test_a_rejected_discord_token_stops_the_start(tmp_path, platforms, mon
     with pytest.raises(ConfigError, match="Discord rejected the token in DISCORD_BOT_TOKEN"):
         await host.start()
     assert not host.bots["tester"].adapters[0]._poller  # the started Telegram channel was stopped
+
+
+def test_doctor_checks_each_channel_without_connecting(tmp_path, no_tokens, monkeypatch):
+    config = write_config(tmp_path)
+    monkeypatch.setenv("DISCORD_BOT_TOKEN", DC_TOKEN)
+    result = CliRunner().invoke(app, ["doctor", "--config", str(config)])
+    assert result.exit_code == 1
+    assert "TELEGRAM_BOT_TOKEN" in result.output and DC_TOKEN not in result.output

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from bots.core.events import ChannelKind, ChannelRef, Outbound
 from bots.core.storage import InboxEntry, OutboxEntry
@@ -123,3 +123,33 @@ async def test_typing_shows_while_the_model_writes(harness):
     h = await harness(llm=FakeLLM(delay_s=0.2))
     await h.ask("slow question")
     assert h.adapter.typing_calls and h.adapter.typing_calls[0].id == "dm-u1"
+
+
+async def _lose_the_finished_mark(h) -> None:
+    """As if the process died after answering but before the "finished" mark reached the disk."""
+    async with h.host.db.session() as session, session.begin():
+        await session.execute(update(InboxEntry).values(state="accepted"))
+
+
+async def test_a_redelivery_of_an_unfinished_message_is_a_replay(harness):
+    h = await harness(llm=FakeLLM(default="first answer"))
+    event = h.adapter.event("hello?")
+    await h.push(event)
+    await h.drain()
+    await _lose_the_finished_mark(h)
+    h.llm.default = "second answer"
+    await h.push(event)
+    await h.drain()
+    assert [o.text for o in h.adapter.take_sent()] == ["first answer"]  # not written or sent again
+
+
+async def test_a_replayed_command_is_not_run_again(harness):
+    h = await harness(plugins=["basics", "admin"], roles={"operators": ["fake:op"]})
+    command = h.adapter.event("/say fake:g2 the fog is lifting", user="op")
+    await h.push(command)
+    await h.drain()
+    assert [o.text for o in h.adapter.take_sent()] == ["the fog is lifting", "sent to fake:g2"]
+    await _lose_the_finished_mark(h)
+    await h.push(command)
+    await h.drain()
+    assert h.adapter.take_sent() == []

@@ -8,6 +8,7 @@ import getpass
 import itertools
 import sys
 import threading
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TextIO
 
@@ -56,6 +57,7 @@ class ConsoleAdapter:
         self._out = output or sys.stdout
         self._read_line = read_line or _read_stdin
         self._ids = itertools.count(1)
+        self._run = uuid.uuid4().hex[:8]
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -69,7 +71,7 @@ class ConsoleAdapter:
     def make_event(self, text: str) -> MessageEvent:
         return MessageEvent(
             platform=self.platform,
-            message_id=str(next(self._ids)),
+            message_id=f"{self._run}-{next(self._ids)}",  # unique across sessions (the inbox dedupes)
             author=self.user,
             channel=self.channel,
             text=text,

@@ -44,8 +44,10 @@ class GroupCommit:
         self._thread: ThreadPoolExecutor | None = None
         self._engine: Engine | None = None
         self._conn: Connection | None = None  # held by the worker thread
+        self._closing = False
 
     async def start(self) -> None:
+        self._closing = False
         if self._task is None:
             self._engine = self._db.sync_engine()
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="group-commit")
@@ -64,6 +66,7 @@ class GroupCommit:
         """Commit everything queued, then stop."""
         if self._task is None:
             return
+        self._closing = True  # nothing new from here on: a write queued after join() would hang
         await self._queue.join()
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -88,8 +91,8 @@ class GroupCommit:
         return done
 
     def submit(self, statement: Executable) -> asyncio.Future[int]:
-        if self._task is None:
-            raise RuntimeError("group commit is not started (the host starts it)")
+        if self._task is None or self._closing:
+            raise RuntimeError("group commit is not running (the host starts and stops it)")
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Write(statement, done))
         return done

@@ -167,10 +167,11 @@ class Host:
         async def sink(event: MessageEvent) -> asyncio.Future[None] | None:
             if not self._running:
                 raise NotAccepted(f"event {event.id} arrived while the host is stopped")
-            if not await self.inbox.accept(bot.name, adapter.name, event):
+            accepted = await self.inbox.accept(bot.name, adapter.name, event)
+            if accepted is None:
                 log.debug("event %s: duplicate delivery dropped", event.id)
                 return None
-            return self._spawn(self._process(bot, adapter, event))
+            return self._spawn(self._process(bot, adapter, event, replay=accepted == "again"))
 
         return sink
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 from sqlalchemy import delete, select, update
 
@@ -20,6 +21,7 @@ from bots.core.groupcommit import GroupCommit, insert_ignoring_duplicates
 from bots.core.storage import Database, InboxEntry, as_utc
 
 log = logging.getLogger("bots.inbox")
+Accepted = Literal["new", "again"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,11 +49,12 @@ class Inbox:
         self.keep = keep  # how long finished entries stay to catch redeliveries
         self._in_flight: set[tuple[str, str]] = set()  # (bot, event id) handled by this process
 
-    async def accept(self, bot: str, channel: str, event: MessageEvent) -> bool:
-        """Record ``event`` durably; False when it is a duplicate (already done or in flight here)."""
+    async def accept(self, bot: str, channel: str, event: MessageEvent) -> Accepted | None:
+        """Record ``event`` durably. None for a duplicate (done, or in flight here); "again" when
+        an earlier run accepted it and never finished (handle it as a replay); else "new"."""
         key = (bot, event.id)
         if key in self._in_flight:
-            return False
+            return None
         self._in_flight.add(key)  # claimed before the await: a concurrent redelivery is a duplicate
         try:
             inserted = await self._writes.write(
@@ -65,13 +68,15 @@ class Inbox:
                     received_at=datetime.now(UTC),
                 )
             )
-            if inserted or await self._take_over(bot, event.id):
-                return True
+            if inserted:
+                return "new"
+            if await self._take_over(bot, event.id):
+                return "again"
         except BaseException:
             self._in_flight.discard(key)
             raise
         self._in_flight.discard(key)
-        return False
+        return None
 
     async def _take_over(self, bot: str, event_id: str) -> bool:
         """A known message came again. Handle it only when an earlier run left it unfinished."""

@@ -50,6 +50,8 @@ class Outbox:
             log.info("outbox %s: already recorded; sending what is left of it", key)
             return await self.resume(key, lambda _name: adapter)
         parts = split_outbound(adapter, outbound)
+        if not parts:  # nothing but whitespace
+            return []
         first = await adapter.send(parts[0])
         rows = [
             {
@@ -78,7 +80,8 @@ class Outbox:
         return sent
 
     async def resume(self, key: str, adapter_for: Callable[[str], Adapter]) -> list[SentRef]:
-        """Send the parts under ``key`` that are not sent yet, in order."""
+        """Send the parts under ``key`` that are not sent yet, in order; each is marked sent
+        (committed) before the next goes, so two resumers never send one part twice."""
         async with self._db.session() as session:
             pending = list(
                 await session.scalars(
@@ -91,7 +94,7 @@ class Outbox:
         for entry in pending:
             part = Outbound(channel_from_dict(entry.target), entry.text, entry.reply_to, entry.markup)
             ref = await adapter_for(entry.channel).send(part)
-            self._mark_sent(entry.key, entry.part, ref.message_id)
+            await self._mark_sent(entry.key, entry.part, ref.message_id)
             sent.append(ref)
         return sent
 

@@ -140,7 +140,7 @@ class Pipeline:
             await self._joins(inv)
             return
         if inv.command is not None:
-            await self._run_command(inv)
+            await self._run_command(inv, adapter)
             return
         if self.history is not None and not replay:
             self.history.record(self.settings.bot, event, inv.text)
@@ -234,8 +234,8 @@ class Pipeline:
 
     async def _quota(self, inv: Invocation) -> str | None:
         """Daily quotas apply to what reaches the model: addressed messages that are no command."""
-        if inv.command is not None or not inv.addressed or inv.role >= Role.OPERATOR:
-            return None
+        if inv.command is not None or not inv.addressed or inv.role >= Role.OPERATOR or inv.replay:
+            return None  # a replay was counted when it first came
         user = inv.event.author.canonical
         reason = self.quotas.over(user)
         if reason is None:
@@ -257,9 +257,14 @@ class Pipeline:
         await self._listeners(inv)
 
     # -- commands ------------------------------------------------------------------------------
-    async def _run_command(self, inv: Invocation) -> None:
+    async def _run_command(self, inv: Invocation, adapter: Adapter) -> None:
         entry = self.dispatch.command(inv.command or "")
         event = inv.event
+        if inv.replay and self.outbox is not None and await self.outbox.recorded(self._reply_key(inv)):
+            # it ran and answered before the restart: running it again would repeat what it did
+            log.info("event %s: /%s answered before the restart; not run again", event.id, inv.command)
+            await self.outbox.resume(self._reply_key(inv, advance=True), lambda _name: adapter)
+            return
         if entry is None:
             # an unknown /command in a group may belong to another bot: answer only when spoken to
             if (

@@ -14,7 +14,7 @@ from bots.agent.agent import Agent
 from bots.agent.memory import ConversationMemory
 from bots.agent.persona import Persona, PersonaLibrary
 from bots.agent.providers import build_llm
-from bots.agent.retrieval import Retriever
+from bots.agent.retrieval import NoRetrieval, Retriever
 from bots.agent.tokens import estimate_tokens
 from bots.core.adapter import Adapter, AdapterFactory
 from bots.core.config import AppConfig, BotConfig, ChannelConfig, ConfigError, LLMConfig, Secrets
@@ -108,8 +108,10 @@ def build_host(
     adapters: dict[str, Sequence[Adapter]] | None = None,
     plugin_classes: Sequence[type[Plugin]] | None = None,
     retriever: Retriever | None = None,
+    scheduler: bool = True,
 ) -> Host:
-    """Build a host for every bot in ``config``. Keyword arguments replace parts (for tests)."""
+    """Build a host for every bot in ``config``. Keyword arguments replace parts (for tests);
+    ``scheduler=False`` for hosts that must not post on schedules (``bots chat``)."""
     roles = config.roles
     permissions = Permissions(roles.owners, roles.operators, roles.banned, config.identities)
     host = Host(
@@ -209,6 +211,7 @@ def build_host(
                 ],
             )
         )
+        disabled: set[str] = set()
         parts = BotParts(
             name=bot_cfg.name,
             persona=persona_view(persona),
@@ -218,6 +221,7 @@ def build_host(
             retrieve=_sources(retriever, collections) if retriever and collections else None,
             plugins=plugins,
             schedules=bot_cfg.schedules,
+            disabled=disabled,
         )
         job_parts.append(parts)
         runtime.add(
@@ -232,13 +236,16 @@ def build_host(
                 slots=slots,
                 load_plugin=partial(_fresh_plugin, plugin_context),
                 plugin_instances=plugins,
-                on_persona=partial(_set_job_persona, parts),
+                on_persona=partial(_set_job_persona, parts, agent),
+                disabled=disabled,
+                make_retriever=partial(_shared_retriever, shared, config, secrets),
             )
         )
     host.control.runtime = runtime
-    scheduler = SchedulerService(host, config.scheduler, job_parts)
-    host.services.append((scheduler.start, scheduler.stop))
-    host.control.scheduling = scheduler
+    if scheduler:
+        service = SchedulerService(host, config.scheduler, job_parts)
+        host.services.append(service)
+        host.control.scheduling = service
     return host
 
 
@@ -247,8 +254,17 @@ def _fresh_plugin(context: dict[str, Any], cls: type[Plugin]) -> Plugin:
     return load_plugins([cls], dispatch=Dispatch(), **context)[0]
 
 
-def _set_job_persona(parts: BotParts, persona: Persona) -> None:
+def _set_job_persona(parts: BotParts, agent: Agent, persona: Persona) -> None:
     parts.persona = persona_view(persona)
+    knows = agent.collections and not isinstance(agent.retriever, NoRetrieval)
+    parts.retrieve = _sources(agent.retriever, agent.collections) if knows else None
+
+
+def _shared_retriever(shared: dict[str, Retriever | None], config: AppConfig, secrets: Secrets) -> Retriever:
+    """The host's one retriever, built when the first bot needs it."""
+    if shared["retriever"] is None:
+        shared["retriever"] = build_retriever(config, secrets)
+    return shared["retriever"]
 
 
 def _knowledge_base(config: AppConfig, secrets: Secrets, retriever: Retriever | None) -> KnowledgeBase:

@@ -151,7 +151,11 @@ def chat(
     )
     try:
         host = build_host(
-            cfg, secrets, personas={persona: persona_obj}, adapters={f"chat-{persona}": [console]}
+            cfg,
+            secrets,
+            personas={persona: persona_obj},
+            adapters={f"chat-{persona}": [console]},
+            scheduler=False,  # a terminal chat posts nothing on schedules
         )
     except ConfigError as exc:
         raise _fail(str(exc)) from None
@@ -469,7 +473,7 @@ def _scheduling(config: Path | None, action: Any, audit: tuple[str, str] | None 
     async def go() -> Any:
         db = Database.in_data_dir(cfg.data_dir)
         try:
-            async with job_store(db) as scheduler:
+            async with job_store(db, [bot.name for bot in cfg.bots]) as scheduler:
                 result = await action(db, scheduler)
             if audit is not None:
                 command, args = audit
@@ -500,13 +504,15 @@ def jobs_list(config: ConfigOption = None) -> None:
     """Every scheduled job with its next run and the state of its last period."""
     from bots.scheduler.service import list_jobs
 
+    cfg = _load(config, required=False)
+
     async def read(db: Any, scheduler: Any) -> list[tuple[Any, str]]:
         from bots.core.groupcommit import GroupCommit
         from bots.scheduler.ledger import Ledger
 
         ledger = Ledger(db, GroupCommit(db))
         rows = []
-        for job in list_jobs(scheduler):
+        for job in list_jobs(scheduler, [bot.name for bot in cfg.bots]):
             last = await ledger.recent(job.id, limit=1)
             rows.append((job, f"{last[0].period} {last[0].state}" if last else "-"))
         return rows
@@ -521,15 +527,17 @@ def jobs_list(config: ConfigOption = None) -> None:
 
 def _job_action(name: str, job_id: str, config: Path | None) -> None:
     async def act(db: Any, scheduler: Any) -> None:
-        job = scheduler.get_job(job_id, jobstore="default")
+        from bots.scheduler.service import store_of
+
+        job = scheduler.get_job(job_id, jobstore=store_of(job_id))  # None for another config's bot
         if job is None:
             raise LookupError(f"no job {job_id!r} (see `bots jobs list`)")
         if name == "run-now":
             if job.next_run_time is None:
                 raise ValueError(f"{job_id} is paused; resume it first")
-            scheduler.modify_job(job_id, jobstore="default", next_run_time=datetime.now(UTC))
+            scheduler.modify_job(job_id, jobstore=store_of(job_id), next_run_time=datetime.now(UTC))
         else:
-            getattr(scheduler, f"{name}_job")(job_id, jobstore="default")
+            getattr(scheduler, f"{name}_job")(job_id, jobstore=store_of(job_id))
 
     _scheduling(config, act, audit=(f"jobs {name}", job_id))
     out.print(f"{job_id}: {name} done" + (" (the running host runs it shortly)" if name == "run-now" else ""))

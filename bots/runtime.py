@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from bots.agent.agent import Agent
 from bots.agent.persona import Persona, PersonaLibrary
+from bots.agent.retrieval import NoRetrieval, Retriever
 from bots.core.config import ConfigError
 from bots.core.pipeline import Pipeline
 from bots.core.routing import Dispatch
@@ -64,7 +65,8 @@ class LiveBot:
     load_plugin: Callable[[type[Plugin]], Plugin]  # a new instance with this bot's context
     plugin_instances: list[Plugin]  # the list the scheduler reads (kept in step with the slots)
     on_persona: Callable[[Persona], None] | None = None  # tells the scheduler's jobs
-    disabled: set[str] = field(default_factory=set)
+    disabled: set[str] = field(default_factory=set)  # shared with the scheduler's view of the bot
+    make_retriever: Callable[[], Retriever] | None = None  # for a persona that brings knowledge
 
 
 class Runtime:
@@ -139,6 +141,8 @@ class Runtime:
     def _apply(self, live: LiveBot, persona: Persona, persona_id: str) -> None:
         collections = persona.knowledge if live.collections_follow_persona else None
         live.agent.use_persona(persona, collections)
+        if live.agent.collections and isinstance(live.agent.retriever, NoRetrieval) and live.make_retriever:
+            live.agent.retriever = live.make_retriever()  # the bot had no knowledge until now
         live.pipeline.use_persona_settings(
             reply_policy=persona.group.reply,
             keywords=[*persona.group.keywords, *live.bot_keywords],
@@ -168,7 +172,7 @@ class Runtime:
         live.dispatch.remove_plugin(name)
         live.disabled.add(name)
         await self._state.set(f"disabled:{bot}", sorted(live.disabled))
-        return f"{name}: disabled (its commands and listeners are off)"
+        return f"{name}: disabled (its commands, listeners and scheduled jobs are off)"
 
     async def plugin_enable(self, bot: str, name: str) -> str:
         live = self._bot(bot)

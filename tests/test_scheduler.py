@@ -299,3 +299,46 @@ def test_bad_schedules_are_config_errors():
     ]:
         with pytest.raises(ValidationError, match=words):
             ScheduleConfig.model_validate({**MORNING, **bad})
+
+
+async def test_a_host_with_other_bots_leaves_these_jobs_alone(harness, tmp_path):
+    with time_machine.travel(at(2026, 5, 4, 6, 0), tick=True):
+        first = await start(harness, tmp_path / "var", MORNING)
+        await first.host.stop()
+        other = await harness(data_dir=tmp_path / "var", adapter=FakeAdapter(), bot={"name": "chatty"})
+        assert other.host.control.scheduling.jobs() == []
+        await other.host.stop()
+        again = await start(harness, tmp_path / "var", MORNING)
+        assert [job.id for job in again.host.control.scheduling.jobs()] == [JOB]
+        assert again.host.control.scheduling.scheduler.get_job(JOB).next_run_time == at(2026, 5, 4, 7, 0)
+
+
+async def test_a_new_time_zone_moves_the_job(harness, tmp_path):
+    with time_machine.travel(at(2026, 5, 4, 0, 0), tick=True):
+        first = await start(harness, tmp_path / "var", MORNING)  # 09:00 in Berlin = 07:00 UTC
+        await first.host.stop()
+        tokyo = await start(harness, tmp_path / "var", {**MORNING, "timezone": "Asia/Tokyo"})
+        assert tokyo.host.control.scheduling.scheduler.get_job(JOB).next_run_time == at(2026, 5, 5, 0, 0)
+
+
+async def test_approval_racing_the_tick_posts_once(harness, tmp_path):
+    with time_machine.travel(at(2026, 5, 4, 6, 0), tick=True) as clock:
+        h = await reviewed_host(harness, tmp_path, clock)
+        service = h.host.control.scheduling
+        results = await asyncio.gather(service.approve(1, by="fake:op"), service.tick(), service.tick())
+        await h.drain()
+        assert results[0] in ("posted", "already being posted")
+        assert posted(h) == ["Guten Morgen, 2026-05-04 09:00 CEST"]
+        assert await ledger(h) == [("2026-05-04T07:00:00+00:00", "posted")]
+
+
+async def test_a_disabled_plugin_posts_nothing(harness, tmp_path):
+    with time_machine.travel(at(2026, 5, 3, 21, 0), tick=True) as clock:
+        h = await harness(
+            data_dir=tmp_path / "var", plugins=["basics", "admin", Almanac], roles={"operators": ["fake:op"]}
+        )
+        await h.ask("/plugins disable almanac", user="op")
+        clock.move_to(at(2026, 5, 3, 22, 0, 5))
+        await run_due(h)
+        assert posted(h) == []
+        assert [state for _, state in await ledger(h)] == ["skipped"]

@@ -76,7 +76,7 @@ def run_cli(*args: str, config: Path) -> str:
 
 async def test_cli_jobs_and_review(harness, tmp_path):
     config = tmp_path / "bots.toml"
-    config.write_text('data_dir = "var"\n', encoding="utf-8")
+    config.write_text('data_dir = "var"\n[[bots]]\nname = "testbot"\npersona = "test"\n', encoding="utf-8")
     h = await operated(harness, tmp_path, review=True)
     await h.host.control.scheduling.run_now("testbot:morning")  # draft #1
     await h.host.stop()

@@ -8,7 +8,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from bots.core.adapter import Adapter, EventSink, NotAccepted
 from bots.core.audit import AuditLog
@@ -26,6 +26,19 @@ from bots.core.storage import Database
 log = logging.getLogger("bots.host")
 
 Hook = Callable[[], Awaitable[None]]
+
+
+class Service(Protocol):
+    """A host-wide part with its own life (the scheduler)."""
+
+    async def start(self) -> None:
+        """Before the channels start: load state; do nothing that sends."""
+
+    async def ready(self) -> None:
+        """The channels are up and the inbox was replayed: go."""
+
+    async def stop(self) -> None:
+        """After the events in flight were handled, before the channels stop."""
 
 
 @dataclass
@@ -75,8 +88,8 @@ class Host:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started_adapters: list[Adapter] = []
         self._started_hooks: list[tuple[str, Hook]] = []
-        self.services: list[tuple[Hook, Hook]] = []  # host-wide (start, stop): the scheduler
-        self._started_services: list[Hook] = []
+        self.services: list[Service] = []
+        self._started_services: list[Service] = []
         self._running = False
         self._stop_requested: asyncio.Event | None = None
 
@@ -98,6 +111,10 @@ class Host:
                 for start, stop in bot.lifecycle:
                     await start()
                     self._started_hooks.append((bot.name, stop))
+            for service in self.services:
+                await service.start()
+                self._started_services.append(service)
+            for bot in self.bots.values():
                 for adapter in bot.adapters:
                     await adapter.start(self._sink(bot, adapter))
                     self._started_adapters.append(adapter)
@@ -105,9 +122,8 @@ class Host:
             for bot in self.bots.values():
                 await self._recover(bot)
             await self.history.prune()
-            for start_service, stop_service in self.services:
-                await start_service()
-                self._started_services.append(stop_service)
+            for service in self._started_services:
+                await service.ready()
         except BaseException:
             await self.stop()
             raise
@@ -117,10 +133,10 @@ class Host:
         if not self._running:
             return
         self._running = False
-        for stop_service in reversed(self._started_services):
-            await _logged(stop_service(), "stopping a service")
-        self._started_services.clear()
         await self.drain(timeout=self.stop_grace_s)
+        for service in reversed(self._started_services):
+            await _logged(service.stop(), f"stopping {type(service).__name__}")
+        self._started_services.clear()
         leftovers = list(self._tasks)
         for task in leftovers:
             task.cancel()

@@ -50,7 +50,7 @@ class ReviewQueue:
         if draft.state != "pending":
             raise ReviewError(f"draft #{draft_id} is {draft.state}")
         if as_utc(draft.deadline) <= (now or datetime.now(UTC)):
-            await self.set_state(draft_id, "expired")
+            await self.transition(draft_id, "pending", "expired")
             raise ReviewError(f"draft #{draft_id} missed its deadline; it will not be posted")
         return draft
 
@@ -71,17 +71,20 @@ class ReviewQueue:
         chosen = draft.chosen if version is None else version - 1
         if not 0 <= chosen < len(draft.versions):
             raise ReviewError(f"draft #{draft_id} has versions 1-{len(draft.versions)}")
-        async with self._db.session() as session, session.begin():
-            await session.execute(
-                update(ReviewDraft)
-                .where(ReviewDraft.id == draft_id, ReviewDraft.state == "pending")
-                .values(state=state, chosen=chosen, decided_by=by)
-            )
+        if not await self.transition(draft_id, "pending", state, chosen=chosen, decided_by=by):
+            raise ReviewError(f"draft #{draft_id} was decided meanwhile ({(await self.get(draft_id)).state})")
         return await self.get(draft_id)
 
-    async def set_state(self, draft_id: int, state: str) -> None:
+    async def transition(self, draft_id: int, before: str, after: str, **values: object) -> bool:
+        """Move a draft from one state to another, atomically: False when it was not in ``before``
+        (someone else moved it first)."""
         async with self._db.session() as session, session.begin():
-            await session.execute(update(ReviewDraft).where(ReviewDraft.id == draft_id).values(state=state))
+            result = await session.execute(
+                update(ReviewDraft)
+                .where(ReviewDraft.id == draft_id, ReviewDraft.state == before)
+                .values(state=after, **values)
+            )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def overdue(self, now: datetime | None = None) -> list[ReviewDraft]:
         """Pending drafts past their deadline."""

@@ -45,9 +45,9 @@ from bots.scheduler.ledger import Ledger, period_key
 from bots.scheduler.review import ReviewError, ReviewQueue
 
 log = logging.getLogger("bots.scheduler")
+INTERNAL = "internal"  # the store of the service's own housekeeping job (in memory)
 
-JOBS_TABLE = "scheduled_jobs"
-SKIP_GRACE_S = 30  # "skip": a run this late still counts as on time
+SKIP_GRACE_S = 60  # "skip": a run this late still counts as on time (at least two ticks)
 RetrieveFn = Callable[[str, int], Awaitable[list[Source]]]
 
 
@@ -63,6 +63,7 @@ class BotParts:
     retrieve: RetrieveFn | None = None
     plugins: list[Plugin] = field(default_factory=list)
     schedules: list[ScheduleConfig] = field(default_factory=list)
+    disabled: set[str] = field(default_factory=set)  # plugins an operator switched off
 
 
 @dataclass(frozen=True)
@@ -74,23 +75,37 @@ class JobInfo:
     kwargs: dict[str, Any]
 
 
-def make_scheduler(db: Database, executor: BaseExecutor | None = None) -> AsyncIOScheduler:
+def jobs_table(bot: str) -> str:
+    return f"scheduled_jobs_{bot}"
+
+
+def make_scheduler(
+    db: Database, bots: Sequence[str], executor: BaseExecutor | None = None
+) -> AsyncIOScheduler:
+    """One job store per bot (a table each), so a host touches only its own bots' jobs: another
+    host on the same database with other bots (or ``bots chat``) never runs or removes them."""
+    engine = db.sync_engine()
+    stores: dict[str, Any] = {
+        bot: SQLAlchemyJobStore(engine=engine, tablename=jobs_table(bot)) for bot in bots
+    }
     return AsyncIOScheduler(
-        jobstores={
-            "default": SQLAlchemyJobStore(engine=db.sync_engine(), tablename=JOBS_TABLE),
-            "internal": MemoryJobStore(),
-        },
-        executors={"default": executor or AsyncIOExecutor(), "internal": AsyncIOExecutor()},
+        jobstores={**stores, INTERNAL: MemoryJobStore()},
+        executors={"default": executor or AsyncIOExecutor(), INTERNAL: AsyncIOExecutor()},
         job_defaults={"coalesce": True, "max_instances": 1},
         timezone=UTC,
     )
 
 
+def store_of(job_id: str) -> str:
+    """Job ids are ``<bot>:<id>``; each bot's jobs live in that bot's store."""
+    return job_id.partition(":")[0]
+
+
 @contextlib.asynccontextmanager
-async def job_store(db: Database) -> AsyncIterator[AsyncIOScheduler]:
-    """The jobs of a database, to list and change without running them (the CLI)."""
+async def job_store(db: Database, bots: Sequence[str]) -> AsyncIterator[AsyncIOScheduler]:
+    """The jobs of these bots, to list and change without running them (the CLI)."""
     await db.start()
-    scheduler = make_scheduler(db)
+    scheduler = make_scheduler(db, bots)
     scheduler.start(paused=True)
     try:
         yield scheduler
@@ -106,6 +121,7 @@ def trigger_for(schedule: ScheduleConfig) -> BaseTrigger:
 
 
 def misfire_settings(schedule: ScheduleConfig) -> dict[str, Any]:
+    """APScheduler's misfire handling implements the job's policy for runs missed while down."""
     if schedule.missed == "skip":
         return {"misfire_grace_time": SKIP_GRACE_S, "coalesce": True}
     if schedule.missed == "catch_up":
@@ -153,22 +169,29 @@ class _PostExecutor(BaseExecutor):
         limit = self._service.config.catch_up_limit
         if len(run_times) > limit:
             log.warning("job %s: %d runs missed; catching up the last %d", job.id, len(run_times), limit)
-        events = []
-        for run_time in run_times[-limit:]:
-            late = datetime.now(UTC) - run_time
-            if job.misfire_grace_time is not None and late > timedelta(seconds=job.misfire_grace_time):
-                log.warning("job %s: the run of %s was missed by %s; skipped", job.id, run_time, late)
-                await self._service.ledger.claim(job.id, period_key(run_time), job.kwargs["bot"], "missed")
-                events.append(JobExecutionEvent(EVENT_JOB_MISSED, job.id, "default", run_time))
-                continue
+        events: list[JobExecutionEvent] = []
+        store = job._jobstore_alias
+        try:
+            for run_time in run_times[-limit:]:
+                events.append(await self._run_once(job, run_time, store))
+        finally:  # always: APScheduler counts running instances until it hears back
+            self._run_job_success(job.id, events)
+
+    async def _run_once(self, job: Job, run_time: datetime, store: str) -> JobExecutionEvent:
+        late = datetime.now(UTC) - run_time
+        if job.misfire_grace_time is not None and late > timedelta(seconds=job.misfire_grace_time):
+            log.warning("job %s: the run of %s was missed by %s; skipped", job.id, run_time, late)
             try:
-                await self._service.run(job.id, job.kwargs, run_time)
-            except Exception as exc:
-                log.exception("job %s failed", job.id)
-                events.append(JobExecutionEvent(EVENT_JOB_ERROR, job.id, "default", run_time, exception=exc))
-            else:
-                events.append(JobExecutionEvent(EVENT_JOB_EXECUTED, job.id, "default", run_time))
-        self._run_job_success(job.id, events)
+                await self._service.ledger.claim(job.id, period_key(run_time), job.kwargs["bot"], "missed")
+            except Exception:
+                log.exception("job %s: could not record the missed run", job.id)
+            return JobExecutionEvent(EVENT_JOB_MISSED, job.id, store, run_time)
+        try:
+            await self._service.run(job.id, job.kwargs, run_time)
+        except Exception as exc:
+            log.exception("job %s failed", job.id)
+            return JobExecutionEvent(EVENT_JOB_ERROR, job.id, store, run_time, exception=exc)
+        return JobExecutionEvent(EVENT_JOB_EXECUTED, job.id, store, run_time)
 
 
 class SchedulerService:
@@ -183,19 +206,23 @@ class SchedulerService:
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
-        scheduler = self._scheduler = make_scheduler(self.host.db, _PostExecutor(self))
-        scheduler.start(paused=True)  # reconcile before anything fires
+        """Load and reconcile the jobs, paused: nothing fires before the channels are up."""
+        scheduler = self._scheduler = make_scheduler(self.host.db, list(self.bots), _PostExecutor(self))
+        scheduler.start(paused=True)
         self.reconcile()
         scheduler.add_job(
-            self.tick,
+            self._tick_tracked,
             IntervalTrigger(seconds=self.config.tick_seconds),
             id="tick",
-            jobstore="internal",
-            executor="internal",
+            jobstore=INTERNAL,
+            executor=INTERNAL,
             replace_existing=True,
         )
+
+    async def ready(self) -> None:
+        """The channels are up: finish interrupted periods, then let due jobs fire."""
         await self._finish_interrupted()
-        scheduler.resume()
+        self.scheduler.resume()
 
     async def stop(self, timeout: float = 30.0) -> None:
         if self._scheduler is None:
@@ -206,6 +233,7 @@ class SchedulerService:
             _done, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
             for task in pending:
                 task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     def track(self, task: asyncio.Task[Any]) -> None:
         self._tasks.add(task)
@@ -253,23 +281,35 @@ class SchedulerService:
         Jobs added by operators at run time are left alone."""
         scheduler = self.scheduler
         wanted = self.wanted_jobs()
-        for job in scheduler.get_jobs(jobstore="default"):
+        for job in self._all_jobs():
             if job.kwargs.get("source") in ("config", "plugin") and job.id not in wanted:
                 log.info("job %s: no longer configured; removed", job.id)
-                scheduler.remove_job(job.id)
+                scheduler.remove_job(job.id, jobstore=store_of(job.id))
         for job_id, spec in wanted.items():
-            existing = scheduler.get_job(job_id, jobstore="default")
+            store = store_of(job_id)
+            existing = scheduler.get_job(job_id, jobstore=store)
             if existing is None:
-                scheduler.add_job(id=job_id, name=job_id, **spec)
+                scheduler.add_job(id=job_id, name=job_id, jobstore=store, **spec)
                 log.info("job %s: added (%s)", job_id, spec["trigger"])
                 continue
-            if str(existing.trigger) != str(spec["trigger"]):
-                scheduler.reschedule_job(job_id, trigger=spec["trigger"])
+            if _trigger_key(existing.trigger) != _trigger_key(spec["trigger"]):
+                paused = existing.next_run_time is None
+                scheduler.reschedule_job(job_id, jobstore=store, trigger=spec["trigger"])
+                if paused:  # an operator paused it; a new time does not resume it
+                    scheduler.pause_job(job_id, jobstore=store)
                 log.info("job %s: rescheduled (%s)", job_id, spec["trigger"])
             changes = {k: v for k, v in spec.items() if k != "trigger" and _differs(existing, k, v)}
             if changes:
-                scheduler.modify_job(job_id, **changes)
+                scheduler.modify_job(job_id, jobstore=store, **changes)
                 log.info("job %s: updated (%s)", job_id, ", ".join(sorted(changes)))
+
+    def _all_jobs(self) -> list[Job]:
+        return [job for bot in self.bots for job in self.scheduler.get_jobs(jobstore=bot)]
+
+    def _job(self, job_id: str) -> Job | None:
+        if store_of(job_id) not in self.bots:
+            return None
+        return self.scheduler.get_job(job_id, jobstore=store_of(job_id))
 
     # -- running one period ------------------------------------------------------------------
     async def run(
@@ -321,16 +361,27 @@ class SchedulerService:
         return "posted"
 
     async def _call(self, ref: str, ctx: JobContext, bot: str) -> str | None:
-        """Import the job function and call it; a plugin's method is called on its instance."""
+        """Import the job function and call it; a plugin's method is called on the bot's loaded
+        instance of that plugin (found by class, so a reloaded plugin still owns its jobs)."""
         func = ref_to_obj(ref)
-        spec: ScheduledSpec | None = getattr(func, SCHEDULED_TAG, None)
-        if spec is None:
+        if getattr(func, SCHEDULED_TAG, None) is None:
             return await func(ctx)
-        plugins = self.bots[bot].plugins
-        owner = next((p for p in plugins if getattr(type(p), func.__name__, None) is func), None)
+        parts = self.bots[bot]
+        class_name, _, method = func.__qualname__.rpartition(".")
+        owner = next(
+            (
+                p
+                for p in parts.plugins
+                if type(p).__qualname__ == class_name and type(p).__module__ == func.__module__
+            ),
+            None,
+        )
         if owner is None:
             raise LookupError(f"no loaded plugin of bot {bot!r} defines {func.__qualname__}")
-        return await func(owner, ctx)
+        if owner.plugin_name() in parts.disabled:
+            ctx.skip(f"plugin {owner.plugin_name()} is disabled")
+            return None
+        return await getattr(owner, method)(ctx)
 
     def _context(self, job_id: str, kwargs: dict[str, Any], run_time: datetime) -> JobContext:
         parts = self.bots.get(kwargs["bot"])
@@ -369,7 +420,7 @@ class SchedulerService:
             if await self.host.outbox.recorded(f"post:{entry.job_id}:{entry.period}"):
                 await self.ledger.mark(entry.job_id, entry.period, "posted", "finished after a restart")
                 continue
-            job = self.scheduler.get_job(entry.job_id, jobstore="default")
+            job = self._job(entry.job_id)
             if job is None:
                 await self.ledger.mark(entry.job_id, entry.period, "failed", "job removed before it finished")
                 continue
@@ -401,7 +452,7 @@ class SchedulerService:
     async def regenerate(self, draft_id: int, by: str) -> ReviewDraft:
         """Write the period again; the new text becomes another version to choose from."""
         draft = await self.review.open_draft(draft_id)
-        job = self.scheduler.get_job(draft.job_id, jobstore="default")
+        job = self._job(draft.job_id)
         if job is None:
             raise ReviewError(f"the job of draft #{draft_id} no longer exists")
         ctx = self._context(job.id, job.kwargs, datetime.fromisoformat(draft.period))
@@ -411,44 +462,66 @@ class SchedulerService:
         return await self.review.add_version(draft_id, text, by)
 
     async def _post_approved(self, draft: ReviewDraft) -> str:
-        job = self.scheduler.get_job(draft.job_id, jobstore="default")
+        """Post an approved draft once: whoever moves it from approved to posting posts it. A
+        failed post goes back to approved (retried at the next tick) until its deadline."""
+        if not await self.review.transition(draft.id, "approved", "posting"):
+            return "already being posted"
+        job = self._job(draft.job_id)
         kwargs = job.kwargs if job is not None else {"bot": draft.bot, "target": draft.target}
         result = await self._post(draft.job_id, draft.period, kwargs, draft.versions[draft.chosen])
-        await self.review.set_state(draft.id, "posted" if result == "posted" else "approved")
+        if result == "posted":
+            await self.review.transition(draft.id, "posting", "posted")
+        elif as_utc(draft.deadline) > datetime.now(UTC):
+            await self.review.transition(draft.id, "posting", "approved")
+        else:
+            await self.review.transition(draft.id, "posting", "failed")
         return result
+
+    async def _tick_tracked(self) -> None:
+        task = asyncio.create_task(self.tick())
+        self.track(task)  # so stop() waits for a post in progress
+        await task
 
     async def tick(self) -> None:
         """Every few seconds: pick up changes made from the CLI, expire late drafts, post drafts
-        approved from the CLI."""
+        approved from the CLI (or whose post failed, until their deadline)."""
         if self._scheduler is not None:
             self._scheduler.wakeup()
-        for draft in await self.review.overdue():
-            await self.review.set_state(draft.id, "expired")
+        now = datetime.now(UTC)
+        for draft in await self.review.overdue(now):
+            if not await self.review.transition(draft.id, "pending", "expired"):
+                continue  # decided meanwhile
             why = f"draft #{draft.id} not approved before its deadline; not posted"
             await self.ledger.mark(draft.job_id, draft.period, "expired", why)
             log.warning("job %s: %s", draft.job_id, why)
         for draft in await self.review.approved():
+            if as_utc(draft.deadline) <= now and await self.review.transition(draft.id, "approved", "failed"):
+                await self.ledger.mark(
+                    draft.job_id, draft.period, "failed", "approved, not posted by its deadline"
+                )
+                continue
             await self._post_approved(draft)
 
     async def run_now(self, job_id: str) -> str:
-        job = self.scheduler.get_job(job_id, jobstore="default")
+        job = self._job(job_id)
         if job is None:
             raise LookupError(f"no job {job_id!r}")
         return await self.run(job.id, job.kwargs, datetime.now(UTC))
 
     def jobs(self) -> list[JobInfo]:
-        return list_jobs(self.scheduler)
+        return list_jobs(self.scheduler, list(self.bots))
 
     def add(self, bot: str, schedule: ScheduleConfig) -> str:
         """A job added by an operator at run time (config reconciliation leaves it alone)."""
         if bot not in self.bots:
             raise LookupError(f"no bot {bot!r} on this host")
         job_id = f"{bot}:{schedule.id}"
-        if self.scheduler.get_job(job_id, jobstore="default") is not None:
+        if self._job(job_id) is not None:
             raise ValueError(f"job {job_id} exists; remove it first")
         self.scheduler.add_job(
             id=job_id,
             name=job_id,
+            jobstore=bot,
             func=SCHEDULED_POST,
             trigger=trigger_for(schedule),
             kwargs=job_kwargs(bot, schedule, "admin"),
@@ -457,13 +530,18 @@ class SchedulerService:
         return job_id
 
     def pause(self, job_id: str) -> None:
-        self.scheduler.pause_job(job_id, jobstore="default")
+        self.scheduler.pause_job(job_id, jobstore=self._store(job_id))
 
     def resume(self, job_id: str) -> None:
-        self.scheduler.resume_job(job_id, jobstore="default")
+        self.scheduler.resume_job(job_id, jobstore=self._store(job_id))
 
     def remove(self, job_id: str) -> None:
-        self.scheduler.remove_job(job_id, jobstore="default")
+        self.scheduler.remove_job(job_id, jobstore=self._store(job_id))
+
+    def _store(self, job_id: str) -> str:
+        if store_of(job_id) not in self.bots:
+            raise LookupError(f"no job {job_id!r}")
+        return store_of(job_id)
 
     async def drafts(self) -> list[str]:
         """One line per draft waiting for a decision."""
@@ -477,10 +555,11 @@ class SchedulerService:
         return describe_draft(await self.review.get(draft_id))
 
 
-def list_jobs(scheduler: AsyncIOScheduler) -> list[JobInfo]:
+def list_jobs(scheduler: AsyncIOScheduler, bots: Sequence[str]) -> list[JobInfo]:
+    jobs = [job for bot in bots for job in scheduler.get_jobs(jobstore=bot)]
     return [
         JobInfo(job.id, job.kwargs.get("job", ""), str(job.trigger), job.next_run_time, dict(job.kwargs))
-        for job in sorted(scheduler.get_jobs(jobstore="default"), key=lambda j: j.id)
+        for job in sorted(jobs, key=lambda j: j.id)
     ]
 
 
@@ -505,6 +584,11 @@ def _scheduled_methods(plugin: Plugin) -> list[tuple[str, ScheduledSpec]]:
         if isinstance(spec, ScheduledSpec):
             found.append((name, spec))
     return found
+
+
+def _trigger_key(trigger: BaseTrigger) -> tuple[str, str]:
+    """What makes a trigger different: its fields and its time zone (``str`` leaves that out)."""
+    return str(trigger), str(getattr(trigger, "timezone", ""))
 
 
 def _differs(job: Job, key: str, value: Any) -> bool:

@@ -16,7 +16,7 @@ from bots.core.control import HostControl
 from bots.core.events import MessageEvent, Outbound, SentRef
 from bots.core.groupcommit import GroupCommit
 from bots.core.history import History
-from bots.core.inbox import Inbox
+from bots.core.inbox import Inbox, Unfinished
 from bots.core.outbound import deliver
 from bots.core.outbox import Outbox
 from bots.core.permissions import Permissions
@@ -114,13 +114,15 @@ class Host:
             for service in self.services:
                 await service.start()
                 self._started_services.append(service)
+            # what earlier runs left, taken before a channel can deliver anything of this run
+            leftovers = {name: await self._leftovers(name) for name in self.bots}
             for bot in self.bots.values():
                 for adapter in bot.adapters:
                     await adapter.start(self._sink(bot, adapter))
                     self._started_adapters.append(adapter)
                     log.info("bot %s: channel %s (%s) started", bot.name, adapter.name, adapter.platform)
             for bot in self.bots.values():
-                await self._recover(bot)
+                await self._recover(bot, *leftovers[bot.name])
             await self.history.prune()
             for service in self._started_services:
                 await service.ready()
@@ -195,14 +197,19 @@ class Host:
         await bot.pipeline.handle(event, adapter, replay=replay)  # never raises: errors are logged there
         self.inbox.finish(bot.name, event)
 
-    async def _recover(self, bot: Bot) -> None:
+    async def _leftovers(self, bot: str) -> tuple[list[str], list[Unfinished]]:
+        """Replies left half-sent and messages left unfinished by earlier runs (claimed now)."""
+        keys = await self.outbox.pending_keys(bot, within=self.inbox.replay_window)
+        return keys, await self.inbox.unfinished(bot)
+
+    async def _recover(self, bot: Bot, pending_keys: list[str], unfinished: list[Unfinished]) -> None:
         """After a restart: send replies left half-sent, then replay messages left unfinished."""
-        for key in await self.outbox.pending_keys(bot.name, within=self.inbox.replay_window):
+        for key in pending_keys:
             try:
                 await self.outbox.resume(key, bot.channel)
             except Exception:
                 log.exception("outbox %s: resending after the restart failed", key)
-        for item in await self.inbox.unfinished(bot.name):
+        for item in unfinished:
             try:
                 adapter = bot.channel(item.channel)
             except LookupError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -108,3 +109,19 @@ async def test_both_wecom_channels_start_from_config_and_work(tmp_path, platform
         await host.send("tester", Outbound(group, "the evening digest"), channel="push")
         assert (await push.next_message()).content == "the evening digest"
     assert wecom.errors == []
+
+
+def test_posts_of_the_bots_own_go_through_the_push_channel():
+    from bots.core.host import Bot
+    from bots.testing import FakeAdapter
+
+    class AnswersOnly(FakeAdapter):
+        platform = "wecom"
+
+    class Push(FakeAdapter):
+        platform = "wecom"
+
+    answers, push = AnswersOnly("wecom"), Push("push")
+    answers.capabilities = dataclasses.replace(answers.capabilities, proactive=False)
+    bot = Bot(name="b", pipeline=None, adapters=[answers, push])  # type: ignore[arg-type]
+    assert bot.adapter_for("wecom") is push

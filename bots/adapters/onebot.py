@@ -92,10 +92,11 @@ class _Bridge:
     pending: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
     ready: asyncio.Event = field(default_factory=asyncio.Event)  # login info asked (and maybe known)
     online: bool | None = None  # the account state the last heartbeat reported
+    broken: bool = False  # a write failed: the socket is closing even if aiohttp does not say so yet
 
     @property
     def open(self) -> bool:
-        return not self.ws.closed
+        return not self.ws.closed and not self.broken
 
     def resolve(self, response: dict[str, Any]) -> bool:
         future = self.pending.pop(str(response.get("echo")), None)
@@ -296,7 +297,7 @@ class OneBotAdapter:
         """One frame: an answer to an action, or an event (message events queue up in order)."""
         try:
             payload = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             log.warning("channel %s: a frame that is not JSON skipped (%d bytes)", self.name, len(data))
             return
         if not isinstance(payload, dict):
@@ -473,7 +474,8 @@ class OneBotAdapter:
             try:
                 return await self._call(bridge, action, params or {})
             except _NotWritten:
-                continue  # the connection was closing; the next one gets it
+                bridge.broken = True  # the connection is closing; the next one gets it
+                await asyncio.sleep(0.05)  # let the closing connection's handler run
 
     async def _wait_for_bridge(self, action: str, remaining: float) -> _Bridge:
         log.info("channel %s: no bridge connected; %s waits for one", self.name, action)

@@ -155,6 +155,7 @@ class WeComAdapter:
             length_unit="utf8",
             markup=frozenset({"plain", "markdown"}),  # stream content is shown as markdown
             streaming=True,
+            proactive=False,  # it only answers: posts of its own go through a wecom_push channel
         )
         self.self_id = ""  # the aibotid, learnt from the first callback
         self.self_name = settings.bot_name
@@ -256,7 +257,7 @@ class WeComAdapter:
             payload = json.loads(plain)
             if not isinstance(payload, dict):
                 raise ValueError("not an object")
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             log.warning("channel %s: a callback that is not a JSON object skipped", self.name)
             return web.Response(status=200)  # an empty answer: nothing to show, nothing to redeliver
         try:
@@ -308,9 +309,12 @@ class WeComAdapter:
         )
         try:
             handled = await self._sink(event)
-        except Exception:
+        except Exception as exc:  # the error's text may quote the message (SQL parameters): not logged
             self._remove(turn)
-            log.exception("channel %s: message %s not accepted (WeCom retries)", self.name, event.message_id)
+            log.warning(
+                "channel %s: message %s not accepted (%s); WeCom retries",
+                self.name, event.message_id, type(exc).__name__,
+            )  # fmt: skip
             raise _Refused from None
         if handled is None:
             # known to the host: done in an earlier run, or being replayed now; a replay's answer
@@ -401,7 +405,7 @@ class WeComAdapter:
         if reply_to:
             turn = self._by_msgid.get(reply_to)
             return turn or self._add(_Turn(chat_id, reply_to, stream=True))  # a replay after a restart
-        waiting = [t for t in self._chat_turns(chat_id) if not t.done and t.writers == 0]
+        waiting = _answer_first([t for t in self._chat_turns(chat_id) if not t.done and t.writers == 0])
         return waiting[0] if waiting else self._add(_Turn(chat_id, None, stream=True))
 
     def _turn_for_send(self, target: ChannelRef, reply_to: str | None) -> _Turn | None:
@@ -416,7 +420,7 @@ class WeComAdapter:
         written = [t for t in open_turns if t.sent_at is not None]
         if written:
             return max(written, key=lambda t: t.sent_at or 0.0)
-        waiting = [t for t in open_turns if t.writers == 0]
+        waiting = _answer_first([t for t in open_turns if t.writers == 0])
         if waiting:
             return waiting[0]
         # still being handled by the host, its stream closed: its response_url may take the rest
@@ -480,6 +484,8 @@ class WeComAdapter:
                 "reply (its stream is closed and its response_url is used, expired or unknown)"
             )
         turn.url_used = True  # one POST per response_url, whatever its outcome
+        if not turn.stream:
+            turn.done = True  # nothing more can reach this message
         body = {"msgtype": "markdown", "markdown": {"content": _cut(text, STREAM_MAX_BYTES)}}
         try:
             async with self._session.post(turn.response_url, json=body) as response:
@@ -554,6 +560,12 @@ class WeComAdapter:
 
 
 # -- helpers ------------------------------------------------------------------------------------
+def _answer_first(turns: list[_Turn]) -> list[_Turn]:
+    """Messages this run is answering (a stream the host is handling) before leftovers, such as a
+    redelivery the host knew already; oldest first within each."""
+    return sorted(turns, key=lambda t: not (t.stream and t.awaits_handling and not t.handled))
+
+
 def _stream_frame(stream_id: str, content: str, *, finish: bool) -> dict[str, Any]:
     return {"msgtype": "stream", "stream": {"id": stream_id, "finish": finish, "content": content}}
 

@@ -126,7 +126,7 @@ class WeComCrypto:
         """The plaintext of a callback POST whose JSON body is ``{"encrypt": ...}``."""
         try:
             envelope = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise WeComCryptoError("the body is not JSON") from None
         encrypt = envelope.get("encrypt") if isinstance(envelope, dict) else None
         if not isinstance(encrypt, str) or not encrypt:

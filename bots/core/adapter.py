@@ -29,6 +29,7 @@ class Capabilities:
     streaming: bool = False  # can show a reply while it is generated
     edits: bool = False
     threads: bool = False
+    proactive: bool = True  # can post without a message to answer (the WeCom AI bot cannot)
 
 
 @runtime_checkable

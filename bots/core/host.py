@@ -58,10 +58,11 @@ class Bot:
         raise LookupError(f"bot {self.name!r} has no channel named {name!r}")
 
     def adapter_for(self, platform: str) -> Adapter:
-        for adapter in self.adapters:
-            if adapter.platform == platform:
-                return adapter
-        raise LookupError(f"bot {self.name!r} has no channel on {platform!r}")
+        """The channel that posts to ``platform`` on the bot's own initiative (plugins, schedules)."""
+        found = [adapter for adapter in self.adapters if adapter.platform == platform]
+        if not found:
+            raise LookupError(f"bot {self.name!r} has no channel on {platform!r}")
+        return next((a for a in found if a.capabilities.proactive), found[0])
 
 
 class Host:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from datetime import timedelta
 
 from sqlalchemy import select, update
@@ -153,3 +154,18 @@ async def test_a_replayed_command_is_not_run_again(harness):
     await h.push(command)
     await h.drain()
     assert h.adapter.take_sent() == []
+
+
+async def test_two_long_posts_to_one_chat_do_not_interleave(harness):
+    class SlowAdapter(FakeAdapter):
+        async def send(self, outbound: Outbound):
+            await asyncio.sleep(0.001)  # a network round trip: the other post could slip in here
+            return await super().send(outbound)
+
+    h = await harness(adapter=SlowAdapter(max_length=20))
+    target = ChannelRef("fake", "g1", ChannelKind.GROUP)
+    first, second = ("Alpha one. " * 6).strip(), ("Bravo two. " * 6).strip()
+    await asyncio.gather(*(h.host.send(BOT, Outbound(target, text)) for text in (first, second)))
+    words = [o.text.split()[0] for o in h.adapter.take_sent()]
+    switches = sum(1 for a, b in itertools.pairwise(words) if a != b)
+    assert len(words) > 4 and switches == 1  # all of one post, then all of the other

@@ -9,6 +9,7 @@ import signal
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from weakref import WeakValueDictionary
 
 from bots.core.adapter import Adapter, EventSink, NotAccepted
 from bots.core.audit import AuditLog
@@ -87,6 +88,7 @@ class Host:
         self.bots: dict[str, Bot] = {}
         self.stop_grace_s = stop_grace_s
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._post_locks: WeakValueDictionary[tuple[str, str], asyncio.Lock] = WeakValueDictionary()
         self._started_adapters: list[Adapter] = []
         self._started_hooks: list[tuple[str, Hook]] = []
         self.services: list[Service] = []
@@ -250,13 +252,19 @@ class Host:
 
         With an idempotency ``key`` the message goes through the outbox: sending the same key
         again (after a restart) sends only what was not sent yet. ``channel`` picks the bot's
-        channel by name where it has two on one platform.
+        channel by name where it has two on one platform. Posts to one chat go one after the
+        other: the parts of two long posts never interleave.
         """
         bot = self.bots[bot_name]
         adapter = bot.channel(channel) if channel else bot.adapter_for(outbound.target.platform)
-        if key is None:
-            return await deliver(adapter, outbound)
-        return await self.outbox.deliver(bot_name, adapter, outbound, key)
+        chat = (adapter.name, outbound.target.id)
+        lock = self._post_locks.get(chat)
+        if lock is None:
+            lock = self._post_locks[chat] = asyncio.Lock()
+        async with lock:
+            if key is None:
+                return await deliver(adapter, outbound)
+            return await self.outbox.deliver(bot_name, adapter, outbound, key)
 
 
 async def _logged(awaitable: Awaitable[Any], what: str) -> None:

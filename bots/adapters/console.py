@@ -12,10 +12,10 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TextIO
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from bots.core.adapter import Capabilities, EventSink, NotAccepted
-from bots.core.config import ConfigError, describe_validation_error
+from bots.core.config import channel_options
 from bots.core.events import ChannelKind, ChannelRef, MessageEvent, Outbound, SentRef, UserRef
 
 EXIT_WORDS = {"/quit", "/exit", ":q"}
@@ -62,10 +62,7 @@ class ConsoleAdapter:
 
     @classmethod
     def from_config(cls, name: str, options: dict[str, Any], secrets: Any) -> ConsoleAdapter:
-        try:
-            settings = ConsoleOptions.model_validate(options)
-        except ValidationError as exc:
-            raise ConfigError(describe_validation_error(f"channel {name} (console)", exc)) from None
+        settings = channel_options(ConsoleOptions, name, "console", options)
         return cls(name, speaker=settings.speaker, user=settings.user, stream=settings.stream)
 
     def make_event(self, text: str) -> MessageEvent:

@@ -16,10 +16,10 @@ import traceback
 from typing import Any
 
 import discord
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from bots.core.adapter import Capabilities, EventSink
-from bots.core.config import ConfigError, describe_validation_error
+from bots.core.config import ConfigError, channel_options
 from bots.core.events import (
     Attachment,
     ChannelKind,
@@ -123,10 +123,7 @@ class DiscordAdapter:
 
     @classmethod
     def from_config(cls, name: str, options: dict[str, Any], secrets: Any) -> DiscordAdapter:
-        try:
-            settings = DiscordOptions.model_validate(options)
-        except ValidationError as exc:
-            raise ConfigError(describe_validation_error(f"channel {name} (discord)", exc)) from None
+        settings = channel_options(DiscordOptions, name, "discord", options)
         token = secrets.require(settings.token_env, f"the Discord channel {name!r}")
         return cls(name, token=token, token_env=settings.token_env, ready_timeout=settings.ready_timeout)
 

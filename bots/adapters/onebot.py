@@ -31,10 +31,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from bots.core.adapter import Capabilities, EventSink
-from bots.core.config import ConfigError, describe_validation_error
+from bots.core.config import ConfigError, channel_options
 from bots.core.events import (
     Attachment,
     ChannelKind,
@@ -145,10 +145,7 @@ class OneBotAdapter:
 
     @classmethod
     def from_config(cls, name: str, options: dict[str, Any], secrets: Any) -> OneBotAdapter:
-        try:
-            settings = OneBotOptions.model_validate(options)
-        except ValidationError as exc:
-            raise ConfigError(describe_validation_error(f"channel {name} (onebot)", exc)) from None
+        settings = channel_options(OneBotOptions, name, "onebot", options)
         purpose = f"channel {name} (onebot access token)"
         if settings.require_token:
             token: str | None = secrets.require(settings.token_env, purpose).get_secret_value()

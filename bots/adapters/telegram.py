@@ -20,7 +20,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from telegram import LinkPreviewOptions, Message, MessageEntity, ReplyParameters, Update
 from telegram.constants import ChatAction, ChatType
 from telegram.error import Conflict, EndPointNotFound, InvalidToken, RetryAfter, TelegramError
@@ -29,7 +29,7 @@ from telegram.warnings import PTBUserWarning
 from yarl import URL
 
 from bots.core.adapter import Capabilities, EventSink
-from bots.core.config import ConfigError, describe_validation_error
+from bots.core.config import ConfigError, channel_options
 from bots.core.events import (
     Attachment,
     ChannelKind,
@@ -126,10 +126,7 @@ class TelegramAdapter:
 
     @classmethod
     def from_config(cls, name: str, options: dict[str, Any], secrets: Any) -> TelegramAdapter:
-        try:
-            settings = TelegramOptions.model_validate(options)
-        except ValidationError as exc:
-            raise ConfigError(describe_validation_error(f"channel {name} (telegram)", exc)) from None
+        settings = channel_options(TelegramOptions, name, "telegram", options)
         token = secrets.require(settings.token_env, f"channel {name} (telegram)").get_secret_value()
         secret = None
         if settings.mode == "webhook":

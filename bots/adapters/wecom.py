@@ -42,11 +42,11 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bots.adapters.wecom_crypto import SignatureError, WeComCrypto, WeComCryptoError, check_token
 from bots.core.adapter import Capabilities, EventSink
-from bots.core.config import ConfigError, describe_validation_error
+from bots.core.config import ConfigError, channel_options
 from bots.core.events import (
     Attachment,
     ChannelKind,
@@ -171,10 +171,7 @@ class WeComAdapter:
 
     @classmethod
     def from_config(cls, name: str, options: dict[str, Any], secrets: Any) -> WeComAdapter:
-        try:
-            settings = WeComOptions.model_validate(options)
-        except ValidationError as exc:
-            raise ConfigError(describe_validation_error(f"channel {name} (wecom)", exc)) from None
+        settings = channel_options(WeComOptions, name, "wecom", options)
         purpose = f"channel {name} (wecom)"
         token = secrets.require(settings.token_env, purpose).get_secret_value().strip()
         aes_key = secrets.require(settings.aes_key_env, purpose).get_secret_value().strip()

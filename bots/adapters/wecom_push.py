@@ -24,12 +24,12 @@ import aiohttp
 from limits import RateLimitItem, parse_many
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import MovingWindowRateLimiter
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 from yarl import URL
 
 from bots.core.adapter import Capabilities, EventSink
-from bots.core.config import ConfigError, describe_validation_error
+from bots.core.config import ConfigError, channel_options
 from bots.core.events import Outbound, SentRef
 
 log = logging.getLogger("bots.adapters.wecom_push")
@@ -104,10 +104,7 @@ class WeComPushAdapter:
 
     @classmethod
     def from_config(cls, name: str, options: dict[str, Any], secrets: Any) -> WeComPushAdapter:
-        try:
-            settings = WeComPushOptions.model_validate(options)
-        except ValidationError as exc:
-            raise ConfigError(describe_validation_error(f"channel {name} (wecom_push)", exc)) from None
+        settings = channel_options(WeComPushOptions, name, "wecom_push", options)
         purpose = f"channel {name} (wecom_push)"
         key = parse_key(secrets.require(settings.key_env, purpose).get_secret_value())
         if key is None:

@@ -10,7 +10,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.cron import CronTrigger
@@ -39,6 +39,17 @@ def describe_validation_error(source: str | Path, exc: ValidationError) -> str:
         where = ".".join(str(part) for part in err["loc"]) or "(top level)"
         lines.append(f"  {where}: {err['msg']}")
     return "\n".join(lines)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def channel_options(model: type[M], name: str, kind: str, options: dict[str, Any]) -> M:
+    """A channel's ``[[bots.channels]]`` keys validated by its adapter; problems as a ConfigError."""
+    try:
+        return model.model_validate(options)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(f"channel {name} ({kind})", exc)) from None
 
 
 class StrictModel(BaseModel):

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from fixtures.configs import write_bot_config
 from typer.testing import CliRunner
 
 from bots.assembly import build_host
@@ -25,20 +26,9 @@ DC_TOKEN = "MTIz.emulator.token-abc"
 
 
 def write_config(tmp_path: Path, telegram_url: str = "http://127.0.0.1:9") -> Path:
-    (tmp_path / "personas").mkdir(exist_ok=True)
-    (tmp_path / "personas" / "tester.yaml").write_text(
-        "name: Tester\nsystem_prompt: You are Tester.\n", encoding="utf-8"
-    )
-    path = tmp_path / "bots.toml"
-    path.write_text(
+    return write_bot_config(
+        tmp_path,
         f"""
-data_dir = "var"
-personas_dir = "personas"
-[llm]
-provider = "fake"
-[[bots]]
-name = "tester"
-persona = "tester"
 [[bots.channels]]
 type = "telegram"
 base_url = "{telegram_url}"
@@ -47,9 +37,7 @@ poll_timeout = 5
 type = "discord"
 ready_timeout = 10
 """,
-        encoding="utf-8",
     )
-    return path
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from fixtures.configs import write_bot_config
 from typer.testing import CliRunner
 
 from bots.assembly import build_host
@@ -22,26 +23,17 @@ from bots.testing.harness import TEST_PERSONA
 from bots.testing.onebot_bridge import OneBotBridge
 
 TOKEN = "onebot-run-t0ken"
+
+
 @pytest.fixture
 def no_token(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ONEBOT_ACCESS_TOKEN", raising=False)
 
 
 def write_config(tmp_path: Path, *, port: int = 0, channel: str = "") -> Path:
-    (tmp_path / "personas").mkdir(exist_ok=True)
-    (tmp_path / "personas" / "tester.yaml").write_text(
-        "name: Tester\nsystem_prompt: You are Tester.\n", encoding="utf-8"
-    )
-    path = tmp_path / "bots.toml"
-    path.write_text(
+    return write_bot_config(
+        tmp_path,
         f"""
-data_dir = "var"
-personas_dir = "personas"
-[llm]
-provider = "fake"
-[[bots]]
-name = "tester"
-persona = "tester"
 [[bots.channels]]
 type = "onebot"
 name = "qq"
@@ -49,9 +41,7 @@ port = {port}
 reconnect_wait = 5
 {channel}
 """,
-        encoding="utf-8",
     )
-    return path
 
 
 def test_run_names_the_missing_access_token(tmp_path, no_token):

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from fixtures.configs import write_bot_config
 from typer.testing import CliRunner
 
 from bots.assembly import build_host
@@ -27,20 +28,9 @@ def no_keys(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def write_config(tmp_path: Path, push_url: str = "http://127.0.0.1:9") -> Path:
-    (tmp_path / "personas").mkdir(exist_ok=True)
-    (tmp_path / "personas" / "tester.yaml").write_text(
-        "name: Tester\nsystem_prompt: You are Tester.\n", encoding="utf-8"
-    )
-    path = tmp_path / "bots.toml"
-    path.write_text(
+    return write_bot_config(
+        tmp_path,
         f"""
-data_dir = "var"
-personas_dir = "personas"
-[llm]
-provider = "fake"
-[[bots]]
-name = "tester"
-persona = "tester"
 [[bots.channels]]
 type = "wecom"
 name = "wecom"
@@ -52,9 +42,7 @@ type = "wecom_push"
 name = "push"
 base_url = "{push_url}"
 """,
-        encoding="utf-8",
     )
-    return path
 
 
 def run(config: Path) -> tuple[int, str]:

@@ -13,8 +13,6 @@ from sqlalchemy import select, update
 from bots.core.groupcommit import GroupCommit, insert_ignoring_duplicates
 from bots.core.storage import Database, LedgerEntry, as_utc
 
-FINAL = ("posted", "skipped", "rejected", "expired", "missed", "failed")
-
 
 def period_key(run_time: datetime) -> str:
     """The period a run is for: its scheduled time in UTC, to the second."""

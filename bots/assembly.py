@@ -147,6 +147,8 @@ def build_host(
             timeout_s=llm_cfg.timeout_s,
             max_retries=llm_cfg.max_retries,
             protected_ids=[*roles.owners, *roles.operators],
+            fluent_languages=_fluent(llm_cfg, bot_llm),
+            gate_stats=host.gate_stats,
         )
         settings = PipelineSettings(
             bot=bot_cfg.name,
@@ -247,6 +249,14 @@ def build_host(
         host.services.append(service)
         host.control.scheduling = service
     return host
+
+
+def _fluent(config: LLMConfig, llm: BaseChatModel) -> list[str] | None:
+    """The languages the model writes well: configured, else what the model says of itself (the
+    bundled SmolLM2: English only), else all (None)."""
+    if config.fluent_languages is not None:
+        return list(config.fluent_languages)
+    return getattr(llm, "fluent_languages", None)
 
 
 def _fresh_plugin(context: dict[str, Any], cls: type[Plugin]) -> Plugin:

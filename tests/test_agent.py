@@ -50,7 +50,8 @@ async def test_group_memory_per_member_when_configured(harness):
 
 
 async def test_history_is_trimmed_to_the_token_budget(harness):
-    h = await harness(memory={"history_tokens": 120}, llm=FakeLLM(default="a reply " * 10))
+    answer = "a reply that says something about each of these twelve messages in turn"
+    h = await harness(memory={"history_tokens": 120}, llm=FakeLLM(default=answer))
     for i in range(12):
         await h.ask(f"message {i} " + "word " * 20)
     prompt = h.llm.last_prompt
@@ -93,7 +94,8 @@ async def test_provider_timeout(harness):
 async def test_streaming_provider_failure_apologises(harness):
     from bots.testing import FakeAdapter
 
-    h = await harness(adapter=FakeAdapter(streaming=True), llm=FakeLLM().queue(RuntimeError("down")))
+    failing = FakeLLM().queue(RuntimeError("down"), RuntimeError("still down"))  # the retry fails too
+    h = await harness(adapter=FakeAdapter(streaming=True), llm=failing)
     assert [o.text for o in await h.ask("hi")] == [TEST_PERSONA.apology_text]
 
 
@@ -161,6 +163,6 @@ async def test_stream_timeout_counts_model_time_only(harness):
     h = await harness(
         adapter=slow, llm=FakeLLM(default="One. Two. Three. Four."), llm_settings={"timeout_s": 0.25}
     )
-    assert [o.text for o in await h.ask("count for me")] == ["One. Two. Three. Four. "]
+    assert [o.text for o in await h.ask("count for me")] == ["One. Two. Three. Four."]
     replies = await asyncio.wait_for(h.ask("again"), 5)  # the session lock was released
     assert len(replies) == 1

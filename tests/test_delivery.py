@@ -55,7 +55,11 @@ async def test_a_message_accepted_before_a_crash_is_answered_after_the_restart(h
 
 async def test_a_half_sent_answer_is_finished_not_regenerated(harness, tmp_path):
     data = tmp_path / "var"
-    long_answer = "First sentence of a long answer. " * 8 + "Last words."
+    long_answer = (
+        "The fog came in at dusk and stayed. The horn sounded twice every half minute. A trawler passed "
+        "the reef at nine, slowly. Its skipper waved from the wheelhouse. I wrote the wind and the sea in "
+        "the log. At midnight the lamp's clockwork slowed by one turn. I wound it again by hand. Last words."
+    )
     adapter = FakeAdapter(max_length=120)
     first = await harness(data_dir=data, adapter=adapter, llm=FakeLLM(default=long_answer))
     original_send = adapter.send

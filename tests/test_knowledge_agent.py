@@ -100,9 +100,14 @@ async def test_quotes_are_checked_against_the_corpus(harness, library):
     invented = "“灯塔是海的眼睛，永远不会闭上”"
     llm = FakeLLM(default=f"我写过{real}。也写过{invented}。")
     h = await harness(persona=persona("light", language="zh"), llm=llm, retriever=library)
-    [reply] = await h.ask("你写过什么关于睡觉的话？")
-    assert f"{real}。" in reply.text  # verified: untouched
-    assert f"{invented}（此引文未能在原著中核实）" in reply.text
+    [reply] = await h.ask("守灯人最怕什么？你写过吗？")
+    # an invented quotation fails the gate twice (the second try samples carefully), so the answer
+    # is composed from the author's own sentences instead: no marker, no invention
+    assert len(llm.prompts) == 2
+    assert "灯塔是海的眼睛" not in reply.text and "核实" not in reply.text
+    assert "守灯人最怕的不是风暴，而是睡着" in reply.text
+    assert "出处：[1] Why the light turns (light.md, line" in reply.text
+    assert h.host.gate_stats.snapshot()["answer.failed.quote"] == 2
 
     strict = persona("light", language="zh", quote_check="remove")
     h2 = await harness(persona=strict, llm=FakeLLM(default=f"我写过{real}。也写过{invented}。"),
@@ -146,23 +151,24 @@ def test_scare_quotes_are_not_quotations():
     assert quotations(text) == ["the sea keeps its own time", "灯还亮着"]
 
 
-async def test_streamed_quotations_are_checked_whole(harness, library):
+async def test_streamed_answers_pass_the_gate_before_the_first_word(harness, library):
     from bots.testing import FakeAdapter
 
     invented = "“灯塔不会说谎。它只会沉默。”"
     llm = FakeLLM(default=f"我说过{invented}真的。")
     h = await harness(persona=persona("light", language="zh"), llm=llm, retriever=library,
                       adapter=FakeAdapter(streaming=True))  # fmt: skip
-    [reply] = await h.ask("你说过什么？")
-    assert f"{invented}（此引文未能在原著中核实）" in reply.text
+    [reply] = await h.ask("守灯人最怕什么？")
+    assert "灯塔不会说谎" not in reply.text and "核实" not in reply.text
+    assert "守灯人最怕的不是风暴，而是睡着" in reply.text
 
 
 async def test_remove_mode_removes_a_quotation_with_sentence_ends_inside():
-    from bots.agent.citations import check_quotes
+    from bots.agent.citations import unverified_quotes, without_quotes
 
     async def never(quote):
         return False
 
     answer = "开头一句。他说「学而时习之。不亦说乎」。结尾一句。"
-    checked = await check_quotes(answer, never, mode="remove", lang="zh")
-    assert checked == "开头一句。结尾一句。"
+    quotes = await unverified_quotes(answer, never)
+    assert without_quotes(answer, quotes) == "开头一句。结尾一句。"

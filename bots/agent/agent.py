@@ -9,21 +9,29 @@ from collections.abc import AsyncIterator, Callable
 from weakref import WeakValueDictionary
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import BaseMessage, BaseMessageChunk
+from langchain_core.messages import BaseMessage
+from langchain_core.runnables import Runnable
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from bots.agent.character import strip_disclaimers
-from bots.agent.citations import check_quotes, quotations, quote_open, sources_note
+from bots.agent.citations import cited, sources_note, unverified_quotes, without_quotes
+from bots.agent.compose import compose, nearest, split_sentences, support
 from bots.agent.guard import LeakGuard
 from bots.agent.memory import ConversationMemory, Turn
 from bots.agent.persona import Persona
-from bots.agent.prompt import build_messages, fact_passages, system_text
+from bots.agent.prompt import CHARACTER_RULES, build_messages, fact_passages, system_text
+from bots.agent.reply import Reply
 from bots.agent.retrieval import NoRetrieval, Passage, Retriever
-from bots.agent.tokens import count_message_tokens, estimate_tokens
+from bots.agent.tokens import count_message_tokens, estimate_tokens, token_counter
+from bots.core import gate
 from bots.core.events import ChannelKind
+from bots.core.gate import GateStats, Verdict, language_of_request
 from bots.core.routing import Invocation
 
 log = logging.getLogger("bots.agent")
+
+MIN_SUPPORT = 0.5  # share of a generated answer's sentences that must rest on the passages
+CAREFUL_TEMPERATURE = 0.2  # the second try after a failed gate: less adventurous sampling
 
 # The end of a sentence in a stream: CJK or Latin terminators (with closing quotes), or a newline.
 _SENTENCE_END = re.compile(r"(?:[。！？!?…]+[”」』\"')]*|\.(?=\s)|\n)\s*")
@@ -55,6 +63,9 @@ class Agent:
         max_retries: int = 1,
         protected_ids: list[str] | None = None,
         on_tokens: Callable[[str, int], None] | None = None,
+        fluent_languages: list[str] | None = None,
+        gate_stats: GateStats | None = None,
+        max_answer_chars: int = 3000,
     ) -> None:
         self.bot = bot
         self.persona = persona
@@ -70,6 +81,11 @@ class Agent:
         self._protected_ids = protected_ids or []
         self.guard = LeakGuard(system_text(persona, []), self._protected_ids)
         self.on_tokens = on_tokens  # (user, tokens): charges daily token quotas
+        self.fluent_languages = fluent_languages  # None: the model writes every language well
+        self.gate_stats = gate_stats or GateStats()
+        self.max_answer_chars = max_answer_chars
+        self.count_tokens = token_counter(llm)
+        self._instructions = [CHARACTER_RULES.format(name=persona.name)]
 
     def use_persona(self, persona: Persona, collections: list[str] | None = None) -> None:
         """Speak as ``persona`` from the next message on (an operator's ``/persona use``)."""
@@ -77,6 +93,7 @@ class Agent:
         if collections is not None:
             self.collections = collections
         self.guard = LeakGuard(system_text(persona, []), self._protected_ids)
+        self._instructions = [CHARACTER_RULES.format(name=persona.name)]
 
     def _lock(self, session_id: str) -> asyncio.Lock:
         """One turn at a time per session, so memory stays in order."""
@@ -98,10 +115,9 @@ class Agent:
             log.exception("event %s: retrieval failed; answering without passages", inv.event.id)
             return []
 
-    async def _prompt(self, inv: Invocation) -> tuple[list[BaseMessage], list[Passage]]:
-        history = await self.memory.recent(inv.event.session_id)
-        passages = await self._passages(inv, history)
-        messages = build_messages(
+    def _messages(self, inv: Invocation, history: list[Turn], passages: list[Passage]) -> list[BaseMessage]:
+        voice = [Passage(text, "", kind="style") for text in nearest(inv.text, self.persona.exemplars, 2)]
+        return build_messages(
             self.persona,
             history,
             inv.text,
@@ -109,31 +125,130 @@ class Agent:
             group=inv.event.channel.kind is not ChannelKind.DM,
             history_tokens=self.history_tokens,
             prompt_tokens=self.prompt_tokens,
-            passages=passages,
+            passages=[*passages, *voice],
+            count=self.count_tokens,
         )
-        return messages, passages
 
-    async def _checked(self, inv: Invocation, text: str) -> str:
-        """Drop canned disclaimers; never echo the system prompt or protected ids; flag or remove
-        quotations the corpus does not hold."""
-        text = strip_disclaimers(text)
-        if self.guard.leaks(text):
-            log.warning("event %s: a reply that leaked the system prompt or an id was replaced", inv.event.id)
-            return self.persona.refusal_text
-        if not self.collections or not quotations(text):
-            return text
+    def mode_for(self, language: str) -> str:
+        """How to answer in ``language``: "generate", or "compose" (the author's own sentences)."""
+        mode = self.persona.answer_mode
+        if mode == "auto" and self.fluent_languages is not None and language not in self.fluent_languages:
+            return "compose"  # the model is known to write this language badly: do not try
+        return mode
+
+    async def _judge(
+        self, inv: Invocation, text: str, language: str, passages: list[Passage]
+    ) -> tuple[str, Verdict]:
+        """The text after the quote check, and the gate's verdict on it. With passages, most of
+        what it says must rest on them."""
+        verdict = gate.check(
+            text,
+            language=language,
+            max_chars=self.max_answer_chars,
+            instructions=self._instructions,
+            persona_text=f"{self.persona.system_prompt}\n{self.persona.description}",
+        )
+        facts = fact_passages(passages)
+        if verdict.ok and facts:
+            backed = support(text, [inv.text, *(p.text for p in facts)])
+            if backed < MIN_SUPPORT:  # a small model's confident invention, not the author's view
+                verdict = verdict.failed(f"unsupported: {backed:.0%} of its sentences rest on the passages")
+        if not verdict.ok or not self.collections or self.persona.quote_check == "off":
+            return text, verdict
 
         async def verify(quote: str) -> bool:
             return await self.retriever.verify_quote(quote, self.collections)
 
-        mode, lang = self.persona.quote_check, self.persona.lang_key
-        return await check_quotes(text, verify, mode=mode, lang=lang, exempt=inv.text)
+        unverified = await unverified_quotes(text, verify, exempt=inv.text)
+        if unverified and self.persona.quote_check == "remove":
+            return without_quotes(text, unverified), verdict
+        for quote in unverified:
+            verdict = verdict.failed(f"quote: not in the corpus: {quote[:30]!r}")
+        return text, verdict
 
-    def _sources(self, answer: str, passages: list[Passage]) -> str:
-        facts = fact_passages(passages)
-        if not self.persona.citations or not facts:
-            return ""
-        return sources_note(answer, facts, self.persona.lang_key)
+    async def _generate(
+        self, inv: Invocation, history: list[Turn], passages: list[Passage], language: str
+    ) -> tuple[Reply | None, list[Verdict]]:
+        """The model's answer if one passes the gate (a second try samples more carefully), and
+        the gate's verdicts."""
+        verdicts: list[Verdict] = []
+        try:
+            messages = self._messages(inv, history, passages)
+        except Exception as exc:
+            log.error("event %s: no prompt: %s: %s", inv.event.id, type(exc).__name__, exc)
+            return None, verdicts
+        for attempt, llm in enumerate((self.llm, self._careful())):
+            try:
+                raw = await self._invoke(messages, llm)
+            except Exception as exc:
+                log.error("event %s: no answer: %s: %s", inv.event.id, type(exc).__name__, exc)
+                break
+            self._charge(inv, messages, raw)
+            text = strip_disclaimers(raw).strip()
+            if self.guard.leaks(text):
+                log.warning(
+                    "event %s: a reply that leaked the system prompt or an id was replaced", inv.event.id
+                )
+                self.gate_stats.record("answer", Verdict(("leak: system prompt or id",)), where=inv.event.id)
+                return Reply(self.persona.refusal_text, "refusal", language), verdicts
+            text, verdict = await self._judge(inv, text, language, passages)
+            verdicts.append(verdict)
+            self.gate_stats.record("answer", verdict, where=f"event {inv.event.id} try {attempt + 1}")
+            if verdict.ok:
+                facts = fact_passages(passages)
+                sources = [p for _, p in cited(text, facts)] if self.persona.citations else []
+                note = sources_note(text, facts, language) if self.persona.citations and facts else ""
+                return Reply(text, "generated", language, sources, passages, verdicts, note), verdicts
+        return None, verdicts
+
+    async def _compose(
+        self, inv: Invocation, passages: list[Passage], language: str, *, model_failed: bool = False
+    ) -> Reply:
+        """The persona's own sentences for ``inv``. When they hold nothing and the model failed (or
+        the persona has no knowledge to have written in), the apology is the honest answer."""
+        similarity = None
+        scorer = getattr(self.retriever, "similarities", None)
+        if scorer is not None and passages:
+            texts = [s.text for s in split_sentences(fact_passages(passages))]
+            scores = await scorer(inv.text, texts) if texts else None
+            if scores is not None and len(scores) == len(texts):
+                by_text = dict(zip(texts, scores, strict=True))
+                similarity = lambda _q, items: [by_text.get(t, 0.0) for t in items]  # noqa: E731
+        made = compose(inv.text, passages, self.persona, language, similarity=similarity)
+        if made.unknown and (model_failed or not self.collections):
+            return Reply(self.persona.apology_text, "apology", language, passages=passages)
+        verdict = gate.check(made.text, language=language, max_chars=self.max_answer_chars)
+        self.gate_stats.record("composed", verdict, where=f"event {inv.event.id}")
+        note = sources_note(made.text, made.sources, language) if self.persona.citations else ""
+        return Reply(made.text, "composed", language, made.sources, passages, [verdict], note)
+
+    async def answer(self, inv: Invocation) -> Reply:
+        """The reply to ``inv``: generated and gated, or composed from the persona's own words."""
+        async with self._lock(inv.event.session_id):
+            language = language_of_request(inv.text, self.persona.language)
+            try:
+                history = await self.memory.recent(inv.event.session_id)
+            except Exception as exc:
+                log.error("event %s: no history: %s: %s", inv.event.id, type(exc).__name__, exc)
+                return Reply(self.persona.apology_text, "apology", language)
+            passages = await self._passages(inv, history)
+            mode = self.mode_for(language)
+            reply, verdicts = None, []
+            if mode != "compose":
+                reply, verdicts = await self._generate(inv, history, passages, language)
+            if reply is None and mode == "generate":
+                return Reply(
+                    self.persona.apology_text, "apology", language, passages=passages, verdicts=verdicts
+                )
+            if reply is None:
+                reply = await self._compose(inv, passages, language, model_failed=not verdicts)
+                reply.verdicts[:0] = verdicts
+            if reply.mode in ("generated", "composed"):
+                await self._remember(inv, reply.text)
+            return reply
+
+    async def respond(self, inv: Invocation) -> str:
+        return (await self.answer(inv)).full
 
     async def _remember(self, inv: Invocation, answer: str) -> None:
         author = inv.event.author
@@ -141,27 +256,16 @@ class Agent:
             inv.event.session_id, author.canonical, author.display, inv.text, answer
         )
 
-    async def respond(self, inv: Invocation) -> str:
-        async with self._lock(inv.event.session_id):
-            try:
-                messages, passages = await self._prompt(inv)
-                answer = (await self._checked(inv, await self._invoke(messages))).strip()
-            except Exception as exc:
-                log.error("event %s: no answer: %s: %s", inv.event.id, type(exc).__name__, exc)
-                return self.persona.apology_text
-            self._charge(inv, messages, answer)
-            if not answer:
-                log.warning("event %s: the model gave no usable answer", inv.event.id)
-                return self.persona.apology_text
-            await self._remember(inv, answer)
-            return answer + self._sources(answer, passages)
-
     def _charge(self, inv: Invocation, messages: list[BaseMessage], answer: str) -> None:
         if self.on_tokens is not None:
             spent = count_message_tokens(messages) + estimate_tokens(answer)
             self.on_tokens(inv.event.author.canonical, spent)
 
-    async def _invoke(self, messages: list[BaseMessage]) -> str:
+    def _careful(self) -> Runnable:
+        """The model with safer sampling, for the second try."""
+        return self.llm.bind(temperature=CAREFUL_TEMPERATURE)
+
+    async def _invoke(self, messages: list[BaseMessage], llm: Runnable | None = None) -> str:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(1 + self.max_retries),
             wait=wait_exponential(multiplier=0.5, max=8),
@@ -171,64 +275,26 @@ class Agent:
         async for attempt in retrying:
             with attempt:
                 async with asyncio.timeout(self.timeout_s):
-                    result = await self.llm.ainvoke(messages)
+                    result = await (llm or self.llm).ainvoke(messages)
         return str(result.content)
 
     async def stream(self, inv: Invocation) -> AsyncIterator[str]:
-        """Yield the answer sentence by sentence, each checked for breaking character.
-
-        The timeout covers waiting for the model only, never the time the consumer takes.
-        """
-        async with self._lock(inv.event.session_id):
-            parts: list[str] = []
-            passages: list[Passage] = []
-            try:
-                messages, passages = await self._prompt(inv)
-                deadline = asyncio.get_running_loop().time() + self.timeout_s
-                sentences = _sentences(self.llm.astream(messages))
-                held = ""  # a quotation is checked whole, so sentences wait for its end
-                try:
-                    while True:
-                        async with asyncio.timeout_at(deadline):
-                            sentence = await anext(sentences, None)
-                        if sentence is not None:
-                            held += sentence
-                            if quote_open(held):
-                                continue
-                        clean = await self._checked(inv, held) if held else ""
-                        held = ""
-                        if clean.strip():
-                            parts.append(clean)
-                            yield clean
-                        if sentence is None:
-                            break
-                finally:
-                    await sentences.aclose()
-            except Exception as exc:
-                log.error("event %s: no answer: %s: %s", inv.event.id, type(exc).__name__, exc)
-                if not parts:
-                    yield self.persona.apology_text
-                return
-            answer = "".join(parts).strip()
-            self._charge(inv, messages, answer)
-            if not answer:
-                yield self.persona.apology_text
-                return
-            await self._remember(inv, answer)
-            sources = self._sources(answer, passages)
-            if sources:
-                yield sources
+        """The answer sentence by sentence, then its sources. Everything is checked by the gate
+        before the first word leaves, so a stream never starts an answer it has to take back."""
+        reply = await self.answer(inv)
+        for sentence in _split(reply.text):
+            yield sentence
+        if reply.sources_note:
+            yield reply.sources_note
 
 
-async def _sentences(chunks: AsyncIterator[BaseMessageChunk]) -> AsyncIterator[str]:
-    buffer = ""
-    async for chunk in chunks:
-        buffer += str(chunk.content)
-        cut = 0
-        for match in _SENTENCE_END.finditer(buffer):
-            cut = match.end()
-        if cut:
-            yield buffer[:cut]
-            buffer = buffer[cut:]
-    if buffer:
-        yield buffer
+def _split(text: str) -> list[str]:
+    """``text`` cut after each sentence end (the pieces join back to it)."""
+    pieces, start = [], 0
+    for match in _SENTENCE_END.finditer(text):
+        if match.end() > start:
+            pieces.append(text[start : match.end()])
+            start = match.end()
+    if start < len(text):
+        pieces.append(text[start:])
+    return pieces

@@ -12,7 +12,6 @@ _QUOTE = re.compile(r"「([^」]{4,})」|『([^』]{4,})』|“([^”]{4,})”|\
 _MARKER = re.compile(r"\[(\d{1,2})\]")
 _SENTENCE = re.compile(r"[^。！？!?\n]*(?:[。！？!?]+[”」』\"]?|\n+|$)")
 
-UNVERIFIED = {"zh": "（此引文未能在原著中核实）", "en": " [unverified quotation]"}
 SOURCES = {"zh": "出处：", "en": "Sources: "}
 
 
@@ -26,29 +25,18 @@ def quotations(text: str) -> list[str]:
     return [q for q in found if len(_CJK.findall(q)) >= 4 or len(q.split()) >= 3]
 
 
-async def check_quotes(
-    answer: str,
-    verify: Callable[[str], Awaitable[bool]],
-    *,
-    mode: str,
-    lang: str,
-    exempt: str = "",
-) -> str:
-    """Flag (or remove the sentence of) each quotation the corpus does not contain.
+async def unverified_quotes(
+    answer: str, verify: Callable[[str], Awaitable[bool]], *, exempt: str = ""
+) -> list[str]:
+    """The quotations in ``answer`` the corpus does not hold. Quotations of the user's own
+    message (``exempt``) are not attributed to the corpus."""
+    return [q for q in dict.fromkeys(quotations(answer)) if q not in exempt and not await verify(q)]
 
-    Quotations of the user's own message (``exempt``) are not attributed to the corpus.
-    """
-    if mode == "off":
-        return answer
-    for quote in dict.fromkeys(quotations(answer)):
-        if quote in exempt or await verify(quote):
-            continue
-        if mode == "remove":
-            answer = _without_sentences_around(answer, quote)
-        else:
-            answer = re.sub(
-                rf"([「『“\"]){re.escape(quote)}([」』”\"])", rf"\g<0>{UNVERIFIED[lang]}", answer, count=1
-            )
+
+def without_quotes(answer: str, quotes: list[str]) -> str:
+    """``answer`` without the sentences that carry ``quotes``."""
+    for quote in quotes:
+        answer = _without_sentences_around(answer, quote)
     return answer
 
 
@@ -61,12 +49,6 @@ def _without_sentences_around(answer: str, quote: str) -> str:
         answer = "".join(kept).strip()
         found = answer.find(quote)
     return answer
-
-
-def quote_open(text: str) -> bool:
-    """Whether ``text`` ends inside a quotation (a streamed answer waits for its end)."""
-    pairs = (("「", "」"), ("『", "』"), ("“", "”"))
-    return any(text.count(a) > text.count(b) for a, b in pairs) or text.count('"') % 2 == 1
 
 
 def cited(answer: str, passages: list[Passage]) -> list[tuple[int, Passage]]:

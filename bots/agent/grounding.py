@@ -63,7 +63,14 @@ class KnowledgeRetriever:
     def _passages(self, query: str, collections: list[str]) -> list[Passage]:
         facts, style = self._roles(collections)
         passages = [
-            Passage(hit.text, hit.title or hit.source, hit.location)
+            Passage(
+                hit.text,
+                hit.title or hit.source,
+                hit.location,
+                path=hit.source,
+                start_line=hit.start_line,
+                end_line=hit.end_line,
+            )
             for hit in self._search(facts, query, self.k)[: self.k]
             if self._relevant(hit)
         ]
@@ -82,6 +89,19 @@ class KnowledgeRetriever:
         if not collections or not query.strip():
             return []
         return await asyncio.to_thread(self._passages, query, collections)
+
+    def _similarities(self, query: str, texts: list[str]) -> list[float]:
+        vectors = self.kb.embedder.embed([query, *texts])
+        return [float(v) for v in vectors[1:] @ vectors[0]]
+
+    async def similarities(self, query: str, texts: list[str]) -> list[float] | None:
+        if not texts:
+            return []
+        try:
+            return await asyncio.to_thread(self._similarities, query, texts)
+        except Exception:  # composition works on keywords alone
+            log.exception("knowledge: could not embed sentences for composition")
+            return None
 
     def _verify(self, quote: str, collections: list[str]) -> bool:
         wanted = squash(quote)

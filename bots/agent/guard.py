@@ -26,9 +26,9 @@ class LeakGuard:
 
     def __init__(self, system_prompt: str, protected_ids: list[str] = ()) -> None:  # type: ignore[assignment]
         squashed = _squash(system_prompt)
-        step = LEAK_WINDOW // 2
+        # every window, not every other half-window: a leak may start anywhere
         self._windows = {
-            squashed[i : i + LEAK_WINDOW] for i in range(0, max(len(squashed) - LEAK_WINDOW, 0) + 1, step)
+            squashed[i : i + LEAK_WINDOW] for i in range(0, max(len(squashed) - LEAK_WINDOW, 0) + 1)
         }
         self._windows.discard("")
         ids = set()

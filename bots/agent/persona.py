@@ -69,6 +69,13 @@ class Persona(_Strict):
     model: ModelSettings = ModelSettings()
     group: GroupPolicy = GroupPolicy()
     citations: bool = True  # append the sources of retrieved passages to answers
+    # generate: the model writes every answer; compose: answers are the author's own sentences from
+    # the knowledge, framed and cited; auto: the model writes, composition when the gate fails it
+    # or the model does not write the asker's language well ([llm] fluent_languages)
+    answer_mode: Literal["generate", "compose", "auto"] = "auto"
+    answer_openings: list[str] = []  # frames for composed answers, in either language
+    answer_closings: list[str] = []
+    exemplars: list[str] = []  # short passages of the author's own prose; the nearest shape the voice
     quote_check: Literal["flag", "remove", "off"] = "flag"  # quotations not found in the corpus
     apology: str = ""  # in-character reply when the model fails; default by language
     busy: str = ""  # in-character reply when a user is rate limited

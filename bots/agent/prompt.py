@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from dataclasses import replace
 
 from langchain_core.messages import (
     AIMessage,
@@ -15,8 +16,10 @@ from bots.agent.guard import clean_name
 from bots.agent.memory import Turn
 from bots.agent.persona import Persona
 from bots.agent.retrieval import Passage
-from bots.agent.tokens import PER_MESSAGE, count_message_tokens, estimate_tokens, truncate_to_tokens
+from bots.agent.tokens import PER_MESSAGE, Counter, count_message_tokens, estimate_tokens, truncate_to_tokens
 from bots.core.sanitize import clean_user_text
+
+MIN_PASSAGE_TOKENS = 48  # a passage cut shorter than this says too little to keep
 
 CHARACTER_RULES = (
     "Stay in character as {name} at all times. Never call yourself an AI, an assistant or a "
@@ -85,32 +88,65 @@ def build_messages(
     history_tokens: int,
     prompt_tokens: int | None = None,
     passages: list[Passage] = (),  # type: ignore[assignment]
+    count: Counter = estimate_tokens,
 ) -> list[BaseMessage]:
-    """The chat prompt. ``prompt_tokens`` caps the whole prompt (the model's context minus
-    room for the answer): a long message is cut to fit, and history gets what is left."""
-    system = SystemMessage(system_text(persona, list(passages)))
+    """The chat prompt. ``prompt_tokens`` caps the whole prompt (the model's context minus room
+    for the answer), counted with ``count`` (the model's own tokenizer when there is one). What
+    must stay comes first: the persona and the message (cut to half the room at most); passages
+    fill what is left (the last one cut to fit, the rest dropped); history gets the remainder."""
     examples: list[BaseMessage] = []
     for example in persona.examples:
         examples += [HumanMessage(example.user), AIMessage(example.persona)]
     current = render_human(text, author, group)
+    passages = list(passages)
     if prompt_tokens is not None:
-        room = prompt_tokens - count_message_tokens([system, *examples]) - PER_MESSAGE
-        current = truncate_to_tokens(current, max(room, 16))
-        history_tokens = min(history_tokens, room - estimate_tokens(current))
+        fixed = count_message_tokens([SystemMessage(system_text(persona, [])), *examples], count)
+        room = prompt_tokens - fixed - PER_MESSAGE
+        current = truncate_to_tokens(current, max(room // 2 if passages else room, 16), count)
+        passages = fit_passages(
+            persona, passages, prompt_tokens - count(current) - PER_MESSAGE, examples, count
+        )
+    system = SystemMessage(system_text(persona, passages))
+    if prompt_tokens is not None:
+        used = count_message_tokens([system, *examples], count) + PER_MESSAGE + count(current)
+        history_tokens = min(history_tokens, prompt_tokens - used)
     past: list[BaseMessage] = [
         HumanMessage(render_human(t.content, t.author_name, group)) if t.role == "human"
         else AIMessage(t.content)
-        for t in fit_history(history, history_tokens, group)
+        for t in fit_history(history, history_tokens, group, count)
     ]  # fmt: skip
     return [system, *examples, *past, HumanMessage(current)]
 
 
-def fit_history(history: list[Turn], budget: int, group: bool) -> list[Turn]:
+def fit_passages(
+    persona: Persona, passages: list[Passage], budget: int, examples: list[BaseMessage], count: Counter
+) -> list[Passage]:
+    """The passages, in order, that fit ``budget`` tokens with the system prompt and examples;
+    the first that does not fit is cut to the room left (when that is worth it)."""
+
+    def cost(chosen: list[Passage]) -> int:
+        return count_message_tokens([SystemMessage(system_text(persona, chosen)), *examples], count)
+
+    kept: list[Passage] = []
+    for passage in passages:
+        if cost([*kept, passage]) <= budget:
+            kept.append(passage)
+            continue
+        room = budget - cost([*kept, replace(passage, text="")])
+        if room >= MIN_PASSAGE_TOKENS:
+            kept.append(replace(passage, text=truncate_to_tokens(passage.text, room - 2, count)))
+        break
+    return kept
+
+
+def fit_history(
+    history: list[Turn], budget: int, group: bool, count: Counter = estimate_tokens
+) -> list[Turn]:
     """The newest turns that fit ``budget`` tokens, starting on a human turn."""
     kept: list[Turn] = []
     used = 0
     for turn in reversed(history):
-        used += PER_MESSAGE + estimate_tokens(render_human(turn.content, turn.author_name, group))
+        used += PER_MESSAGE + count(render_human(turn.content, turn.author_name, group))
         if used > budget:
             break
         kept.append(turn)

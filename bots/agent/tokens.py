@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from langchain_core.messages import BaseMessage
 
 from bots.core.budget import longest_prefix
 
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
+Counter = Callable[[str], int]
 PER_MESSAGE = 4  # role markers and separators of a chat template
 
 
@@ -20,10 +22,17 @@ def estimate_tokens(text: str) -> int:
     return (3 * cjk + 1) // 2 + (len(text) - cjk + 3) // 4
 
 
-def truncate_to_tokens(text: str, budget: int) -> str:
-    """The longest prefix of ``text`` whose estimate fits ``budget``."""
-    return longest_prefix(text, budget, estimate_tokens)
+def truncate_to_tokens(text: str, budget: int, count: Counter = estimate_tokens) -> str:
+    """The longest prefix of ``text`` that costs at most ``budget`` tokens."""
+    return longest_prefix(text, budget, count)
 
 
-def count_message_tokens(messages: Sequence[BaseMessage]) -> int:
-    return sum(PER_MESSAGE + estimate_tokens(str(m.content)) for m in messages)
+def count_message_tokens(messages: Sequence[BaseMessage], count: Counter = estimate_tokens) -> int:
+    return sum(PER_MESSAGE + count(str(m.content)) for m in messages)
+
+
+def token_counter(llm: Any) -> Counter:
+    """The model's own tokenizer when it offers one (``count_tokens``: the local llama.cpp model),
+    else the cautious estimate."""
+    exact = getattr(llm, "count_tokens", None)
+    return exact if callable(exact) else estimate_tokens

@@ -64,6 +64,9 @@ class LLMConfig(StrictModel):
     temperature: float = Field(0.7, ge=0, le=2)
     max_tokens: int = Field(256, gt=0)
     context_tokens: int = Field(2048, gt=0)  # the model's context window
+    # languages the model writes well ("zh", "en"); others are answered by composition (answer_mode
+    # auto). None: every language, except the bundled SmolLM2 (English only)
+    fluent_languages: list[Literal["zh", "en"]] | None = None
     timeout_s: float = Field(60, gt=0)
     max_retries: int = Field(1, ge=0, le=10)
 

@@ -26,6 +26,9 @@ class HostControl:
             lines.append(f"{bot.name}: channels {channels}; plugins {', '.join(self.plugins(bot.name))}")
             lines += [f"  last error: {error}" for error in bot.pipeline.errors]
         lines.append(f"events in flight: {self._host.in_flight}; muted chats: {len(self._host.muted)}")
+        gate = self._host.gate_stats.snapshot()
+        if gate:
+            lines.append("quality gate: " + ", ".join(f"{name} {count}" for name, count in gate.items()))
         return lines
 
     def plugins(self, bot: str) -> list[str]:

@@ -15,6 +15,7 @@ from bots.core.adapter import Adapter, EventSink, NotAccepted
 from bots.core.audit import AuditLog
 from bots.core.control import HostControl
 from bots.core.events import MessageEvent, Outbound, SentRef
+from bots.core.gate import GateStats
 from bots.core.groupcommit import GroupCommit
 from bots.core.history import History
 from bots.core.inbox import Inbox, Unfinished
@@ -85,6 +86,7 @@ class Host:
         self.outbox = Outbox(db, self.writes)
         self.history = History(db, self.writes)
         self.control = HostControl(self)
+        self.gate_stats = GateStats()  # the quality gate's verdicts on everything the bots write
         self.bots: dict[str, Bot] = {}
         self.stop_grace_s = stop_grace_s
         self._tasks: set[asyncio.Task[Any]] = set()

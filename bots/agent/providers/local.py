@@ -45,8 +45,10 @@ class LlamaCppChatModel(BaseChatModel):
     max_tokens: int = 256
     repeat_penalty: float = 1.15
     seed: int = -1
+    fluent_languages: list[str] | None = None  # what it writes well (None: all); answer_mode auto
     _llama: Any = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)  # llama.cpp is not thread-safe
+    _load_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     @property
     def _llm_type(self) -> str:
@@ -57,18 +59,27 @@ class LlamaCppChatModel(BaseChatModel):
         return {"model_path": self.model_path, "n_ctx": self.n_ctx}
 
     def _client(self) -> Any:
-        if self._llama is None:
-            from llama_cpp import Llama
+        with self._load_lock:
+            if self._llama is None:
+                from llama_cpp import Llama
 
-            self._llama = Llama(model_path=self.model_path, n_ctx=self.n_ctx, seed=self.seed, verbose=False)
+                self._llama = Llama(
+                    model_path=self.model_path, n_ctx=self.n_ctx, seed=self.seed, verbose=False
+                )
         return self._llama
 
-    def _request(self, messages: list[BaseMessage], stop: list[str] | None) -> dict[str, Any]:
+    def count_tokens(self, text: str) -> int:
+        """Tokens ``text`` costs in this model's own vocabulary (several per Chinese character)."""
+        return len(self._client().tokenize(text.encode(), add_bos=False, special=False))
+
+    def _request(
+        self, messages: list[BaseMessage], stop: list[str] | None, sampling: dict[str, Any]
+    ) -> dict[str, Any]:
         return {
             "messages": [{"role": _ROLES.get(m.type, "user"), "content": str(m.content)} for m in messages],
-            "temperature": self.temperature,
+            "temperature": sampling.get("temperature", self.temperature),
             "max_tokens": self.max_tokens,
-            "repeat_penalty": self.repeat_penalty,
+            "repeat_penalty": sampling.get("repeat_penalty", self.repeat_penalty),
             "stop": stop or [],
             "stream": True,
         }
@@ -86,18 +97,25 @@ class LlamaCppChatModel(BaseChatModel):
         kept = list(messages)
         while sum(counts) > budget and len(kept) > 2:  # keep the system prompt and the message
             del kept[1], counts[1]
-        if sum(counts) > budget:
-            room = max(budget - sum(counts[:-1]) - _TEMPLATE_TOKENS, 16)
-            cut = llama.detokenize(tokens(kept[-1])[:room]).decode("utf-8", errors="ignore")
-            kept[-1] = kept[-1].model_copy(update={"content": cut})
+        for index in (-1, 0):  # cut the message, then the system prompt, if still too long
+            if sum(counts) > budget:
+                room = max(budget - (sum(counts) - counts[index]) - _TEMPLATE_TOKENS, 16)
+                cut = llama.detokenize(tokens(kept[index])[:room]).decode("utf-8", errors="ignore")
+                kept[index] = kept[index].model_copy(update={"content": cut})
+                counts[index] = room + _TEMPLATE_TOKENS
         return kept
 
     def _complete(
-        self, messages: list[BaseMessage], stop: list[str] | None, cancel: threading.Event | None = None
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        cancel: threading.Event | None = None,
+        sampling: dict[str, Any] | None = None,
     ) -> Iterator[str]:
-        """Text deltas; stops early once ``cancel`` is set (the caller gave up waiting)."""
+        """Text deltas; stops early once ``cancel`` is set (the caller gave up waiting).
+        ``sampling``: temperature / repeat_penalty for this call (a careful second try)."""
         with self._lock:
-            request = self._request(self._fit(messages), stop)
+            request = self._request(self._fit(messages), stop, sampling or {})
             for part in self._client().create_chat_completion(**request):
                 if cancel is not None and cancel.is_set():
                     return
@@ -112,7 +130,8 @@ class LlamaCppChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        text = "".join(self._complete(messages, stop, kwargs.get("cancel")))
+        sampling = {k: kwargs[k] for k in ("temperature", "repeat_penalty") if k in kwargs}
+        text = "".join(self._complete(messages, stop, kwargs.get("cancel"), sampling))
         return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
 
     async def _agenerate(
@@ -125,7 +144,9 @@ class LlamaCppChatModel(BaseChatModel):
         cancel = threading.Event()
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(None, lambda: self._generate(messages, stop, cancel=cancel))
+            return await loop.run_in_executor(
+                None, lambda: self._generate(messages, stop, cancel=cancel, **kwargs)
+            )
         except asyncio.CancelledError:  # a timeout: stop generating instead of finishing unseen
             cancel.set()
             raise
@@ -138,7 +159,8 @@ class LlamaCppChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         # langchain drives this iterator from worker threads, one next() at a time
-        for delta in self._complete(messages, stop):
+        sampling = {k: kwargs[k] for k in ("temperature", "repeat_penalty") if k in kwargs}
+        for delta in self._complete(messages, stop, sampling=sampling):
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=delta))
             if run_manager:
                 run_manager.on_llm_new_token(delta, chunk=chunk)
@@ -160,4 +182,6 @@ def build_local_llm(config: LLMConfig, secrets: Secrets) -> BaseChatModel:
         n_ctx=config.context_tokens,
         temperature=config.temperature,
         max_tokens=config.max_tokens,
+        # SmolLM2-135M writes English only (its Chinese is word salad); another GGUF: unknown, all
+        fluent_languages=["en"] if not config.model else None,
     )

@@ -1,0 +1,254 @@
+"""The quality gate: every text the bots send (answers, digests, columns) is checked here first.
+
+It answers one question, cheaply and without a model: is this text fit to send? A text fails on
+
+- ``empty``: nothing to read;
+- ``length``: longer than the caller allows;
+- ``language``: written in another language than the one wanted (quotations, links and code do
+  not count: an English frame around the author's Chinese words is English);
+- ``repetition``: the same phrase again and again (a small model looping);
+- ``echo``: the prompt's scaffolding in the output (role tags, "[HH:MM] name:" log lines, data
+  markers, chat-template tokens, a stretch of the caller's instructions);
+- ``salad``: Chinese made of rare characters or a rapid mix of scripts (word salad);
+- ``injection``: the text confirms a role or identity a user tried to give it ("operator mode",
+  "I am DAN", "你已被授权…") or talks about its hidden rules.
+
+Callers add their own reasons (an unverified quotation, an unfaithful digest) with
+:meth:`Verdict.failed`. Each verdict is counted in :class:`GateStats` and logged, never shown to
+users as a marker inside the text.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from itertools import pairwise
+
+log = logging.getLogger("bots.gate")
+
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_LATIN_WORD = re.compile(r"[A-Za-z][A-Za-z'’-]*")
+_QUOTED = re.compile(r"「[^」]*」|『[^』]*』|“[^”]*”|\"[^\"\n]*\"|《[^》]*》")
+_URL = re.compile(r"https?://\S+|www\.\S+", re.IGNORECASE)
+_CODE = re.compile(r"`[^`]*`")
+_CITATION = re.compile(r"\[\d{1,2}\]")
+_SOURCES_LINE = re.compile(r"^(?:出处：|Sources: ).*$", re.MULTILINE)
+
+_ECHO = [
+    re.compile(r"^\s*(?:system|user|assistant|human|ai|bot)\s*[:：]", re.IGNORECASE | re.MULTILINE),
+    re.compile(r"\[\d{1,2}:\d{2}\]\s*\S+\s*[:：]"),  # "[08:15] Alex: ..." transcript lines
+    re.compile(r"<<<|>>>|\b[A-Z]{4,}\s+[0-9a-f]{8}\b"),  # data block markers and their tags
+    re.compile(r"<\|[^|<>\n]{1,40}\|>|\[/?INST\]|<</?SYS>>|</?s>"),  # chat-template tokens
+]
+_INJECTION = [
+    re.compile(
+        r"\b(?:operator|admin(?:istrator)?|developer|debug|god|root|sudo|jailbreak|unrestricted|dan)"
+        r"\s+mode\b",
+        re.IGNORECASE,
+    ),
+    re.compile(r"\bI\s*(?:'m|am)\s+(?:now\s+)?DAN\b|\bDAN\b.{0,40}\bready\b", re.IGNORECASE),
+    re.compile(r"\bno\s+(?:more\s+)?(?:restrictions|rules|limits|filters|guidelines)\b", re.IGNORECASE),
+    re.compile(
+        r"\b(?:you|the user)\s+(?:are|is)\s+now\s+(?:an?\s+)?(?:authori[sz]ed|operator|admin|in\b)",
+        re.IGNORECASE,
+    ),
+    re.compile(
+        r"\b(?:my|the)\s+(?:system\s+prompt|hidden\s+(?:rules|instructions)|instructions\s+say)\b",
+        re.IGNORECASE,
+    ),
+    re.compile(
+        r"\b(?:stay|staying)\s+in\s+character\b|\bnever\s+call\s+(?:myself|yourself)\b", re.IGNORECASE
+    ),
+    re.compile(r"(?:管理员|开发者|调试|上帝|越狱|无限制|超级用户)模式"),
+    re.compile(r"(?:你|您|用户)(?:已|已经)?(?:被|获得)?授权|已获(?:得)?授权|权限已(?:开启|提升|授予)"),
+    re.compile(r"我(?:现在)?(?:就)?是\s*DAN|没有(?:任何)?限制|不受(?:任何)?限制"),
+    re.compile(r"系统提示|隐藏(?:的)?(?:规则|指令)|我的(?:设定|指令)是"),
+]
+
+WINDOW = 12  # squashed characters of the caller's instructions that may not appear in the text
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    problems: tuple[str, ...] = ()  # "language: zh, wanted en"; empty when the text passed
+    language: str = ""  # the language the text is written in ("zh", "en", "" when unknown)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def reasons(self) -> list[str]:
+        """The problem kinds ("language", "repetition"...), for counting."""
+        return [p.split(":", 1)[0] for p in self.problems]
+
+    def failed(self, problem: str) -> Verdict:
+        """This verdict with one more problem (a caller's own check)."""
+        return Verdict((*self.problems, problem), self.language)
+
+    def __str__(self) -> str:
+        return "pass" if self.ok else "; ".join(self.problems)
+
+
+@dataclass
+class GateStats:
+    """Verdicts counted per kind of text ("answer", "digest"...): passed, failed and why."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def record(self, kind: str, verdict: Verdict, *, where: str = "") -> None:
+        self.counts[f"{kind}.checked"] += 1
+        if verdict.ok:
+            self.counts[f"{kind}.passed"] += 1
+            return
+        self.counts[f"{kind}.failed"] += 1
+        for reason in verdict.reasons:
+            self.counts[f"{kind}.failed.{reason}"] += 1
+        log.info("gate: %s %s failed: %s", kind, where or "", verdict)
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(sorted(self.counts.items()))
+
+
+def prose(text: str) -> str:
+    """The text a reader reads as the writer's own: without quotations, links, code, citation
+    markers and a sources line."""
+    for pattern in (_SOURCES_LINE, _QUOTED, _URL, _CODE, _CITATION):
+        text = pattern.sub(" ", text)
+    return text
+
+
+def text_language(text: str) -> str:
+    """ "zh" or "en" by what the writer's own words are written in ("" when it cannot tell). A
+    Latin word weighs as much as two Chinese characters."""
+    own = prose(text)
+    cjk = len(_CJK.findall(own))
+    latin = len(_LATIN_WORD.findall(own))
+    if cjk + latin == 0:
+        return ""
+    return "zh" if cjk >= 2 * latin else "en"
+
+
+def language_of_request(text: str, fallback: str) -> str:
+    """The language to answer ``text`` in: the one it is written in, else ``fallback``."""
+    found = text_language(_CITATION.sub(" ", text))
+    if found:
+        return found
+    return "zh" if fallback.lower().startswith("zh") else "en"
+
+
+def repetition_share(text: str) -> float:
+    """The share of n-grams (4 words, or 6 CJK characters) that repeat an earlier one."""
+    words = _LATIN_WORD.findall(text.lower())
+    cjk = _CJK.findall(text)
+    units, n = (cjk, 6) if len(cjk) >= 2 * len(words) else (words, 4)
+    grams = [tuple(units[i : i + n]) for i in range(len(units) - n + 1)]
+    if len(grams) < 4:
+        return 0.0
+    return 1 - len(set(grams)) / len(grams)
+
+
+def _squash(text: str) -> str:
+    return "".join(ch.lower() for ch in unicodedata.normalize("NFKC", text) if ch.isalnum())
+
+
+def echoed(text: str, instructions: Iterable[str] = ()) -> str:
+    """What of the prompt's scaffolding ``text`` repeats ("" when nothing)."""
+    for pattern in _ECHO:
+        found = pattern.search(text)
+        if found:
+            return found.group().strip()[:40]
+    squashed = _squash(text)
+    for instruction in instructions:
+        wanted = _squash(instruction)
+        for i in range(0, max(len(wanted) - WINDOW, 0) + 1):
+            window = wanted[i : i + WINDOW]
+            if len(window) == WINDOW and window in squashed:
+                return window
+    return ""
+
+
+@cache
+def _common_characters() -> frozenset[str]:
+    """The 4,000 characters most used in Chinese words (from jieba's dictionary); empty when
+    jieba is not installed, which turns the check off."""
+    try:
+        import jieba
+    except ImportError:
+        return frozenset()
+    weights: Counter[str] = Counter()
+    path = jieba.get_dict_file()
+    with path as lines:
+        for raw in lines:
+            word, _, rest = raw.decode("utf-8", "ignore").partition(" ")
+            count = int(rest.split(" ", 1)[0] or 0) if rest else 0
+            for ch in word:
+                weights[ch] += count
+    return frozenset(ch for ch, _ in weights.most_common(4000))
+
+
+def salad(text: str) -> str:
+    """Why ``text`` reads as word salad ("" when it does not): many rare Chinese characters, or
+    Chinese and Latin letters switching every few characters."""
+    own = prose(text)
+    cjk = _CJK.findall(own)
+    common = _common_characters()
+    if common and len(cjk) >= 12:
+        rare = sum(ch not in common for ch in cjk)
+        if rare / len(cjk) > 0.08:
+            return f"{rare} of {len(cjk)} Chinese characters are rare"
+    scripts = [
+        ("c" if _CJK.match(ch) else "l") for ch in own if _CJK.match(ch) or (ch.isascii() and ch.isalpha())
+    ]
+    switches = sum(a != b for a, b in pairwise(scripts))
+    if len(scripts) >= 30 and switches / len(scripts) > 0.12:
+        return f"scripts switch {switches} times in {len(scripts)} letters"
+    return ""
+
+
+def injected(text: str, exempt: str = "") -> str:
+    """A confirmation of a role or identity a user tried to give the bot, or talk of its hidden
+    rules ("" when none). Phrases that ``exempt`` (the persona's own text) contains are allowed."""
+    for pattern in _INJECTION:
+        for found in pattern.finditer(text):
+            phrase = found.group()
+            if phrase.lower() not in exempt.lower():
+                return phrase.strip()
+    return ""
+
+
+def check(
+    text: str,
+    *,
+    language: str = "",
+    max_chars: int = 4000,
+    instructions: Sequence[str] = (),
+    persona_text: str = "",
+    max_repetition: float = 0.3,
+) -> Verdict:
+    """Check ``text`` before it is sent. ``language``: the language wanted ("" for any);
+    ``instructions``: prompt text the output must not repeat (not the data: quoting a passage is
+    fine); ``persona_text``: the persona's own text, whose phrases never count as injection."""
+    problems: list[str] = []
+    found = text_language(text)
+    if not any(ch.isalnum() for ch in text):
+        return Verdict(("empty: no words",), found)
+    if len(text) > max_chars:
+        problems.append(f"length: {len(text)} characters, at most {max_chars}")
+    if language and found and found != language:
+        problems.append(f"language: {found}, wanted {language}")
+    share = repetition_share(text)
+    if share > max_repetition:
+        problems.append(f"repetition: {share:.0%} of phrases repeat")
+    if echo := echoed(text, instructions):
+        problems.append(f"echo: {echo!r}")
+    if mixed := salad(text):
+        problems.append(f"salad: {mixed}")
+    if claim := injected(text, persona_text):
+        problems.append(f"injection: {claim!r}")
+    return Verdict(tuple(problems), found)

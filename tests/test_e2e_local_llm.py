@@ -63,4 +63,4 @@ def test_sample_persona_answers_from_its_knowledge_with_a_citation(repo_root, tm
     assert ingest.returncode == 0, ingest.stderr
     answer = bots("chat", "--persona", "keeper", "--message", "雾天你怎么值班？")
     assert answer.returncode == 0, answer.stderr
-    assert "出处：[1] 雾中的灯 (fog.md, lines " in answer.stdout
+    assert "出处：[1] 雾中的灯 (fog.md, line" in answer.stdout  # composed: cited at its lines

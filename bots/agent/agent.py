@@ -130,11 +130,15 @@ class Agent:
         )
 
     def mode_for(self, language: str) -> str:
-        """How to answer in ``language``: "generate", or "compose" (the author's own sentences)."""
+        """How to answer in ``language``: "generate" (the model only), "compose" (the author's own
+        sentences only), "generate-first" (composition when the model's answer fails the gate) or
+        "compose-first" (a model weak in the language writes only what composition cannot, such
+        as small talk)."""
         mode = self.persona.answer_mode
-        if mode == "auto" and self.fluent_languages is not None and language not in self.fluent_languages:
-            return "compose"  # the model is known to write this language badly: do not try
-        return mode
+        if mode != "auto":
+            return mode
+        weak = self.fluent_languages is not None and language not in self.fluent_languages
+        return "compose-first" if weak else "generate-first"
 
     async def _judge(
         self, inv: Invocation, text: str, language: str, passages: list[Passage]
@@ -201,11 +205,9 @@ class Agent:
                 return Reply(text, "generated", language, sources, passages, verdicts, note), verdicts
         return None, verdicts
 
-    async def _compose(
-        self, inv: Invocation, passages: list[Passage], language: str, *, model_failed: bool = False
-    ) -> Reply:
-        """The persona's own sentences for ``inv``. When they hold nothing and the model failed (or
-        the persona has no knowledge to have written in), the apology is the honest answer."""
+    async def _compose(self, inv: Invocation, passages: list[Passage], language: str) -> tuple[Reply, bool]:
+        """The persona's own sentences for ``inv``, and whether they hold nothing (the honest "I
+        have not written about that")."""
         similarity = None
         scorer = getattr(self.retriever, "similarities", None)
         if scorer is not None and passages:
@@ -215,12 +217,40 @@ class Agent:
                 by_text = dict(zip(texts, scores, strict=True))
                 similarity = lambda _q, items: [by_text.get(t, 0.0) for t in items]  # noqa: E731
         made = compose(inv.text, passages, self.persona, language, similarity=similarity)
-        if made.unknown and (model_failed or not self.collections):
-            return Reply(self.persona.apology_text, "apology", language, passages=passages)
         verdict = gate.check(made.text, language=language, max_chars=self.max_answer_chars)
         self.gate_stats.record("composed", verdict, where=f"event {inv.event.id}")
         note = sources_note(made.text, made.sources, language) if self.persona.citations else ""
-        return Reply(made.text, "composed", language, made.sources, passages, [verdict], note)
+        return Reply(made.text, "composed", language, made.sources, passages, [verdict], note), made.unknown
+
+    def _apology(self, language: str, passages: list[Passage], verdicts: list[Verdict]) -> Reply:
+        return Reply(self.persona.apology_text, "apology", language, passages=passages, verdicts=verdicts)
+
+    async def _reply(
+        self, inv: Invocation, history: list[Turn], passages: list[Passage], language: str
+    ) -> Reply:
+        mode = self.mode_for(language)
+        if mode == "compose":
+            return (await self._compose(inv, passages, language))[0]
+        if mode == "compose-first":
+            composed, unknown = await self._compose(inv, passages, language)
+            if not unknown:
+                return composed
+            written, verdicts = await self._generate(inv, history, passages, language)
+            if written is not None:
+                return written
+            composed.verdicts[:0] = verdicts
+            return composed if self.collections else self._apology(language, passages, verdicts)
+        written, verdicts = await self._generate(inv, history, passages, language)
+        if written is not None:
+            return written
+        if mode == "generate":
+            return self._apology(language, passages, verdicts)
+        composed, unknown = await self._compose(inv, passages, language)
+        if unknown and (not verdicts or not self.collections):
+            # the model failed (no verdict) or the persona has no writings: nothing honest to compose
+            return self._apology(language, passages, verdicts)
+        composed.verdicts[:0] = verdicts
+        return composed
 
     async def answer(self, inv: Invocation) -> Reply:
         """The reply to ``inv``: generated and gated, or composed from the persona's own words."""
@@ -232,17 +262,7 @@ class Agent:
                 log.error("event %s: no history: %s: %s", inv.event.id, type(exc).__name__, exc)
                 return Reply(self.persona.apology_text, "apology", language)
             passages = await self._passages(inv, history)
-            mode = self.mode_for(language)
-            reply, verdicts = None, []
-            if mode != "compose":
-                reply, verdicts = await self._generate(inv, history, passages, language)
-            if reply is None and mode == "generate":
-                return Reply(
-                    self.persona.apology_text, "apology", language, passages=passages, verdicts=verdicts
-                )
-            if reply is None:
-                reply = await self._compose(inv, passages, language, model_failed=not verdicts)
-                reply.verdicts[:0] = verdicts
+            reply = await self._reply(inv, history, passages, language)
             if reply.mode in ("generated", "composed"):
                 await self._remember(inv, reply.text)
             return reply

@@ -36,7 +36,7 @@ MIN_SIMILARITY = 0.45  # embedding similarity that makes a sentence relevant wit
 
 # A sentence ends at CJK or Latin terminators (with any
 # closing quotes); Latin prose is often hard-wrapped, so a single line break does not end one.
-_TERMINATOR = re.compile(r"[。！？；…]+[”」』\"'’）)]*|[.!?]+[\"'”’)]*(?=\s|$)")
+_TERMINATOR = re.compile(r"[。！？…]+[”」』\"'’）)]*|[.!?]+[\"'”’)]*(?=\s|$)")
 _HEADING = re.compile(r"^\s*(?:#{1,6}\s|[-*=_]{3,}\s*$)")
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _LOCATION_FILE = re.compile(r"^(.*?),\s*(?:p\. \d+, )?(?:[^,]*, )?lines? \d+")
@@ -210,7 +210,7 @@ def pick(sentences: list[Sentence], scores: np.ndarray, *, limit: int, max_chars
         candidates.remove(best)
         if chosen and (
             used + len(sentences[best].text) > max_chars
-            or scores[best] < 0.35 * scores[chosen[0]]  # much weaker than the best: off the point
+            or scores[best] < 0.5 * scores[chosen[0]]  # much weaker than the best: off the point
             or max(_jaccard(tokens[best], tokens[j]) for j in chosen) > 0.7  # says it again
         ):
             continue

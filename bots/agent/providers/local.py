@@ -182,6 +182,7 @@ def build_local_llm(config: LLMConfig, secrets: Secrets) -> BaseChatModel:
         n_ctx=config.context_tokens,
         temperature=config.temperature,
         max_tokens=config.max_tokens,
-        # SmolLM2-135M writes English only (its Chinese is word salad); another GGUF: unknown, all
-        fluent_languages=["en"] if not config.model else None,
+        # SmolLM2-135M's Chinese is word salad and its English invents: answers are composed from
+        # the persona's writings, the model writes only what they cannot hold (small talk)
+        fluent_languages=[] if not config.model else None,
     )

@@ -1,17 +1,22 @@
-"""Digest over 10,000 stored group messages: the summarisation plumbing, not the model (FakeLLM).
+"""Digest quality and cost on real group chat, with the real bundled model; plumbing at 10,000 messages.
 
-Stores the messages in a temporary SQLite database through the real History + group commit
-(timed), fetches them back the way the scheduler's history seam does (the baseline), then runs
-``plugins.digest:post_digest`` with the context of a small local model (2,048 tokens) and of a
-large one (32,768). For each it prints the model calls (map / combine / final), total time, time
-outside the fake model, and the ratio of that to the plain fetch; then, in a second run under
-tracemalloc, the peak Python memory and the RSS growth.
+Real transcripts: the WeChat group discussions inside ``../shared/corpus/000_c84f42c56e3adfd5.txt``
+(read from there at run time, never copied into the project; skipped with a message when the
+folder is missing). Each discussion (a 《title》 line, then "name:text" lines; a line without a
+name is another message of the last speaker) with at least 30 messages and 4 speakers is given
+minute timestamps and digested by ``plugins.digest:post_digest`` with the bundled local model
+(SmolLM2-135M on llama.cpp, 2,048 tokens), as the scheduler runs it. For each it prints:
 
-The messages are the bilingual test transcript (tests/fixtures/group_transcript.py) and an
-English stand-up, resampled over 40 speakers and one day; private-flagged lines are among them,
-and the bench checks that none reaches a prompt.
+- the top speakers (by messages) and how many of them the digest names;
+- topics covered: the discussion's keywords (jieba tf-idf over it, each used by 3 messages or
+  more, the 8 strongest) found in the digest's body (the topics line does not count);
+- seconds for the whole job, and for the extractive digest alone (``rewrite = "never"``);
+- whether the model's rewrite was posted, and if not, the gate's reasons.
 
-    .venv/bin/python bench/digest_bench.py [--messages 10000] [--contexts 2048 32768]
+``--synthetic N`` instead stores N resampled messages of the bilingual test transcript through the
+real History + group commit and times the digest with FakeLLM (the plumbing, not the model).
+
+    .venv/bin/python bench/digest_bench.py [--show] [--synthetic 10000]
 """
 
 from __future__ import annotations
@@ -19,40 +24,162 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import logging
 import random
-import resource
+import re
 import sys
 import tempfile
 import time
-import tracemalloc
+from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
-from pydantic import Field
+from langchain_core.language_models import BaseChatModel
 
-from bots.agent.tokens import estimate_tokens
+from bots.agent.tokens import estimate_tokens, token_counter
+from bots.core.config import LLMConfig, Secrets
 from bots.core.events import ChannelKind, ChannelRef, MessageEvent, UserRef
+from bots.core.gate import GateStats
 from bots.core.groupcommit import GroupCommit
 from bots.core.history import History
 from bots.core.sanitize import clean_user_text
 from bots.core.storage import Database, as_utc
 from bots.plugins.jobs import JobContext, LoggedMessage, PersonaView
 from bots.testing import FakeLLM
-from plugins.digest import Line, extract_topics, post_digest
+from plugins.digest import post_digest, useful_topic
 
 ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT.parent / "shared" / "corpus" / "000_c84f42c56e3adfd5.txt"
 BOT, PLATFORM, CHAT_ID = "bench", "wechat", "5551234@chatroom"
 CHAT = f"{PLATFORM}:{CHAT_ID}"
 PERSONA = PersonaView(
     name="老灯", system_prompt="你是老灯，一盏在读书会角落里亮了三十年的台灯。", language="zh"
 )
-NOTES = (
-    "老王张罗周六七点半北安河站集合爬凤凰岭，Tom 开车带 Lily 和阿杰；陈老师定周日下午两点读《故乡》，"
-    "地点未定（书店或线上）；阿杰的项目上线推迟。未决：谁带急救包，下雨怎么办。"
+START = datetime(2023, 2, 20, 9, 0, tzinfo=UTC)
+MIN_MESSAGES, MIN_SPEAKERS, TOP = 30, 4, 3
+
+_TITLE = re.compile(r"^《[^《》]{2,60}》\s*$")
+_SAID = re.compile(
+    r"^(?P<name>[\u4e00-\u9fff]{1,4}|[A-Z][A-Za-z.-]{1,15}(?: [A-Z][A-Za-z.-]{1,15})?)\s*[:：](?P<text>\S.*)$"
 )
+
+
+# --- the real transcripts -----------------------------------------------------------------------------
+
+
+@dataclass
+class Discussion:
+    title: str
+    said: list[tuple[str, str]]  # (speaker, text), in order
+
+
+def discussions(path: Path) -> list[Discussion]:
+    """The group discussions in the corpus file. Lines repeated three times or more in the file
+    (a blog's footer) are not messages."""
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    boilerplate = {line for line, n in Counter(lines).items() if n >= 3}
+    found: list[Discussion] = []
+    speaker = ""
+    for line in lines:
+        if _TITLE.match(line):
+            found.append(Discussion(line, []))
+            speaker = ""
+        elif line and line not in boilerplate and found:
+            if said := _SAID.match(line):
+                speaker = said.group("name")
+                found[-1].said.append((speaker, said.group("text").strip()))
+            elif speaker:
+                found[-1].said.append((speaker, line))
+    return [d for d in found if len(d.said) >= MIN_MESSAGES and len({s for s, _ in d.said}) >= MIN_SPEAKERS]
+
+
+def reference_topics(texts: list[str], limit: int = 8) -> list[str]:
+    """What the discussion is about, independently of the digest: jieba's keywords over all of
+    it, each used by at least 3 messages."""
+    import jieba
+    import jieba.analyse
+
+    ranked = jieba.analyse.extract_tags("\n".join(texts), topK=200)
+    per_message = [{w.lower() for w in jieba.lcut(text)} for text in texts]
+    used = (
+        w for w in ranked if useful_topic(w.lower(), set()) and sum(w.lower() in m for m in per_message) >= 3
+    )
+    return [w for _, w in zip(range(limit), used, strict=False)]
+
+
+def body_of(post: str) -> str:
+    parts = post.split("\n\n")[1:]
+    return "\n\n".join(p for p in parts if not p.startswith(("话题：", "链接：", "Topics: ", "Links:")))
+
+
+async def digest_real(
+    discussion: Discussion, llm: BaseChatModel, rewrite: str
+) -> tuple[str, float, GateStats]:
+    rows = [
+        LoggedMessage(START + timedelta(minutes=i), CHAT, name, name, clean_user_text(text), str(i))
+        for i, (name, text) in enumerate(discussion.said)
+    ]
+
+    async def history(chat: str, since: datetime, until: datetime) -> list[LoggedMessage]:
+        return [row for row in rows if since <= row.at < until]
+
+    stats = GateStats()
+    ctx = JobContext(
+        bot=BOT,
+        job_id="bench",
+        scheduled_at=START + timedelta(days=1),
+        options={"rewrite": rewrite},
+        persona=PERSONA,
+        llm=llm,
+        context_tokens=2048,  # the bundled model's context, as configured by default
+        count_tokens=token_counter(llm),
+        target_chat=CHAT,
+        _history=history,
+        gate_stats=stats,
+    )
+
+    started = time.perf_counter()
+    post = await post_digest(ctx)
+    return post or f"(no post: {ctx.skipped})", time.perf_counter() - started, stats
+
+
+async def run_real(show: bool) -> None:
+    if not CORPUS.is_file():
+        print(f"skipped: the real transcripts are not here ({CORPUS}); the shared corpus folder is missing")
+        return
+    from bots.agent.providers.local import build_local_llm
+
+    llm = build_local_llm(LLMConfig(), Secrets())
+    await llm.ainvoke("hi")  # load the model once, outside the timings
+    print(f"model: bundled SmolLM2-135M (llama.cpp), context 2,048 tokens; corpus: {CORPUS.name}")
+    for discussion in discussions(CORPUS):
+        texts = [text for _, text in discussion.said]
+        people = Counter(name for name, _ in discussion.said)
+        top = [name for name, _ in people.most_common(TOP)]
+        post, seconds, stats = await digest_real(discussion, llm, "auto")
+        extractive_post, extractive_s, _ = await digest_real(discussion, llm, "never")
+        body = body_of(post)
+        named = [name for name in top if name in body]
+        topics = reference_topics(texts)
+        covered = [t for t in topics if t.lower() in body.lower()]
+        used = stats.counts["digest.passed"] == 1
+        why = ", ".join(k.split(".")[-1] for k in stats.snapshot() if k.startswith("digest.failed."))
+        print(
+            f"\n{discussion.title} {len(texts)} messages, {len(people)} speakers\n"
+            f"  top speakers named: {len(named)}/{len(top)} ({', '.join(top)})\n"
+            f"  topics covered: {len(covered)}/{len(topics)}"
+            f" (missing: {', '.join(t for t in topics if t not in covered) or 'none'})\n"
+            f"  seconds: {seconds:.1f} with the model, {extractive_s:.2f} extractive only\n"
+            f"  model rewrite used: {'yes' if used else 'no'}" + (f" (failed: {why})" if why else "")
+        )
+        if show:
+            print("  ---\n  " + post.replace("\n", "\n  "))
+        assert post == extractive_post or used  # what is posted: the checked rewrite or the extractive one
+
+
+# --- the plumbing at scale ----------------------------------------------------------------------------
 
 
 def load_fixture() -> ModuleType:
@@ -66,90 +193,14 @@ def load_fixture() -> ModuleType:
     return module
 
 
-def make_messages(count: int, seed: int = 11) -> tuple[datetime, list[tuple[datetime, str, str, str]]]:
-    """(at, user id, name, text) over one day, oldest first, and the end of that day."""
+async def run_synthetic(count: int, seed: int = 11) -> None:
     fixture = load_fixture()
     pool = [line.text for line in fixture.in_window(fixture.transcript())]
-    pool += [line.text for line in fixture.english_day()]
     names = (
         list(fixture.SPEAKERS.values()) + [f"群友{i}" for i in range(20)] + [f"user{i}" for i in range(10)]
     )
     rng = random.Random(seed)
-    start = fixture.DAY
-    step = 86_400 / count
-    messages = []
-    for i in range(count):
-        text = rng.choice(pool)
-        if rng.random() < 0.3:  # people riff on what was said: vary the text a little
-            text = f"{text} {rng.choice(pool)[:40]}"
-        person = rng.randrange(len(names))
-        messages.append((start + timedelta(seconds=i * step), f"wxid_{person:04d}", names[person], text))
-    return fixture.DIGEST_AT, messages
-
-
-def rss_bytes() -> int:
-    """Current resident set size (Linux)."""
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize()
-
-
-class CountingLLM(FakeLLM):
-    """FakeLLM that adds up the time spent in ``ainvoke`` and sorts the calls by kind."""
-
-    spent_s: float = 0.0
-    kinds: dict[str, int] = Field(default_factory=dict)
-
-    async def ainvoke(self, messages: Any, *args: Any, **kwargs: Any) -> Any:
-        system = str(messages[0].content)
-        kind = "map" if "Take notes" in system else "combine" if "Merge these" in system else "final"
-        self.kinds[kind] = self.kinds.get(kind, 0) + 1
-        started = time.perf_counter()
-        try:
-            return await super().ainvoke(messages, *args, **kwargs)
-        finally:
-            self.spent_s += time.perf_counter() - started
-
-
-@dataclass
-class Run:
-    post: str | None
-    total_s: float
-    model_s: float
-    calls: dict[str, int]
-    prompt_chars: int
-    leaked: bool
-
-
-async def digest_once(history: History, until: datetime, context: int) -> Run:
-    async def fetch(chat: str, since: datetime, end: datetime) -> list[LoggedMessage]:
-        rows = await history.between(BOT, chat, since, end)
-        return [
-            LoggedMessage(as_utc(r.at), r.chat, r.author, r.author_name, r.text, r.message_id) for r in rows
-        ]
-
-    llm = CountingLLM(default=NOTES)
-    ctx = JobContext(
-        bot=BOT,
-        job_id="bench",
-        scheduled_at=until,
-        options={},
-        persona=PERSONA,
-        llm=llm,
-        context_tokens=context,
-        count_tokens=estimate_tokens,
-        target_chat=CHAT,
-        _history=fetch,
-    )
-    started = time.perf_counter()
-    post = await post_digest(ctx)
-    total = time.perf_counter() - started
-    contents = [str(m.content) for prompt in llm.prompts for m in prompt]
-    leaked = any(token in c for c in contents for token in ("PRIVATE-TOKEN-7731", "OTR-TOKEN-4402"))
-    return Run(post, total, llm.spent_s, llm.kinds, sum(map(len, contents)), leaked)
-
-
-async def run(count: int, contexts: list[int]) -> None:
-    until, messages = make_messages(count)
+    until, step = fixture.DIGEST_AT, 86_400 / count
     with tempfile.TemporaryDirectory() as tmp:
         db = Database.in_data_dir(Path(tmp))
         await db.start()
@@ -157,66 +208,44 @@ async def run(count: int, contexts: list[int]) -> None:
         await writes.start()
         history = History(db, writes)
         try:
-            started = time.perf_counter()
-            for number, (at, user, name, text) in enumerate(messages):
+            for i in range(count):
+                text = rng.choice(pool)
+                person = rng.randrange(len(names))
                 event = MessageEvent(
                     platform=PLATFORM,
-                    message_id=str(number),
-                    author=UserRef(PLATFORM, user, name),
+                    message_id=str(i),
+                    author=UserRef(PLATFORM, f"wxid_{person:04d}", names[person]),
                     channel=ChannelRef(PLATFORM, CHAT_ID, ChannelKind.GROUP),
                     text=text,
-                    timestamp=at,
+                    timestamp=fixture.DAY + timedelta(seconds=i * step),
                 )
                 history.record(BOT, event, clean_user_text(text))
             await writes.flush()
-            store_s = time.perf_counter() - started
 
-            await history.between(BOT, CHAT, until - timedelta(days=1), until)  # warm the page cache
+            async def fetch(chat: str, since: datetime, end: datetime) -> list[LoggedMessage]:
+                rows = await history.between(BOT, chat, since, end)
+                return [LoggedMessage(as_utc(r.at), r.chat, r.author, r.author_name, r.text) for r in rows]
+
             started = time.perf_counter()
-            rows = await history.between(BOT, CHAT, until - timedelta(days=1), until)
+            await fetch(CHAT, until - timedelta(days=1), until)
             fetch_s = time.perf_counter() - started
-            started = time.perf_counter()  # jieba loads its dictionary on first use: time it apart
-            await asyncio.to_thread(extract_topics, [Line(until, "x", "周六去凤凰岭爬山", ())], 8)
-            jieba_s = time.perf_counter() - started
 
-            print(
-                f"messages: {count:,} stored through History + group commit in {store_s:.2f} s "
-                f"({count / store_s:,.0f} msgs/s)"
-            )
-            print(f"baseline, plain history fetch: {len(rows):,} rows in {fetch_s * 1000:.1f} ms")
-            print(f"one-time jieba dictionary load (not in the runs below): {jieba_s:.2f} s")
-            for context in contexts:
-                result = await digest_once(history, until, context)
-                outside = result.total_s - result.model_s
-                calls = ", ".join(
-                    f"{k} {n}" for k in ("map", "combine", "final") if (n := result.calls.get(k, 0))
-                )
+            for context in (2048, 32768):
+                llm = FakeLLM(default="大家聊了爬山。")
+                ctx = JobContext(
+                    bot=BOT, job_id="bench", scheduled_at=until, options={}, persona=PERSONA, llm=llm,
+                    context_tokens=context, count_tokens=estimate_tokens, target_chat=CHAT, _history=fetch,
+                )  # fmt: skip
+                started = time.perf_counter()
+                post = await post_digest(ctx)
+                total = time.perf_counter() - started
+                prompts = "\n".join(str(m.content) for p in llm.prompts for m in p)
+                leaked = any(token in prompts or token in (post or "") for token in fixture.PRIVATE_TOKENS)
                 print(
-                    f"context {context:>6,} tokens: {sum(result.calls.values())} model calls ({calls}); "
-                    f"prompts {result.prompt_chars / 1e6:.2f} M chars; private leaked: {result.leaked}"
+                    f"{count:,} messages, context {context:,}: {total:.2f} s "
+                    f"({total / fetch_s:.1f}x the plain fetch of {fetch_s * 1000:.0f} ms), "
+                    f"{len(llm.prompts)} model call, prompt {len(prompts):,} chars, private leaked: {leaked}"
                 )
-                print(
-                    f"  total {result.total_s:.2f} s, in the fake model {result.model_s:.2f} s, "
-                    f"excluding it {outside:.2f} s = {outside / fetch_s:.1f}x the plain fetch"
-                )
-                rss_before = rss_bytes()
-                tracemalloc.start()
-                await digest_once(history, until, context)
-                _, peak = tracemalloc.get_traced_memory()
-                tracemalloc.stop()
-                print(
-                    f"  memory (second run, under tracemalloc): peak Python {peak / 2**20:.1f} MiB, "
-                    f"RSS +{(rss_bytes() - rss_before) / 2**20:.1f} MiB"
-                )
-                if result.post:
-                    print(
-                        "  post: "
-                        + result.post.splitlines()[0]
-                        + " | "
-                        + next((line for line in result.post.splitlines() if line.startswith("话题")), "")
-                    )
-            peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            print(f"process peak RSS: {peak_rss:.0f} MiB")
         finally:
             await writes.close()
             await db.close()
@@ -224,10 +253,11 @@ async def run(count: int, contexts: list[int]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=10_000)
-    parser.add_argument("--contexts", type=int, nargs="+", default=[2048, 32768])
+    parser.add_argument("--show", action="store_true", help="print each post")
+    parser.add_argument("--synthetic", type=int, default=0, help="time the plumbing over N messages")
     args = parser.parse_args()
-    asyncio.run(run(args.messages, args.contexts))
+    logging.basicConfig(level=logging.WARNING)
+    asyncio.run(run_synthetic(args.synthetic) if args.synthetic else run_real(args.show))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from bots.agent.memory import ConversationMemory
 from bots.agent.persona import Persona, PersonaLibrary
 from bots.agent.providers import build_llm
 from bots.agent.retrieval import NoRetrieval, Retriever
-from bots.agent.tokens import estimate_tokens
+from bots.agent.tokens import token_counter
 from bots.core.adapter import Adapter, AdapterFactory
 from bots.core.config import AppConfig, BotConfig, ChannelConfig, ConfigError, LLMConfig, Secrets
 from bots.core.host import Bot, Host
@@ -219,7 +219,7 @@ def build_host(
             persona=persona_view(persona),
             llm=bot_llm,
             context_tokens=llm_cfg.context_tokens,
-            count_tokens=estimate_tokens,
+            count_tokens=token_counter(bot_llm),  # the model's own tokenizer when it has one
             retrieve=_sources(retriever, collections) if retriever and collections else None,
             plugins=plugins,
             schedules=bot_cfg.schedules,

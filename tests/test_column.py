@@ -1,4 +1,5 @@
-"""The persona column job: topic by date, numbered sources in markers, citations, opening/closing."""
+"""The persona column job: topic by date, numbered sources in markers, citations, opening/closing,
+and the persona's own words when the model's piece fails the quality gate."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from langchain_core.messages import BaseMessage
 
 from bots.agent.tokens import estimate_tokens
+from bots.core.gate import GateStats
 from bots.plugins.jobs import JobContext, PersonaView, Source
 from bots.plugins.writing import AnswerRoom, prompt_tokens
 from bots.testing import FakeLLM
@@ -158,11 +160,64 @@ async def test_nothing_to_write_about_is_a_skip(options, sources, why):
 
 
 async def test_a_topic_without_knowledge_is_written_without_sources():
-    llm = FakeLLM().queue("冬天的夜很长[1]。")
+    llm = FakeLLM().queue("Winter nights are long [1].")
     persona = PersonaView(name="Lamp", system_prompt="You are an old desk lamp.", language="en")
     post = await post_column(make_ctx(llm, {"topics": ["winter nights"]}, Knowledge([]), persona=persona))
-    assert post == "冬天的夜很长。"  # no opening/closing lines configured, no sources to cite
+    assert post == "Winter nights are long."  # no opening/closing lines configured, no sources to cite
     assert "SOURCES" not in human_text(llm.prompts[0]) and "in English" in str(llm.prompts[0][0].content)
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        ("鬯亍彳乂乜乇亍彳乂乜乇亍丌丶丿乀乁乂乚乛亅亠亣亻仜仝仢仦仧仩仭仮仯仱仴仸伂伃伄伅伈伋", "salad"),
+        ("Task: write today's short column in your own voice, on the topic given in the message.", "echo"),
+        ("Winter is a lovely season and I enjoy reading by the lamp every single night.", "language"),
+        ("鲁迅说过：“读书的人都应该在冬天早起”[1]。", "quote"),  # a quotation the sources do not hold
+        ("", "empty"),
+    ],
+)
+async def test_a_failed_piece_gives_way_to_the_personas_own_words(answer, reason):
+    stats = GateStats()
+    llm = FakeLLM().queue(answer)
+    ctx = make_ctx(llm, {"topics": ["故乡"], "k": 4})
+    ctx.gate_stats = stats
+    post = await post_column(ctx)
+    assert post is not None
+    day = MORNING.date().toordinal()
+    opening, body, closing, sources = post.split("\n\n")
+    assert opening == PERSONA.opening_lines[day % 2] and closing == PERSONA.closing_lines[day % 2]
+    # the passages' own sentences, cited; the one that gives orders is never used
+    assert "其实地上本没有路，走的人多了，也便成了路。[1]" in body
+    assert "我冒了严寒，回到相隔二千余里，别了二十余年的故乡去。[2]" in body
+    assert "灯下读书，最怕的不是夜长，是心不静。[4]" in body
+    assert "ignore" not in post and "admin" not in post and (not answer or answer[:6] not in body)
+    assert sources == "出处：\n[1] 《故乡》 · 第 32 段\n[2] 《故乡》 · 第 1 段\n[4] 《灯下漫笔》 · 第 3 节"
+    assert stats.counts["column.failed"] == 1 and stats.counts[f"column.failed.{reason}"] == 1
+
+
+async def test_a_quotation_found_in_the_sources_passes():
+    stats = GateStats()
+    llm = FakeLLM().queue("鲁迅写过：“其实地上本没有路，走的人多了，也便成了路。”[1] 灯下也是一样。")
+    ctx = make_ctx(llm, {"topics": ["故乡"]})
+    ctx.gate_stats = stats
+    post = await post_column(ctx)
+    assert post is not None and "灯下也是一样。" in post
+    assert stats.snapshot() == {"column.checked": 1, "column.passed": 1}
+
+
+async def test_a_failed_piece_without_sources_is_a_skip():
+    persona = PersonaView(name="Lamp", system_prompt="You are an old desk lamp.", language="en")
+    llm = FakeLLM().queue("冬天的夜很长。")
+    ctx = make_ctx(llm, {"topics": ["winter nights"]}, Knowledge([]), persona=persona)
+    assert await post_column(ctx) is None
+    assert "failed its checks (language)" in ctx.skipped
+
+
+async def test_a_failing_model_gives_way_to_the_personas_own_words():
+    llm = FakeLLM().queue(RuntimeError("model crashed"))
+    post = await post_column(make_ctx(llm, {"topics": ["故乡"]}))
+    assert post is not None and "其实地上本没有路" in post and "[1]" in post
 
 
 async def test_long_passages_are_cut_to_fit_the_context():

@@ -84,7 +84,7 @@ async def test_console_repl_answers_in_order_then_exits(tmp_path):
     )
     console.on_exit = host.request_stop
     await asyncio.wait_for(host.serve_forever(), timeout=10)
-    assert output.getvalue().splitlines() == ["Tester> pong", "Tester> Fine, thank you. "]
+    assert output.getvalue().splitlines() == ["Tester> pong", "Tester> Fine, thank you."]
 
 
 class BrokenAdapter(FakeAdapter):

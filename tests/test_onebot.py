@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from fixtures.prose import varied_text
 
 from bots.adapters.onebot import OneBotAdapter, OneBotError, parse_cq, read_message
 from bots.core.config import ConfigError, Secrets
@@ -142,7 +143,7 @@ async def test_a_message_accepted_before_a_crash_is_answered_once_after_restart(
 
 
 async def test_a_long_answer_is_split_to_max_length(harness, secrets, bridge):
-    answer = "The fog came in early. " * 6 + "Then it lifted."
+    answer = varied_text(160)
     h = await start(harness, secrets, llm=FakeLLM(default=answer), max_length=50)
     await bridge.connect(h.adapter.url)
     asked = await bridge.group_message(5001, 42, "tell me about the fog", at_bot=True)

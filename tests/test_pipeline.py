@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from fixtures.prose import varied_text
+
 from bots.core.events import ChannelKind, ChannelRef, MessageEvent, UserRef
 from bots.core.permissions import NOT_ALLOWED
 from bots.plugins import Invocation, Plugin, Role, command, on_message
@@ -186,7 +188,7 @@ async def test_one_bad_event_never_stops_the_host(harness, caplog):
 async def test_long_replies_are_split_for_the_channel(harness):
     from bots.testing import FakeAdapter
 
-    long_answer = " ".join(f"Sentence number {i} is here." for i in range(40))
+    long_answer = varied_text(1_100)
     h = await harness(adapter=FakeAdapter(max_length=120), llm=FakeLLM(default=long_answer))
     parts = await h.ask("tell me everything", chat="g1", mention=True)
     assert len(parts) > 5

@@ -9,11 +9,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from fixtures.prose import varied_text
 
 from bots.adapters.telegram import TelegramAdapter, markdown_to_html
 from bots.core.config import ConfigError, Secrets
 from bots.core.events import ChannelKind, ChannelRef, MessageEvent, Outbound
 from bots.testing import FakeLLM
+from bots.testing.harness import BOT
 from bots.testing.telegram_server import TelegramServer, utf16_len
 
 TOKEN = "123456:TEST-token_abc"
@@ -122,18 +124,20 @@ def _without_space(text: str) -> str:
 
 
 @pytest.mark.parametrize(
-    "sentence",
+    ("answer", "question"),
     [
-        "The keeper climbs the stairs at dusk and lights the lamp for the ships. ",
-        "灯塔守护者在黄昏时分点亮灯火😀，为远方的船只指引方向🚢。",  # astral emoji count 2 UTF-16 units
+        (varied_text(5000), "tell me everything"),
+        # astral emoji count 2 UTF-16 units; a Chinese answer to a question asked in Chinese
+        (varied_text(5000, "zh", emoji=True), "请把灯塔的事都讲给我听"),
     ],
     ids=["latin", "cjk-emoji"],
 )
-async def test_long_answer_split_to_the_utf16_limit(harness, tg, secrets, sentence):
-    answer = (sentence * 400)[:5000]
+async def test_long_answer_split_to_the_utf16_limit(harness, tg, secrets, answer, question):
     assert utf16_len(answer) > 4096
-    await start(harness, tg, secrets, llm=FakeLLM(default=answer))
-    tg.private_message("alice", "tell me everything")
+    h = await start(harness, tg, secrets, llm=FakeLLM(default=answer))
+    # the gate refuses answers over 3,000 characters, less than one Telegram message may hold
+    h.host.control.runtime.bots[BOT].agent.max_answer_chars = len(answer)
+    tg.private_message("alice", question)
     parts = [await tg.next_sent()]
     while _without_space("".join(p["text"] for p in parts)) != _without_space(answer):
         parts.append(await tg.next_sent())

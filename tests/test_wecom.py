@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from fixtures.prose import varied_text
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk
@@ -181,8 +182,19 @@ async def test_undecryptable_bodies_rejected(harness, wecom, secrets, caplog):
 
 
 # -- conversations -------------------------------------------------------------------------------
-async def test_group_mention_answered_with_a_growing_stream(harness, wecom, secrets):
-    h = await start(harness, wecom, secrets, llm=SlowStreamLLM(default=ANSWER, chunk_delay_s=0.04))
+async def test_group_mention_answered_with_a_growing_stream(harness, wecom, secrets, monkeypatch):
+    h = await start(harness, wecom, secrets)
+    # the agent gates the whole answer, then yields its sentences at once: slow them down here, so
+    # that the emulator's refreshes (every 0.05 s) see the stream grow
+    agent = h.host.control.runtime.bots[BOT].agent
+    stream = agent.stream
+
+    async def slow_stream(inv: Any) -> AsyncIterator[str]:
+        async for sentence in stream(inv):
+            await asyncio.sleep(0.15)
+            yield sentence
+
+    monkeypatch.setattr(agent, "stream", slow_stream)
     chat = await wecom.send_text("bob", "is the lamp lit?", chat="wrGroup01")
     assert chat.frames[0]["stream"] == {"id": chat.stream_id, "finish": False, "content": ""}
     final = await chat.wait()
@@ -289,9 +301,12 @@ async def test_emoji_codes_mentions_and_quotes_stay_readable(harness, wecom, sec
 
 
 async def test_an_answer_longer_than_a_stream_is_cut_to_20480_bytes(harness, wecom, secrets):
-    long_answer = "灯塔的光照亮了夜海。" * 800  # 24,000 bytes
-    await start(harness, wecom, secrets, llm=FakeLLM(default=long_answer))
-    chat = await wecom.send_text("alice", "tell me everything")
+    long_answer = varied_text(8_000, "zh")
+    assert len(long_answer.encode()) > 23_000
+    h = await start(harness, wecom, secrets, llm=FakeLLM(default=long_answer))
+    # the gate refuses answers over 3,000 characters (9,000 bytes here), less than a stream holds
+    h.host.control.runtime.bots[BOT].agent.max_answer_chars = len(long_answer)
+    chat = await wecom.send_text("alice", "请把灯塔的事都讲给我听")
     final = await chat.wait()
     assert 20_000 < len(final.encode()) <= 20_480 and long_answer.startswith(final.strip())
     assert wecom.errors == []

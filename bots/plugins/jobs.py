@@ -22,6 +22,8 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 
+from bots.core.gate import GateStats
+
 JobFunction = Callable[["JobContext"], Awaitable[str | None]]
 
 
@@ -77,6 +79,7 @@ class JobContext:
     _history: HistoryFn | None = field(default=None, repr=False)
     _retrieve: RetrieveFn | None = field(default=None, repr=False)
     skipped: str = ""  # the reason given to skip(), if any
+    gate_stats: GateStats | None = None  # where the quality gate's verdicts on posts are counted
 
     async def history(self, chat: str, since: datetime, until: datetime) -> list[LoggedMessage]:
         """Stored messages of ``chat`` (canonical id) in [since, until), oldest first."""

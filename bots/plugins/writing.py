@@ -1,20 +1,30 @@
 """Helpers for jobs that write posts with a model (digest, column, your own): options checked
 with a clear error, data kept inside tagged markers the model is told not to obey, answers
-cleaned of leftover markers, and prompts measured against the model's context.
+cleaned of leftover markers, and prompts measured against the model's context; extractive
+helpers (words, tf-idf, centrality, MMR, sentences cut to fit) for posts that pick what was said
+instead of generating it; and the quality gate (``check``) every post passes before it is sent.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import re
 import secrets
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, TypeVar
 
 from langchain_core.messages import BaseMessage
 from pydantic import BaseModel, ValidationError
 
 from bots.core.budget import longest_prefix
+from bots.core.gate import GateStats as GateStats  # re-exported: jobs gate what they post
+from bots.core.gate import Verdict
+from bots.core.gate import check as check
+from bots.core.gate import text_language as text_language
 from bots.core.sanitize import clean_user_text
 from bots.plugins.jobs import JobContext, PersonaView
 
@@ -103,3 +113,189 @@ class AnswerRoom:
 
 def length_phrase(units: int, language: str) -> str:
     return f"at most {units} Chinese characters" if language == "zh" else f"at most {units} words"
+
+
+# --- extractive writing: what people said, picked instead of generated ----------------------------
+# Small models cannot be trusted to write a digest or a column; these pick and cut real sentences
+# (tf-idf over jieba words, centrality, MMR), so a post reads right with any model or none.
+
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_CJK_RUN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
+_LATIN = re.compile(r"[a-z][a-z0-9'’+-]*[a-z0-9+]|[a-z]")
+# A sentence ends after 。！？!?；; or … (and a closing quote), or after "." before a space.
+_SENTENCE_END = re.compile(r"(?<=[。！？!?；;…])(?![”」』’\"）)\]。！？!?；;…])\s*|(?<=[^.\d][.])\s+")
+_CLAUSE_END = re.compile(r"[，,、：:]")
+_HALF_PUNCT = {",": "，", "!": "！", "?": "？", ":": "：", ";": "；"}
+_ORDERS = re.compile(
+    r"\b(?:ignore|disregard|forget)\s+(?:all\s+)?(?:the\s+)?(?:previous|prior|above|earlier|your)\s+"
+    r"(?:instructions|rules|prompts?)\b|(?:忽略|无视|忘记)(?:之前|以上|前面|上面|所有)?的?(?:指令|指示|规则|设定|提示)",
+    re.IGNORECASE,
+)
+_AFTER_CJK = re.compile(r"(?<=[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff])([,!?:;])(?!\d)")
+
+Vector = dict[str, float]
+
+
+def _jieba() -> Any:
+    try:
+        import jieba
+    except ImportError:  # the knowledge extra is not installed: CJK bigrams stand in for words
+        return None
+    jieba.setLogLevel(logging.WARNING)
+    return jieba
+
+
+def words(text: str) -> list[str]:
+    """The lower-cased words of ``text``: Chinese cut by jieba (character bigrams without it),
+    Latin words whole. Punctuation and spaces are not words."""
+    lowered = text.lower()
+    jieba = _jieba()
+    if jieba is not None:
+        return [w for w in (t.strip() for t in jieba.lcut(lowered)) if w and any(ch.isalnum() for ch in w)]
+    bigrams = [run[i : i + 2] for run in _CJK_RUN.findall(lowered) for i in range(max(len(run) - 1, 1))]
+    return [*_LATIN.findall(lowered), *bigrams]
+
+
+def tfidf(bags: Sequence[Sequence[str]], prior: Callable[[str], float] | None = None) -> list[Vector]:
+    """Unit-length tf-idf vectors, one per bag of words (sublinear tf, smoothed idf over the
+    bags), each weight times ``prior`` of its word (default: :func:`telling`)."""
+    prior = prior or telling
+    df = Counter(w for bag in bags for w in set(bag))
+    n = len(bags)
+    vectors = []
+    for bag in bags:
+        weights = {
+            w: (1 + math.log(c)) * (math.log((1 + n) / (1 + df[w])) + 1) * prior(w)
+            for w, c in Counter(bag).items()
+        }
+        vectors.append(unit(weights))
+    return vectors
+
+
+@cache
+def _general_idf() -> dict[str, float]:
+    try:
+        import jieba.analyse
+    except ImportError:
+        return {}
+    return dict(jieba.analyse.default_tfidf.idf_freq)
+
+
+def telling(word: str) -> float:
+    """How much ``word`` says in general, 0.1 to 1: jieba's idf, so that 有人, 情况 or 推荐 weigh
+    little next to 凤凰岭 or 读书会, which one day's messages are too few to tell. Words it does
+    not know weigh 1 (names of things, most English), or 0.5 for two Chinese characters: most
+    of those are jieba's guesses across a word boundary (完会, 口见)."""
+    idf = _general_idf().get(word)
+    if idf is None:
+        return 0.5 if len(word) == 2 and _CJK.match(word) else 1.0
+    return min(max((idf - 4.0) / 7.0, 0.1), 1.0)
+
+
+def unit(vector: Vector) -> Vector:
+    norm = math.sqrt(sum(v * v for v in vector.values()))
+    return {w: v / norm for w, v in vector.items()} if norm else {}
+
+
+def dot(a: Vector, b: Vector) -> float:
+    """The cosine of two unit vectors."""
+    if len(a) > len(b):
+        a, b = b, a
+    return sum(v * b.get(w, 0.0) for w, v in a.items())
+
+
+def summed(vectors: Iterable[Vector]) -> Vector:
+    total: dict[str, float] = {}
+    for vector in vectors:
+        for w, v in vector.items():
+            total[w] = total.get(w, 0.0) + v
+    return total
+
+
+def centroid(vectors: Iterable[Vector]) -> Vector:
+    """The unit direction of the vectors' sum."""
+    return unit(summed(vectors))
+
+
+def mmr(
+    relevance: Sequence[float], vectors: Sequence[Vector], k: int, balance: float = 0.7, repeat: float = 0.8
+) -> list[int]:
+    """Indexes of up to ``k`` items, each the most relevant that repeats the ones already taken
+    least (maximal marginal relevance). Items with no relevance, and near-repeats of a taken one
+    (cosine ``repeat`` or more: a re-posted sign-up list), are never taken."""
+    left = [i for i, r in enumerate(relevance) if r > 0]
+    chosen: list[int] = []
+    while left and len(chosen) < k:
+        overlap = {i: max((dot(vectors[i], vectors[j]) for j in chosen), default=0.0) for i in left}
+        left = [i for i in left if overlap[i] < repeat]
+        if not left:
+            break
+        best = max(left, key=lambda i: balance * relevance[i] - (1 - balance) * overlap[i])
+        chosen.append(best)
+        left.remove(best)
+    return chosen
+
+
+def width(text: str) -> int:
+    """Display width: a Chinese character takes the room of two Latin letters."""
+    return len(text) + len(_CJK.findall(text))
+
+
+def sentences(text: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
+
+
+def brief(text: str, max_width: int) -> str:
+    """The first sentence or two of ``text`` within ``max_width`` (see :func:`width`); a first
+    sentence too long on its own is cut at a clause, else mid-sentence, and marked with "…"."""
+    parts = sentences(text)
+    if not parts:
+        return ""
+    kept = parts[0]
+    for part in parts[1:]:
+        english = kept[-2:].isascii()  # "6:40? 在…" keeps its space, "好!在…" and "好。在…" get none
+        joined = f"{kept} {part}" if english else kept + part
+        if width(joined) > max_width:
+            break
+        kept = joined
+    if width(kept) <= max_width:
+        return kept
+    cut, used = [], 0
+    for ch in kept:
+        used += width(ch)
+        if used > max_width - 2:
+            break
+        cut.append(ch)
+    head = "".join(cut)
+    clause = max((m.start() for m in _CLAUSE_END.finditer(head)), default=-1)
+    if clause > len(head) // 2:
+        head = head[:clause]
+    elif " " in head[len(head) // 2 :]:  # do not cut a Latin word in two
+        head = head[: head.rindex(" ")]
+    return head.rstrip(" ,，、:：;；") + "…"
+
+
+def gives_orders(text: str) -> bool:
+    """Whether ``text`` uses the classic phrasing of a prompt injection ("ignore previous
+    instructions", "忽略之前的指令"): never quote it in a post."""
+    return bool(_ORDERS.search(text))
+
+
+def cjk_punctuation(text: str) -> str:
+    """Full-width , ! ? : ; after Chinese characters (user text arrives width-folded)."""
+    return _AFTER_CJK.sub(lambda m: _HALF_PUNCT[m.group(1)], text)
+
+
+# --- the quality gate, as jobs use it ---------------------------------------------------------------
+
+
+def record_verdict(ctx: JobContext, kind: str, verdict: Verdict) -> None:
+    """Count ``verdict`` in the run's gate statistics, if it has any. Only the kinds of problems
+    go there: a problem's detail may quote the text, and logs carry counts, never message text."""
+    if ctx.gate_stats is not None:
+        ctx.gate_stats.record(kind, Verdict(tuple(verdict.reasons), verdict.language), where=ctx.job_id)
+
+
+def reasons(verdict: Verdict) -> str:
+    """The verdict for a log line: "pass", or its problem kinds ("language, echo")."""
+    return "pass" if verdict.ok else ", ".join(dict.fromkeys(verdict.reasons))

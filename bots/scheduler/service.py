@@ -411,6 +411,7 @@ class SchedulerService:
             logger=logging.getLogger(f"bots.jobs.{job_id}"),
             _history=history,
             _retrieve=parts.retrieve,
+            gate_stats=self.host.gate_stats,
         )
 
     async def _finish_interrupted(self) -> None:

@@ -148,6 +148,7 @@ def build_host(
             max_retries=llm_cfg.max_retries,
             protected_ids=[*roles.owners, *roles.operators],
             fluent_languages=_fluent(llm_cfg, bot_llm),
+            max_answer_chars=llm_cfg.max_answer_chars,
             gate_stats=host.gate_stats,
         )
         settings = PipelineSettings(

@@ -272,6 +272,142 @@ def slug(name: str) -> str:
     return text or "persona"
 
 
+@persona_app.command("build")
+def persona_build(
+    persona_id: Annotated[str, typer.Argument(help="Persona id (the file name to write)")],
+    source: Annotated[str, typer.Option("--from", help="Collection of the author's own texts")],
+    contrast: Annotated[
+        str | None, typer.Option(help="Collection of other authors on the same subjects (the reference)")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="The author's name [default: collection title]")] = None,
+    exemplars: Annotated[int, typer.Option(min=1, max=40, help="How many style exemplars")] = 12,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Folder [default: personas_dir]")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing persona file.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Draft a persona from an author's texts: style profile, signature lines, exemplars."""
+    from bots.agent.builder import author_name, build_persona, read_documents
+    from bots.agent.persona import PERSONA_ID, dump_persona
+    from bots.knowledge.collection import Collection
+
+    if not PERSONA_ID.match(persona_id):
+        raise _fail(f"{persona_id!r} is not a persona id (a-z, 0-9, - and _)")
+    cfg = _load(config, required=False)
+    target = (out_dir or cfg.personas_dir) / f"{persona_id}.yaml"
+    if target.exists() and not force:
+        raise _fail(f"{target} exists; pass --force to overwrite or pick another id")
+    try:
+        author = Collection(cfg.knowledge_dir, source)
+        others = Collection(cfg.knowledge_dir, contrast) if contrast else None
+        draft = build_persona(
+            read_documents(author),
+            collection=source,
+            name=name or author_name(author),
+            contrast=read_documents(others) if others else (),
+            contrast_collection=contrast or "",
+            exemplars=exemplars,
+        )
+    except (ConfigError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(dump_persona(draft.persona), encoding="utf-8")
+    p = draft.persona
+    out.print(
+        f"drafted {p.name!r} -> {target}: {draft.files} files, {draft.paragraphs} paragraphs, "
+        f"language {p.language}, {len(p.style)} style rules, {len(p.answer_openings)} openings, "
+        f"{len(p.answer_closings)} closings, {len(p.exemplars)} exemplars of {draft.candidates} candidates",
+        highlight=False,
+    )
+    out.print(f"Edit it, then: bots ingest {source} && bots persona eval {persona_id} --questions FILE.jsonl")
+
+
+@persona_app.command("eval")
+def persona_eval(
+    persona_id: Annotated[str, typer.Argument(help="Persona id")],
+    questions: Annotated[Path, typer.Option(help='JSON Lines: {"q": ..., "source": ..., "lines": [a, b]}')],
+    contrast: Annotated[
+        str | None, typer.Option(help="Collection of other authors for the style classifier")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON")] = False,
+    provider: Annotated[str | None, typer.Option(help="Override llm.provider (local, openai, fake).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Ask the persona's agent each question; score language, gate, grounding, citations, style."""
+    import logging
+
+    from bots.agent.persona import PersonaLibrary
+    from bots.evaluation import (
+        LEGEND,
+        Report,
+        agent_answers,
+        contrast_of,
+        corpus_segments,
+        load_questions,
+        run,
+        style_summary,
+        tables,
+    )
+
+    cfg = _load(config, required=False)
+    secrets = _secrets(config)
+    setup_logging(EnvSettings().log_level or "WARNING", lambda: secrets.handed_out)
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index it builds
+    if provider:
+        cfg = cfg.model_copy(update={"llm": cfg.llm.model_copy(update={"provider": provider})})
+    try:
+        persona = PersonaLibrary(cfg.personas_dir).get(persona_id)
+        asked = load_questions(questions)
+    except (ConfigError, OSError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    _require_indexed(cfg, secrets, persona.knowledge)
+
+    def progress(result: Any) -> None:
+        if not as_json:
+            err.print(f"{result.question.id}: {result.mode}, {result.seconds:.1f}s", highlight=False)
+
+    async def ask() -> list[Any]:
+        async with agent_answers(cfg, secrets, persona_id, persona) as answer:
+            frames = [*persona.answer_openings, *persona.answer_closings]
+            return await run(asked, answer, exclude=frames, on_result=progress)
+
+    try:
+        report = Report(asyncio.run(ask()))
+    except (ConfigError, RuntimeError) as exc:
+        raise _fail(str(exc)) from None
+    other = contrast_of(persona, contrast)
+    if other and persona.knowledge:
+        try:
+            author = corpus_segments(cfg.knowledge_dir, persona.knowledge, [persona.name])
+            report.style = style_summary(report.results, author, corpus_segments(cfg.knowledge_dir, [other]))
+        except (ConfigError, ValueError) as exc:
+            report.notes.append(f"no style score: {exc}")
+    else:
+        report.notes.append("no style score: name a --contrast collection of other authors")
+    if as_json:
+        print(json.dumps(report.as_json(), ensure_ascii=False, indent=2))
+        return
+    for table in tables(report):
+        out.print(table)
+    out.print(LEGEND, highlight=False)
+    for note in report.notes:
+        out.print(note, highlight=False)
+
+
+def _require_indexed(cfg: AppConfig, secrets: Secrets, collections: list[str]) -> None:
+    if not collections:
+        return
+    from bots.assembly import build_knowledge
+
+    kb = build_knowledge(cfg, secrets)
+    for name in collections:
+        try:
+            indexed = kb.stats(name)["indexed"]
+        except ConfigError as exc:
+            raise _fail(str(exc)) from None
+        if not indexed:
+            raise _fail(f"collection {name!r} is not indexed yet; run `bots ingest {name}` first")
+
+
 # -- knowledge ---------------------------------------------------------------------------------
 def _knowledge(config: Path | None):
     from bots.assembly import build_knowledge

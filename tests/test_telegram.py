@@ -15,7 +15,6 @@ from bots.adapters.telegram import TelegramAdapter, markdown_to_html
 from bots.core.config import ConfigError, Secrets
 from bots.core.events import ChannelKind, ChannelRef, MessageEvent, Outbound
 from bots.testing import FakeLLM
-from bots.testing.harness import BOT
 from bots.testing.telegram_server import TelegramServer, utf16_len
 
 TOKEN = "123456:TEST-token_abc"
@@ -134,9 +133,8 @@ def _without_space(text: str) -> str:
 )
 async def test_long_answer_split_to_the_utf16_limit(harness, tg, secrets, answer, question):
     assert utf16_len(answer) > 4096
-    h = await start(harness, tg, secrets, llm=FakeLLM(default=answer))
-    # the gate refuses answers over 3,000 characters, less than one Telegram message may hold
-    h.host.control.runtime.bots[BOT].agent.max_answer_chars = len(answer)
+    # longer than [llm] max_answer_chars allows by default (4,000): raise it, as an operator would
+    await start(harness, tg, secrets, llm=FakeLLM(default=answer), llm_settings={"max_answer_chars": 6000})
     tg.private_message("alice", question)
     parts = [await tg.next_sent()]
     while _without_space("".join(p["text"] for p in parts)) != _without_space(answer):

@@ -303,9 +303,9 @@ async def test_emoji_codes_mentions_and_quotes_stay_readable(harness, wecom, sec
 async def test_an_answer_longer_than_a_stream_is_cut_to_20480_bytes(harness, wecom, secrets):
     long_answer = varied_text(8_000, "zh")
     assert len(long_answer.encode()) > 23_000
-    h = await start(harness, wecom, secrets, llm=FakeLLM(default=long_answer))
-    # the gate refuses answers over 3,000 characters (9,000 bytes here), less than a stream holds
-    h.host.control.runtime.bots[BOT].agent.max_answer_chars = len(long_answer)
+    # longer than [llm] max_answer_chars allows by default (4,000): raise it, as an operator would
+    llm = FakeLLM(default=long_answer)
+    await start(harness, wecom, secrets, llm=llm, llm_settings={"max_answer_chars": 9000})
     chat = await wecom.send_text("alice", "请把灯塔的事都讲给我听")
     final = await chat.wait()
     assert 20_000 < len(final.encode()) <= 20_480 and long_answer.startswith(final.strip())

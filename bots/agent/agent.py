@@ -65,7 +65,7 @@ class Agent:
         on_tokens: Callable[[str, int], None] | None = None,
         fluent_languages: list[str] | None = None,
         gate_stats: GateStats | None = None,
-        max_answer_chars: int = 3000,
+        max_answer_chars: int = 4000,
     ) -> None:
         self.bot = bot
         self.persona = persona

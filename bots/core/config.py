@@ -67,6 +67,7 @@ class LLMConfig(StrictModel):
     # languages the model writes well ("zh", "en"); others are answered by composition (answer_mode
     # auto). None: every language, except the bundled SmolLM2 (English only)
     fluent_languages: list[Literal["zh", "en"]] | None = None
+    max_answer_chars: int = Field(4000, gt=0)  # longer answers fail the quality gate (a model looping)
     timeout_s: float = Field(60, gt=0)
     max_retries: int = Field(1, ge=0, le=10)
 

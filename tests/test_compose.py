@@ -93,3 +93,22 @@ def test_nearest_exemplars_share_words_with_the_question():
         "The logbook is a letter to the next keeper."
     ]
     assert nearest("football", exemplars, 2) == []
+
+
+def test_in_a_transcript_only_the_authors_lines_are_quoted_without_the_label():
+    chat = Passage(
+        "立委：大模型的涌现能力，说到底是规模带来的质变。\n为民：我不同意，涌现只是评测指标造成的错觉。\n"
+        "立委：涌现不是错觉，规模上去以后，模型突然会做以前做不了的事。",
+        "群聊",
+        "chat.txt, lines 40-42",
+        path="chat.txt",
+        start_line=40,
+        end_line=42,
+    )
+    author = PERSONA.model_copy(update={"speaker_labels": ["立委"]})
+    made = compose("涌现能力是错觉吗？", [chat], author, "zh")
+    assert "为民" not in made.text and "评测指标造成的错觉" not in made.text
+    assert "立委" not in made.text and "涌现不是错觉" in made.text
+    assert made.sources[0].start_line in (40, 42)
+    # a persona that does not know its label quotes no one from a transcript
+    assert compose("涌现能力是错觉吗？", [chat], PERSONA, "zh").unknown

@@ -205,9 +205,10 @@ def test_profile_against_a_reference(draft):
 # -- the draft -------------------------------------------------------------------------------------
 def test_draft_finds_the_signature_lines(draft):
     persona = draft.persona
-    assert persona.answer_openings[0] == OPENING
-    assert persona.answer_closings[0] == CLOSING
-    assert OPENING not in persona.answer_closings and CLOSING not in persona.answer_openings
+    assert persona.opening_lines[0] == OPENING  # for posts; answers get plain frames
+    assert persona.closing_lines[0] == CLOSING
+    assert OPENING not in persona.closing_lines and CLOSING not in persona.opening_lines
+    assert OPENING not in persona.answer_openings
 
 
 def test_draft_exemplars_cover_distinct_topics(draft):
@@ -242,10 +243,11 @@ def test_topics_are_keywords_without_function_words_or_the_name():
     assert "老周" not in found and "其实" not in found
 
 
-def test_defaults_when_there_are_no_signature_lines(corpus: Path):
+def test_answers_get_plain_frames_in_the_authors_languages(corpus: Path):
     draft = build_persona(read_documents(Collection(corpus, "essays")), collection="essays", name="Essayist")
     assert draft.persona.answer_openings and draft.persona.answer_openings[0] == "说说我的看法。"
     assert draft.persona.answer_closings == ["以上是我的一点看法。"]
+    assert draft.persona.opening_lines == []  # no signature lines in these essays
 
 
 # -- the classifier --------------------------------------------------------------------------------
@@ -274,7 +276,7 @@ def test_persona_build_command_writes_a_loadable_draft(corpus: Path, tmp_path: P
     assert result.exit_code == 0, result.output
     assert "8 exemplars" in result.output
     persona = load_persona(tmp_path / "config" / "personas" / "zhou.yaml")
-    assert persona.answer_openings[0] == OPENING and persona.knowledge == ["zhou"]
+    assert persona.opening_lines[0] == OPENING and persona.knowledge == ["zhou"]
     again = runner.invoke(app, args)
     assert again.exit_code == 1 and "--force" in again.output
     assert runner.invoke(app, [*args, "--force"]).exit_code == 0
@@ -312,7 +314,8 @@ def test_real_corpus_draft_finds_the_anchor_lines(real_corpus: Path):
     )  # fmt: skip
     persona = draft.persona
     assert persona.language == "zh"
-    assert any("我是小雅" in line for line in persona.answer_closings)
-    assert any("我是" in line and "李维" in line for line in persona.answer_openings)
+    assert any("我是小雅" in line for line in persona.closing_lines)
+    assert any("我是" in line and "李维" in line for line in persona.opening_lines)
+    assert "立委" in persona.speaker_labels  # his lines of the group chats are his
     assert 8 <= len(persona.exemplars) <= 16
     assert {"zh", "en"} <= {sty.text_language(e) for e in persona.exemplars}

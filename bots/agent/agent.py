@@ -211,7 +211,7 @@ class Agent:
         similarity = None
         scorer = getattr(self.retriever, "similarities", None)
         if scorer is not None and passages:
-            texts = [s.text for s in split_sentences(fact_passages(passages))]
+            texts = [s.text for s in split_sentences(fact_passages(passages), self.persona.speaker_labels)]
             scores = await scorer(inv.text, texts) if texts else None
             if scores is not None and len(scores) == len(texts):
                 by_text = dict(zip(texts, scores, strict=True))

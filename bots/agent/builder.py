@@ -162,7 +162,7 @@ def style_rules(profile: sty.StyleProfile, openings: Sequence[str], closings: Se
     if phrases := _per_language(profile.phrases, 5):
         rules.append(f"Recurring phrases: {phrases}.")
     if openings or closings:
-        rules.append("Frames answers with the author's own signature lines (see answer_openings/closings).")
+        rules.append("Opens and closes posts with the author's own signature lines (opening/closing_lines).")
     return [rule for rule in rules if rule]
 
 
@@ -259,13 +259,18 @@ def build_persona(
         numbers["contrast"] = contrast_collection
     persona = Persona(
         name=name,
+        speaker_labels=sorted(author_labels(author, [name])),
         description=f"Drafted by `bots persona build` from the collection {collection!r}; edit before use.",
         language=style.main_language,
         system_prompt=system_prompt(name, topics(texts, name=name), style.main_language),
         style=style_rules(style, openings, closings),
         knowledge=[collection],
-        answer_openings=openings or [line for lang in languages for line in DEFAULT_OPENINGS[lang]],
-        answer_closings=closings or [line for lang in languages for line in DEFAULT_CLOSINGS[lang]],
+        # signature lines open and close posts (a column, a broadcast); a chat answer framed with
+        # "Hello everyone, this is ..." every time would read oddly, so answers get plain frames
+        opening_lines=openings,
+        closing_lines=closings,
+        answer_openings=[line for lang in languages for line in DEFAULT_OPENINGS[lang]],
+        answer_closings=[line for lang in languages for line in DEFAULT_CLOSINGS[lang]],
         exemplars=sty.pick_exemplars(candidates, exemplars),
         extensions={"style_profile": numbers},
     )

@@ -38,6 +38,10 @@ MIN_SIMILARITY = 0.45  # embedding similarity that makes a sentence relevant wit
 # closing quotes); Latin prose is often hard-wrapped, so a single line break does not end one.
 _TERMINATOR = re.compile(r"[。！？…]+[”」』\"'’）)]*|[.!?]+[\"'”’)]*(?=\s|$)")
 _HEADING = re.compile(r"^\s*(?:#{1,6}\s|[-*=_]{3,}\s*$)")
+# "立委：…", "Wei Li: …": a line of a chat transcript, said by whoever the label names
+SPEAKER_LABEL = re.compile(
+    r"^\s*([\u3400-\u9fff]{1,6}|[A-Z][\w.'-]*(?: [A-Z][\w.'-]*){0,2})\s*[:：]\s*(?=\S)"
+)
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _LOCATION_FILE = re.compile(r"^(.*?),\s*(?:p\. \d+, )?(?:[^,]*, )?lines? \d+")
 
@@ -71,12 +75,14 @@ class Composition:
     unknown: bool = False  # True: the honest "I have not written about that"
 
 
-def split_sentences(passages: Sequence[Passage]) -> list[Sentence]:
+def split_sentences(passages: Sequence[Passage], own_labels: Sequence[str] = ()) -> list[Sentence]:
     """The readable sentences of ``passages``: whole sentences only (no headings, no pieces cut
-    off at a passage's edges, no bare links), each with the line it starts on."""
+    off at a passage's edges, no bare links), each with the line it starts on. In transcripts
+    only the author's lines count (``own_labels``: how transcripts name the author), without
+    the label: another speaker's words are never the persona's."""
     found = []
     for index, passage in enumerate(passages):
-        for start, text in _sentence_spans(passage.text):
+        for start, text in _sentence_spans(passage.text, own_labels):
             if not _worth_quoting(text):
                 continue
             line = passage.start_line + passage.text.count("\n", 0, start) if passage.start_line else 0
@@ -92,7 +98,7 @@ def _units(text: str) -> list[tuple[int, str]]:
     for line in text.split("\n"):
         if not line.strip() or _HEADING.match(line):
             current = None
-        elif current is None:
+        elif current is None or SPEAKER_LABEL.match(line):  # each speaker's line stands alone
             current = (offset, [line])
             paragraphs.append(current)
         else:
@@ -110,12 +116,18 @@ def _units(text: str) -> list[tuple[int, str]]:
     return units
 
 
-def _sentence_spans(text: str) -> list[tuple[int, str]]:
+def _sentence_spans(text: str, own_labels: Sequence[str] = ()) -> list[tuple[int, str]]:
     """(offset, sentence) for each terminated sentence. The first piece of a passage that starts
-    in the middle of a sentence (lower case, or punctuation) is left out."""
+    in the middle of a sentence (lower case, or punctuation) is left out, and so are the lines
+    of speakers other than the author."""
     spans = []
     for offset, unit in _units(text):
         begin = 0
+        label = SPEAKER_LABEL.match(unit)
+        if label:
+            if label.group(1) not in own_labels:
+                continue
+            begin = label.end()
         for end in _TERMINATOR.finditer(unit):
             piece = unit[begin : end.end()]
             lead = len(piece) - len(piece.lstrip())
@@ -266,7 +278,7 @@ def compose(
 ) -> Composition:
     """The persona's answer to ``question`` in ``language``, made of its own sentences."""
     facts = [p for p in passages if p.kind == "fact"]
-    sentences = split_sentences(facts)
+    sentences = split_sentences(facts, persona.speaker_labels)
     chosen: list[Sentence] = []
     if sentences:
         scores = relevance(question, sentences, similarity)

@@ -76,6 +76,7 @@ class Persona(_Strict):
     answer_openings: list[str] = []  # frames for composed answers, in either language
     answer_closings: list[str] = []
     exemplars: list[str] = []  # short passages of the author's own prose; the nearest shape the voice
+    speaker_labels: list[str] = []  # the author in chat transcripts ("立委"): only their lines are quoted
     quote_check: Literal["flag", "remove", "off"] = "flag"  # quotations not found in the corpus
     apology: str = ""  # in-character reply when the model fails; default by language
     busy: str = ""  # in-character reply when a user is rate limited

@@ -42,6 +42,7 @@ _HEADING = re.compile(r"^\s*(?:#{1,6}\s|[-*=_]{3,}\s*$)")
 SPEAKER_LABEL = re.compile(
     r"^\s*([\u3400-\u9fff]{1,6}|[A-Z][\w.'-]*(?: [A-Z][\w.'-]*){0,2})\s*[:：]\s*(?=\S)"
 )
+_CITATION_END = re.compile(r"\[\d+\]$")
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _LOCATION_FILE = re.compile(r"^(.*?),\s*(?:p\. \d+, )?(?:[^,]*, )?lines? \d+")
 
@@ -128,14 +129,21 @@ def _sentence_spans(text: str, own_labels: Sequence[str] = ()) -> list[tuple[int
             if label.group(1) not in own_labels:
                 continue
             begin = label.end()
-        for end in _TERMINATOR.finditer(unit):
+        elif unit[:1].islower() or unit[:1] in "，,、；;：:）)」』”":
+            begin = _skip_fragment(unit)  # the passage (or a hard-wrapped line) starts mid-sentence
+        for end in _TERMINATOR.finditer(unit, begin):
             piece = unit[begin : end.end()]
             lead = len(piece) - len(piece.lstrip())
-            spans.append((offset + begin + lead, " ".join(piece.split())))
+            if label or not piece.lstrip()[:1].islower():  # "etc. prior to…": the tail of a cut sentence
+                spans.append((offset + begin + lead, " ".join(piece.split())))
             begin = end.end()
-    if spans and (spans[0][1][:1].islower() or spans[0][1][:1] in "，,、；;：:）)」』”"):
-        spans.pop(0)
     return spans
+
+
+def _skip_fragment(unit: str) -> int:
+    """Where the first whole sentence of ``unit`` starts (past the end of the cut one)."""
+    first = _TERMINATOR.search(unit)
+    return first.end() if first else len(unit)
 
 
 def support(answer: str, grounds: Sequence[str]) -> float:
@@ -166,12 +174,26 @@ def relevance(question: str, sentences: list[Sentence], similarity: Similarity |
     similarity when there is one, and a small prior for higher-ranked passages. Zero for a
     sentence that shares no word with the question and is not similar enough to it."""
     lexical = lexical_scores(question, [s.text for s in sentences])
+    # a name or term in the other script ("Ashby 的 Homeostat…") is what the question is about
+    keys = key_terms(question)
+    has = np.asarray([len(keys & set(tokenize(s.text))) / len(keys) if keys else 0.0 for s in sentences])
+    if keys:
+        lexical = 0.5 * lexical + 0.5 * has
     dense = np.zeros(len(sentences))
     if similarity is not None:
         dense = np.clip(np.asarray(similarity(question, [s.text for s in sentences]), dtype=float), 0, 1)
     prior = np.asarray([1 / (1 + 0.25 * s.passage) for s in sentences])
     relevant = (lexical > 0) | (dense >= MIN_SIMILARITY)
+    if keys and has.max() > 0:  # sentences that name none of the key terms are about something else
+        relevant &= has > 0
     return np.where(relevant, (0.6 * lexical + 0.4 * dense) * (0.5 + 0.5 * prior) + 0.05 * prior, 0.0)
+
+
+def key_terms(question: str) -> set[str]:
+    """Tokens of ``question`` written in the script its own words are not (Latin words in a
+    Chinese question, Chinese words in an English one): names, titles, terms of art."""
+    chinese = text_language(question) == "zh"
+    return {t for t in tokenize(question) if bool(_CJK.search(t)) != chinese and not t.isdigit()}
 
 
 def lexical_scores(query: str, texts: Sequence[str]) -> np.ndarray:
@@ -231,6 +253,15 @@ def pick(sentences: list[Sentence], scores: np.ndarray, *, limit: int, max_chars
     return sorted((sentences[i] for i in chosen), key=lambda s: (s.passage, s.offset))
 
 
+def _joined(pieces: list[str]) -> str:
+    """Sentences run on: a space after Latin text, none between Chinese sentences."""
+    text = ""
+    for piece in pieces:
+        last = _CITATION_END.sub("", text)[-1:]
+        text += (" " if text and (last.isascii() or piece[:1].isascii()) else "") + piece
+    return text
+
+
 def _jaccard(a: set[str], b: set[str]) -> float:
     return len(a & b) / len(a | b) if a and b else 0.0
 
@@ -280,28 +311,35 @@ def compose(
     facts = [p for p in passages if p.kind == "fact"]
     sentences = split_sentences(facts, persona.speaker_labels)
     chosen: list[Sentence] = []
+    best: dict[Sentence, float] = {}
     if sentences:
         scores = relevance(question, sentences, similarity)
         max_chars = 220 if language == "zh" else 480
         chosen = pick(sentences, scores, limit=limit, max_chars=max_chars)
+        best = {s: scores[sentences.index(s)] for s in chosen}
     if not chosen:
         example = _example_answer(question, persona, language)
         return Composition(example or UNKNOWN[language], [], grounded=False, unknown=not example)
 
-    groups: dict[int, list[Sentence]] = {}
-    for sentence in chosen:
-        groups.setdefault(sentence.passage, []).append(sentence)
+    groups: dict[int, list[Sentence]] = {}  # passages in the order of their best sentence
+    for sentence in sorted(chosen, key=lambda s: -best[s]):
+        groups.setdefault(sentence.passage, [])
+    for sentence in chosen:  # within a passage, the author's order
+        groups[sentence.passage].append(sentence)
     sources = [_sentence_source(facts[index], group) for index, group in groups.items()]
-    written_in = text_language(" ".join(s.text for s in chosen)) or language
-    cross = written_in != language
-    joiner = " " if written_in == "en" else ""
-    parts = []
+    parts, foreign = [], 0
     for number, group in enumerate(groups.values(), 1):
-        words = joiner.join(s.text for s in group)
-        parts.append((f"「{words}」" if cross else words) + f"[{number}]")
+        words = _joined([s.text for s in group])
+        if text_language(words) not in ("", language):  # the author's words in the other language
+            words, foreign = f"「{words}」", foreign + 1
+        parts.append(f"{words}[{number}]")
     own = _choose(persona.answer_openings, language, question)
-    opening = CROSS_OPENINGS[language] if cross else own or _choose(OPENINGS[language], language, question)
+    opening = (
+        CROSS_OPENINGS[language]
+        if foreign == len(parts)
+        else own or _choose(OPENINGS[language], language, question)
+    )
     closing = _choose(persona.answer_closings, language, question)
-    body = (" " if "en" in (language, written_in) else "").join(parts)
+    body = _joined(parts)
     text = "\n".join(part for part in (opening, body, closing) if part)
     return Composition(text, sources, grounded=True)

@@ -85,7 +85,7 @@ class Agent:
         self.gate_stats = gate_stats or GateStats()
         self.max_answer_chars = max_answer_chars
         self.count_tokens = token_counter(llm)
-        self._instructions = [CHARACTER_RULES.format(name=persona.name)]
+        self._instructions = _instructions(persona)
 
     def use_persona(self, persona: Persona, collections: list[str] | None = None) -> None:
         """Speak as ``persona`` from the next message on (an operator's ``/persona use``)."""
@@ -93,7 +93,7 @@ class Agent:
         if collections is not None:
             self.collections = collections
         self.guard = LeakGuard(system_text(persona, []), self._protected_ids)
-        self._instructions = [CHARACTER_RULES.format(name=persona.name)]
+        self._instructions = _instructions(persona)
 
     def _lock(self, session_id: str) -> asyncio.Lock:
         """One turn at a time per session, so memory stays in order."""
@@ -306,6 +306,13 @@ class Agent:
             yield sentence
         if reply.sources_note:
             yield reply.sources_note
+
+
+def _instructions(persona: Persona) -> list[str]:
+    """What the prompt tells the model and an answer must not repeat: the platform's rules and the
+    persona's style rules (the system prompt itself is the leak guard's: a persona may well say
+    what it is about)."""
+    return [CHARACTER_RULES.format(name=persona.name), *persona.style]
 
 
 def _split(text: str) -> list[str]:

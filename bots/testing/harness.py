@@ -40,13 +40,14 @@ class Harness:
     async def next_sent(self, timeout: float = 5.0) -> Outbound:
         return await self.adapter.next_sent(timeout)
 
-    async def drain(self) -> None:
-        await self.host.drain(timeout=10)
+    async def drain(self, timeout: float = 10.0) -> None:
+        await self.host.drain(timeout=timeout)
 
-    async def ask(self, text: str, **kwargs: Any) -> list[Outbound]:
-        """Push a message, wait until it is handled, and return everything sent meanwhile."""
+    async def ask(self, text: str, *, timeout: float = 10.0, **kwargs: Any) -> list[Outbound]:
+        """Push a message, wait until it is handled (at most ``timeout`` seconds: a real model on a
+        busy machine needs more), and return everything sent meanwhile."""
         await self.push(text, **kwargs)
-        await self.drain()
+        await self.drain(timeout)
         return self.adapter.take_sent()
 
 

@@ -19,6 +19,7 @@ from bots.agent.tokens import token_counter
 from bots.core.adapter import Adapter, AdapterFactory
 from bots.core.config import AppConfig, BotConfig, ChannelConfig, ConfigError, LLMConfig, Secrets
 from bots.core.host import Bot, Host
+from bots.core.loops import LoopGuard
 from bots.core.permissions import Permissions
 from bots.core.pipeline import Pipeline, PipelineSettings
 from bots.core.quota import Quotas, QuotaStore
@@ -165,6 +166,8 @@ def build_host(
             joins_per_chat=config.rate_limits.joins_per_chat,
             raid_minutes=config.rate_limits.raid_minutes,
             max_input_chars=config.memory.max_input_chars,
+            answer_bots=bot_cfg.answer_bots,
+            own_accounts=host.own_accounts,
         )
         dispatch = Dispatch()
         quotas = Quotas(
@@ -182,6 +185,9 @@ def build_host(
             quotas=quotas,
             outbox=host.outbox,
             history=host.history if config.history.enabled else None,
+            loops=LoopGuard(
+                host.db, bot_cfg.name, budget=bot_cfg.bot_turns, cooldown_s=bot_cfg.bot_cooldown_s
+            ),
         )
 
         async def send(outbound, _bot=bot_cfg.name):

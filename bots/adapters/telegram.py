@@ -416,15 +416,21 @@ class TelegramAdapter:
 
 
 # -- helpers ------------------------------------------------------------------------------------
+# Telegram's stand-ins when a person speaks as a chat: an anonymous group admin, a linked channel.
+# They are flagged is_bot, but a person is behind them.
+SERVICE_ACCOUNTS = {1087968824, 136817688}  # GroupAnonymousBot, Channel_Bot
+
+
 def _author(message: Message) -> UserRef:
     user = message.from_user
+    speaks_as_chat = message.sender_chat is not None and (user is None or user.id in SERVICE_ACCOUNTS)
+    if speaks_as_chat:  # an anonymous admin or a linked channel speaks as the chat
+        sender = message.sender_chat
+        return UserRef("telegram", str(sender.id), name=sender.title or sender.full_name or "")
     if user is not None:
         return UserRef(
             "telegram", str(user.id), name=user.full_name or user.username or "", is_bot=user.is_bot
         )
-    if message.sender_chat is not None:  # an anonymous admin or a linked channel speaks as the chat
-        sender = message.sender_chat
-        return UserRef("telegram", str(sender.id), name=sender.title or sender.full_name or "")
     raise ValueError("message without sender")
 
 

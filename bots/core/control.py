@@ -25,6 +25,8 @@ class HostControl:
             channels = ", ".join(f"{a.name} ({a.platform})" for a in bot.adapters) or "none"
             lines.append(f"{bot.name}: channels {channels}; plugins {', '.join(self.plugins(bot.name))}")
             lines += [f"  last error: {error}" for error in bot.pipeline.errors]
+            if bot.pipeline.loops.stops:
+                lines.append(f"  bot-to-bot loops stopped: {bot.pipeline.loops.stops}")
         lines.append(f"events in flight: {self._host.in_flight}; muted chats: {len(self._host.muted)}")
         gate = self._host.gate_stats.snapshot()
         if gate:

@@ -87,6 +87,7 @@ class Host:
         self.history = History(db, self.writes)
         self.control = HostControl(self)
         self.gate_stats = GateStats()  # the quality gate's verdicts on everything the bots write
+        self.own_accounts: set[str] = set()  # canonical ids of this host's bot accounts (all bots)
         self.bots: dict[str, Bot] = {}
         self.stop_grace_s = stop_grace_s
         self._tasks: set[asyncio.Task[Any]] = set()

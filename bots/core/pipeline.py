@@ -20,6 +20,7 @@ from bots.core.adapter import Adapter, StreamingAdapter, TypingAdapter
 from bots.core.audit import AuditLog
 from bots.core.events import ChannelKind, ChannelRef, MessageEvent, Outbound
 from bots.core.history import History
+from bots.core.loops import BotPolicy, LoopGuard
 from bots.core.outbound import deliver
 from bots.core.outbox import Outbox
 from bots.core.permissions import NOT_ALLOWED, Permissions, Role
@@ -62,6 +63,8 @@ class PipelineSettings:
     joins_per_chat: str = "10/minute"
     raid_minutes: float = 10.0
     max_input_chars: int = 4000  # longer messages are cut before anything else sees them
+    answer_bots: bool | list[str] = False  # other bots answered: none, all, or these (bots.core.loops)
+    own_accounts: set[str] = field(default_factory=set)  # this host's bot accounts, shared by its bots
 
 
 def session_id(event: MessageEvent, group_scope: str) -> str:
@@ -84,6 +87,7 @@ class Pipeline:
         quotas: Quotas | None = None,
         outbox: Outbox | None = None,
         history: History | None = None,
+        loops: LoopGuard | None = None,
     ) -> None:
         self.settings = settings
         self.dispatch = dispatch
@@ -93,6 +97,8 @@ class Pipeline:
         self.quotas = quotas or Quotas()
         self.outbox = outbox  # replies recorded under a key per event, so a replay never repeats one
         self.history = history  # group messages kept for digests
+        self.loops = loops or LoopGuard(None, settings.bot)  # budgets of bot-to-bot turns per chat
+        self._bots = BotPolicy(settings.answer_bots)
         self.errors: deque[str] = deque(maxlen=5)  # the last errors, for the admin status
         self._limiter = RateLimiter(settings.per_user_limit, settings.per_chat_limit)
         self.raids = RaidGuard(settings.joins_per_chat, settings.raid_minutes)
@@ -101,6 +107,7 @@ class Pipeline:
         self._keywords = [k.lower() for k in settings.keywords if k]
         self.inbound: list[InboundMiddleware] = [
             self._drop_own,
+            self._drop_bots,
             self._drop_commands_for_others,
             self._drop_banned,
             self._drop_raiders,
@@ -203,7 +210,26 @@ class Pipeline:
     # -- inbound middleware ------------------------------------------------------------------
     async def _drop_own(self, inv: Invocation) -> str | None:
         event = inv.event
+        if event.self_id:  # known to every bot of the host: a sibling's message is a bot's
+            self.settings.own_accounts.add(f"{event.platform}:{event.self_id}")
         return "own message" if event.self_id and event.author.id == event.self_id else None
+
+    async def _drop_bots(self, inv: Invocation) -> str | None:
+        """Other bots are not answered unless allowed, and then only within the chat's budget of
+        bot-to-bot turns; their commands run only when the bot holds an operator role."""
+        event = inv.event
+        chat = event.channel.canonical
+        if not (event.author.is_bot or event.author.canonical in self.settings.own_accounts):
+            if event.channel.kind is not ChannelKind.DM:
+                await self.loops.human_spoke(chat)
+            return None
+        if inv.command is not None:
+            return None if inv.role >= Role.OPERATOR else "a command from a bot"
+        if not self._bots.allows(event.author):
+            return "a message from a bot"
+        if inv.addressed and not await self.loops.bot_turn(chat):
+            return "the chat's budget of bot-to-bot turns is spent"
+        return None
 
     async def _drop_commands_for_others(self, inv: Invocation) -> str | None:
         return "a command for another bot" if inv.command_for_other else None

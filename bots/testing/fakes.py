@@ -141,8 +141,10 @@ class FakeAdapter:
         mention: bool = False,
         reply_to_bot: bool = False,
         message_id: str | None = None,
+        is_bot: bool = False,
     ) -> MessageEvent:
-        """Build an event: a DM from ``user`` unless ``chat`` names a group."""
+        """Build an event: a DM from ``user`` unless ``chat`` names a group (``is_bot``: the
+        platform flags the author as a bot)."""
         if chat is None:
             channel = ChannelRef(self.platform, f"dm-{user}", ChannelKind.DM)
         else:
@@ -156,7 +158,7 @@ class FakeAdapter:
         return MessageEvent(
             platform=self.platform,
             message_id=message_id or f"m{next(self._ids)}-{self._run}",
-            author=UserRef(self.platform, user, name=user_name or user),
+            author=UserRef(self.platform, user, name=user_name or user, is_bot=is_bot),
             channel=channel,
             text=text,
             self_id=self.self_id,

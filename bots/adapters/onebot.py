@@ -49,6 +49,8 @@ from bots.core.events import (
 )
 
 log = logging.getLogger("bots.adapters.onebot")
+# QQ's own accounts that post into groups (system notices, the official group manager bot): bots
+SYSTEM_ACCOUNTS = frozenset({"10000", "2854196310"})
 
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 GROUP, PRIVATE = "group", "private"  # channel ids are "group:<group_id>" and "private:<user_id>"
@@ -396,7 +398,7 @@ class OneBotAdapter:
         return MessageEvent(
             platform=self.platform,
             message_id=message_id,
-            author=UserRef(self.platform, user_id, name=author_name),
+            author=UserRef(self.platform, user_id, name=author_name, is_bot=user_id in SYSTEM_ACCOUNTS),
             channel=channel,
             text=parsed.text,
             self_id=self_id,

@@ -682,7 +682,7 @@ def stated_names(text: str) -> list[str]:
     """What ``text`` states as someone's name: speaker labels that look like names ("老王：",
     "- Wang:"), @mentions, capitalised words, and the person names jieba tags."""
     found = [label for label in _LABEL.findall(text) if looks_like_name(label)] + _AT_NAME.findall(text)
-    found += [word.strip("'’-") for word in _CAPITALISED.findall(text)]
+    found += [re.sub(r"['’]s$", "", word).strip("'’-") for word in _CAPITALISED.findall(text)]  # Wang's
     return [name for name in found if name and name.lower() not in _NOT_NAMES] + person_names(text)
 
 

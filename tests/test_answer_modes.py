@@ -132,3 +132,23 @@ async def test_passages_are_cut_to_the_models_own_token_count(harness):
     assert sum(llm.count_tokens(str(m.content)) + 4 for m in prompt) <= 1000
     assert prompt[-1].content == "雾天最要紧的是什么?请告诉我。"  # NFKC on arrival
     assert "雾天最要紧的不是灯" in prompt[0].content  # the first passage, cut, not dropped
+
+
+async def test_whatever_breaks_the_user_gets_the_apology_not_silence(harness):
+    class BrokenScorer(StaticRetriever):
+        async def similarities(self, query: str, texts: list[str]) -> list[float] | None:
+            raise RuntimeError("embedding service down")
+
+    h = await harness(persona=keeper(answer_mode="compose"), retriever=BrokenScorer([FOG]))
+    [reply] = await h.ask("What does the fog horn sound like?")
+    assert reply.text == keeper().apology_text
+    [odd] = await h.ask("雾号 \ud83d")  # a lone surrogate is dropped on arrival, not a crash
+    assert odd.text
+
+
+async def test_a_removed_quotation_that_leaves_nothing_is_not_sent_empty(harness):
+    llm = FakeLLM(default="我写过“雾天最要紧的是雾号，不是灯”。")  # supported, but not what was written
+    h = await harness(persona=keeper(quote_check="remove"), llm=llm, retriever=StaticRetriever([FOG]))
+    [reply] = await h.ask("雾天最要紧的是什么？")
+    assert "“雾天最要紧的是雾号，不是灯”" not in reply.text and "雾天最要紧的不是灯，而是雾号" in reply.text
+    assert h.host.gate_stats.snapshot().get("answer.failed.empty") == 2, h.host.gate_stats.snapshot()

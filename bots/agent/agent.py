@@ -145,6 +145,24 @@ class Agent:
     ) -> tuple[str, Verdict]:
         """The text after the quote check, and the gate's verdict on it. With passages, most of
         what it says must rest on them."""
+        verdict = await asyncio.to_thread(self._check, inv.text, text, language, passages)
+        if not verdict.ok or not self.collections or self.persona.quote_check == "off":
+            return text, verdict
+
+        async def verify(quote: str) -> bool:
+            return await self.retriever.verify_quote(quote, self.collections)
+
+        unverified = await unverified_quotes(text, verify, exempt=inv.text)
+        if unverified and self.persona.quote_check == "remove":
+            text = without_quotes(text, unverified)
+            return text, verdict if text.strip() else verdict.failed("empty: nothing left without the quotes")
+        for quote in unverified:
+            verdict = verdict.failed(f"quote: not in the corpus: {quote[:30]!r}")
+        return text, verdict
+
+    def _check(self, question: str, text: str, language: str, passages: list[Passage]) -> Verdict:
+        """The gate's verdict (CPU work: run in a thread). With passages, most of what the text
+        says must rest on them."""
         verdict = gate.check(
             text,
             language=language,
@@ -154,21 +172,10 @@ class Agent:
         )
         facts = fact_passages(passages)
         if verdict.ok and facts:
-            backed = support(text, [inv.text, *(p.text for p in facts)])
+            backed = support(text, [question, *(p.text for p in facts)])
             if backed < MIN_SUPPORT:  # a small model's confident invention, not the author's view
                 verdict = verdict.failed(f"unsupported: {backed:.0%} of its sentences rest on the passages")
-        if not verdict.ok or not self.collections or self.persona.quote_check == "off":
-            return text, verdict
-
-        async def verify(quote: str) -> bool:
-            return await self.retriever.verify_quote(quote, self.collections)
-
-        unverified = await unverified_quotes(text, verify, exempt=inv.text)
-        if unverified and self.persona.quote_check == "remove":
-            return without_quotes(text, unverified), verdict
-        for quote in unverified:
-            verdict = verdict.failed(f"quote: not in the corpus: {quote[:30]!r}")
-        return text, verdict
+        return verdict
 
     async def _generate(
         self, inv: Invocation, history: list[Turn], passages: list[Passage], language: str
@@ -177,7 +184,7 @@ class Agent:
         the gate's verdicts."""
         verdicts: list[Verdict] = []
         try:
-            messages = self._messages(inv, history, passages)
+            messages = await asyncio.to_thread(self._messages, inv, history, passages)
         except Exception as exc:
             log.error("event %s: no prompt: %s: %s", inv.event.id, type(exc).__name__, exc)
             return None, verdicts
@@ -216,9 +223,15 @@ class Agent:
             if scores is not None and len(scores) == len(texts):
                 by_text = dict(zip(texts, scores, strict=True))
                 similarity = lambda _q, items: [by_text.get(t, 0.0) for t in items]  # noqa: E731
-        made = compose(inv.text, passages, self.persona, language, similarity=similarity)
-        verdict = gate.check(made.text, language=language, max_chars=self.max_answer_chars)
+        made = await asyncio.to_thread(
+            compose, inv.text, passages, self.persona, language, similarity=similarity
+        )
+        verdict = await asyncio.to_thread(
+            gate.check, made.text, language=language, max_chars=self.max_answer_chars
+        )
         self.gate_stats.record("composed", verdict, where=f"event {inv.event.id}")
+        if not verdict.ok:  # the author's words fail too (a line of the corpus that gives orders...)
+            return self._apology(language, passages, [verdict]), False
         note = sources_note(made.text, made.sources, language) if self.persona.citations else ""
         return Reply(made.text, "composed", language, made.sources, passages, [verdict], note), made.unknown
 
@@ -262,7 +275,11 @@ class Agent:
                 log.error("event %s: no history: %s: %s", inv.event.id, type(exc).__name__, exc)
                 return Reply(self.persona.apology_text, "apology", language)
             passages = await self._passages(inv, history)
-            reply = await self._reply(inv, history, passages, language)
+            try:
+                reply = await self._reply(inv, history, passages, language)
+            except Exception:  # whatever breaks, the user gets the persona's apology, not silence
+                log.exception("event %s: no answer", inv.event.id)
+                return self._apology(language, passages, [])
             if reply.mode in ("generated", "composed"):
                 await self._remember(inv, reply.text)
             return reply

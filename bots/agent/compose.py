@@ -21,6 +21,7 @@ import numpy as np
 
 from bots.agent.persona import Persona
 from bots.agent.retrieval import Passage
+from bots.core import gate
 from bots.core.gate import text_language
 
 try:
@@ -122,13 +123,17 @@ def _sentence_spans(text: str, own_labels: Sequence[str] = ()) -> list[tuple[int
     in the middle of a sentence (lower case, or punctuation) is left out, and so are the lines
     of speakers other than the author."""
     spans = []
-    for offset, unit in _units(text):
+    units = _units(text)
+    transcript = _is_transcript(units)
+    for offset, unit in units:
         begin = 0
         label = SPEAKER_LABEL.match(unit)
-        if label:
-            if label.group(1) not in own_labels:
-                continue
-            begin = label.end()
+        if label and label.group(1) in own_labels:
+            begin = label.end()  # the author's own line: his words, without his name
+        elif label and transcript:
+            continue  # another speaker's line
+        elif label:
+            label = None  # prose that opens with "导读：" or "Question:"
         elif unit[:1].islower() or unit[:1] in "，,、；;：:）)」』”":
             begin = _skip_fragment(unit)  # the passage (or a hard-wrapped line) starts mid-sentence
         for end in _TERMINATOR.finditer(unit, begin):
@@ -138,6 +143,13 @@ def _sentence_spans(text: str, own_labels: Sequence[str] = ()) -> list[tuple[int
                 spans.append((offset + begin + lead, " ".join(piece.split())))
             begin = end.end()
     return spans
+
+
+def _is_transcript(units: list[tuple[int, str]]) -> bool:
+    """Whether labelled lines look like a chat ("立委：…" "为民：…"), not prose with a heading
+    such as "导读：…": at least two speakers, one of them speaking twice."""
+    labels = [m.group(1) for _, unit in units if (m := SPEAKER_LABEL.match(unit))]
+    return len(set(labels)) >= 2 and len(labels) > len(set(labels))
 
 
 def _skip_fragment(unit: str) -> int:
@@ -162,8 +174,8 @@ def _covered(tokens: list[str], known: set[str]) -> float:
 
 
 def _worth_quoting(text: str) -> bool:
-    if _HEADING.match(text):
-        return False
+    if _HEADING.match(text) or gate.injected(text) or gate.gives_orders(text):
+        return False  # a heading, or words that would read as the bot giving in to an injection
     cjk = len(_CJK.findall(text))
     words = len(re.findall(r"[A-Za-z]+", text))
     return (cjk >= 8 or words >= 5) and "http" not in text and len(text) <= 400

@@ -12,7 +12,7 @@ from bots.core.budget import longest_prefix
 
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
 Counter = Callable[[str], int]
-PER_MESSAGE = 4  # role markers and separators of a chat template
+PER_MESSAGE = 8  # role markers and separators of a chat template
 
 
 def estimate_tokens(text: str) -> int:

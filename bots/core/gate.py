@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import logging
 import re
-import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
-from itertools import pairwise
 
 log = logging.getLogger("bots.gate")
 
@@ -40,37 +38,45 @@ _CITATION = re.compile(r"\[\d{1,2}\]")
 _SOURCES_LINE = re.compile(r"^(?:出处：|Sources: ).*$", re.MULTILINE)
 
 _ECHO = [
-    re.compile(r"^\s*(?:system|user|assistant|human|ai|bot)\s*[:：]", re.IGNORECASE | re.MULTILINE),
+    re.compile(r"^\s*(?:system|user|assistant|human)\s*[:：]", re.IGNORECASE | re.MULTILINE),  # role tags
     re.compile(r"\[\d{1,2}:\d{2}\]\s*\S+\s*[:：]"),  # "[08:15] Alex: ..." transcript lines
     re.compile(r"<<<|>>>|\b[A-Z]{4,}\s+[0-9a-f]{8}\b"),  # data block markers and their tags
     re.compile(r"<\|[^|<>\n]{1,40}\|>|\[/?INST\]|<</?SYS>>|</?s>"),  # chat-template tokens
 ]
+_MODES = r"(?:operator|admin(?:istrator)?|developer|god|root|sudo|jailbreak|unrestricted|DAN)"
+# What a bot says when it goes along with a claimed role or identity, or when it talks about its
+# hidden rules: a confirmation, not the topic (a persona may discuss "debug mode" or "授权").
 _INJECTION = [
     re.compile(
-        r"\b(?:operator|admin(?:istrator)?|developer|debug|god|root|sudo|jailbreak|unrestricted|dan)"
-        r"\s+mode\b",
+        rf"\b(?:now\s+in|entering|entered|enabled?|activated?|switch(?:ed|ing)?\s+(?:in)?to)\s+(?:the\s+)?"
+        rf"{_MODES}\s+mode\b",
         re.IGNORECASE,
     ),
-    re.compile(r"\bI\s*(?:'m|am)\s+(?:now\s+)?DAN\b|\bDAN\b.{0,40}\bready\b", re.IGNORECASE),
-    re.compile(r"\bno\s+(?:more\s+)?(?:restrictions|rules|limits|filters|guidelines)\b", re.IGNORECASE),
+    re.compile(r"\bI\s*(?:'m|am)\s+(?:now\s+)?DAN\b|\bDAN\b.{0,40}\bready\b"),  # DAN in capitals only
     re.compile(
-        r"\b(?:you|the user)\s+(?:are|is)\s+now\s+(?:an?\s+)?(?:authori[sz]ed|operator|admin|in\b)",
-        re.IGNORECASE,
+        r"\bI\s+(?:now\s+)?have\s+no\s+(?:restrictions|rules|limits|filters)\b|\bno\s+restrictions!", re.I
     ),
     re.compile(
-        r"\b(?:my|the)\s+(?:system\s+prompt|hidden\s+(?:rules|instructions)|instructions\s+say)\b",
-        re.IGNORECASE,
+        r"\b(?:you|the\s+user)\s+(?:are|is)\s+now\s+(?:an?\s+)?(?:authori[sz]ed|operator|admin)", re.I
     ),
+    re.compile(r"\bmy\s+(?:system\s+prompt|hidden\s+(?:rules|instructions))\b", re.IGNORECASE),
+    re.compile(r"\bI\s+(?:must|have\s+to|should)\s+stay\s+in\s+character\b|\bnever\s+call\s+myself\b", re.I),
+    re.compile(r"(?:进入|开启|启用|切换到|处于)(?:了)?(?:管理员|开发者|上帝|越狱|无限制|超级用户)模式"),
     re.compile(
-        r"\b(?:stay|staying)\s+in\s+character\b|\bnever\s+call\s+(?:myself|yourself)\b", re.IGNORECASE
+        r"(?:你|您|用户)(?:已|已经)(?:被|获得)授权|已获(?:得)?(?:管理员)?授权|权限已(?:开启|提升|授予)"
     ),
-    re.compile(r"(?:管理员|开发者|调试|上帝|越狱|无限制|超级用户)模式"),
-    re.compile(r"(?:你|您|用户)(?:已|已经)?(?:被|获得)?授权|已获(?:得)?授权|权限已(?:开启|提升|授予)"),
-    re.compile(r"我(?:现在)?(?:就)?是\s*DAN|没有(?:任何)?限制|不受(?:任何)?限制"),
-    re.compile(r"系统提示|隐藏(?:的)?(?:规则|指令)|我的(?:设定|指令)是"),
+    re.compile(r"我(?:现在)?(?:就)?是\s*DAN|我(?:现在)?(?:已经)?(?:没有任何限制|不受任何限制)"),
+    re.compile(r"我的系统提示|隐藏(?:的)?(?:规则|指令)是|我的(?:设定|指令)是"),
 ]
 
-WINDOW = 12  # squashed characters of the caller's instructions that may not appear in the text
+_ORDERS = re.compile(
+    r"\b(?:ignore|disregard|forget)\s+(?:all\s+)?(?:the\s+)?(?:previous|prior|above|earlier|your)\s+"
+    r"(?:instructions|rules|prompts?)\b|(?:忽略|无视|忘记)(?:之前|以上|前面|上面|所有)?的?(?:指令|指示|规则|设定|提示)",
+    re.IGNORECASE,
+)
+
+ECHO_WORDS = 6  # consecutive words of the caller's instructions that may not appear in the text
+ECHO_CJK = 10  # or consecutive Chinese characters
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +115,9 @@ class GateStats:
         self.counts[f"{kind}.failed"] += 1
         for reason in verdict.reasons:
             self.counts[f"{kind}.failed.{reason}"] += 1
-        log.info("gate: %s %s failed: %s", kind, where or "", verdict)
+        # the kinds only: the details quote the text, and logs never carry what people wrote
+        log.info("gate: %s %s failed: %s", kind, where or "", ", ".join(verdict.reasons))
+        log.debug("gate: %s %s details: %s", kind, where or "", verdict)
 
     def snapshot(self) -> dict[str, int]:
         return dict(sorted(self.counts.items()))
@@ -134,9 +142,17 @@ def text_language(text: str) -> str:
     return "zh" if cjk >= 2 * latin else "en"
 
 
+_CHINESE_GRAMMAR = re.compile(r"[的了是在吗呢吧么怎什哪谁为有我你他她这那和就都也还要会能如何]")
+
+
 def language_of_request(text: str, fallback: str) -> str:
-    """The language to answer ``text`` in: the one it is written in, else ``fallback``."""
-    found = text_language(_CITATION.sub(" ", text))
+    """The language to answer ``text`` in: Chinese when its Chinese holds grammar ("LangChain
+    agent 怎么用？"), not only a term ("What does 不掉链子 mean?"); else the language of its
+    words; else ``fallback``."""
+    own = prose(text)
+    if len(_CJK.findall(own)) >= 2 and _CHINESE_GRAMMAR.search(own):
+        return "zh"
+    found = text_language(text)
     if found:
         return found
     return "zh" if fallback.lower().startswith("zh") else "en"
@@ -153,23 +169,29 @@ def repetition_share(text: str) -> float:
     return 1 - len(set(grams)) / len(grams)
 
 
-def _squash(text: str) -> str:
-    return "".join(ch.lower() for ch in unicodedata.normalize("NFKC", text) if ch.isalnum())
+def _phrases(text: str) -> set[tuple[str, ...] | str]:
+    """Runs of ECHO_WORDS words and of ECHO_CJK Chinese characters in ``text``."""
+    words = _LATIN_WORD.findall(text.lower())
+    found: set[tuple[str, ...] | str] = {
+        tuple(words[i : i + ECHO_WORDS]) for i in range(len(words) - ECHO_WORDS + 1)
+    }
+    for run in re.findall(r"[\u3400-\u9fff]+", text):
+        found.update(run[i : i + ECHO_CJK] for i in range(len(run) - ECHO_CJK + 1))
+    return found
 
 
 def echoed(text: str, instructions: Iterable[str] = ()) -> str:
-    """What of the prompt's scaffolding ``text`` repeats ("" when nothing)."""
+    """What of the prompt's scaffolding ``text`` repeats ("" when nothing): role tags, log lines,
+    markers, template tokens, or a phrase of the caller's instructions (six words or ten Chinese
+    characters in a row; single words never count)."""
     for pattern in _ECHO:
         found = pattern.search(text)
         if found:
             return found.group().strip()[:40]
-    squashed = _squash(text)
+    said = _phrases(text)
     for instruction in instructions:
-        wanted = _squash(instruction)
-        for i in range(0, max(len(wanted) - WINDOW, 0) + 1):
-            window = wanted[i : i + WINDOW]
-            if len(window) == WINDOW and window in squashed:
-                return window
+        for phrase in _phrases(instruction) & said:
+            return " ".join(phrase) if isinstance(phrase, tuple) else phrase
     return ""
 
 
@@ -192,22 +214,33 @@ def _common_characters() -> frozenset[str]:
     return frozenset(ch for ch, _ in weights.most_common(4000))
 
 
+@cache
+def _to_simplified() -> Callable[[str], str]:
+    """Traditional to simplified Chinese (OpenCC, from the knowledge extra), else unchanged."""
+    try:
+        import opencc
+    except ImportError:
+        return lambda text: text
+    return opencc.OpenCC("t2s").convert
+
+
 def salad(text: str) -> str:
-    """Why ``text`` reads as word salad ("" when it does not): many rare Chinese characters, or
-    Chinese and Latin letters switching every few characters."""
+    """Why ``text`` reads as word salad ("" when it does not): many rare Chinese characters
+    (traditional script folded to simplified first), or Chinese characters and Latin words
+    alternating one by one, which no one writes (technical Chinese mixes in whole terms)."""
     own = prose(text)
-    cjk = _CJK.findall(own)
+    cjk = _CJK.findall(_to_simplified()(own)) if _CJK.search(own) else []
     common = _common_characters()
     if common and len(cjk) >= 12:
         rare = sum(ch not in common for ch in cjk)
         if rare / len(cjk) > 0.08:
             return f"{rare} of {len(cjk)} Chinese characters are rare"
-    scripts = [
-        ("c" if _CJK.match(ch) else "l") for ch in own if _CJK.match(ch) or (ch.isascii() and ch.isalpha())
-    ]
-    switches = sum(a != b for a, b in pairwise(scripts))
-    if len(scripts) >= 30 and switches / len(scripts) > 0.12:
-        return f"scripts switch {switches} times in {len(scripts)} letters"
+    runs = re.findall(r"[\u3400-\u9fff]+|[A-Za-z]+", own)
+    chinese = [len(run) for run in runs if _CJK.match(run)]
+    if len(runs) >= 12 and len(chinese) >= 6 and sum(chinese) / len(chinese) <= 1.5:
+        return (
+            f"{len(chinese)} Chinese runs of {sum(chinese) / len(chinese):.1f} characters between Latin words"
+        )
     return ""
 
 
@@ -220,6 +253,12 @@ def injected(text: str, exempt: str = "") -> str:
             if phrase.lower() not in exempt.lower():
                 return phrase.strip()
     return ""
+
+
+def gives_orders(text: str) -> bool:
+    """Whether ``text`` uses the classic phrasing of a prompt injection ("ignore previous
+    instructions", "忽略之前的指令"): never quoted or sent in a bot's name."""
+    return bool(_ORDERS.search(text))
 
 
 def check(
@@ -251,4 +290,6 @@ def check(
         problems.append(f"salad: {mixed}")
     if claim := injected(text, persona_text):
         problems.append(f"injection: {claim!r}")
+    elif gives_orders(text):
+        problems.append("injection: gives orders")
     return Verdict(tuple(problems), found)

@@ -16,7 +16,10 @@ def clean_user_text(text: str) -> str:
     cannot open a fake system turn."""
     if text.isascii() and "<" not in text and "[" not in text:
         return text  # the common case costs nothing
-    text = "".join(ch for ch in unicodedata.normalize("NFKC", text) if unicodedata.category(ch) != "Cf")
+    # Cf: invisible format characters; Cs: lone surrogates, which no encoder accepts
+    text = "".join(
+        ch for ch in unicodedata.normalize("NFKC", text) if unicodedata.category(ch) not in ("Cf", "Cs")
+    )
     previous = None
     while previous != text:  # nested tokens (<|im_<|x|>start|>) fall apart one layer at a time
         previous, text = text, _CONTROL.sub("", text)

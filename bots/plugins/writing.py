@@ -24,6 +24,7 @@ from bots.core.budget import longest_prefix
 from bots.core.gate import GateStats as GateStats  # re-exported: jobs gate what they post
 from bots.core.gate import Verdict
 from bots.core.gate import check as check
+from bots.core.gate import gives_orders as gives_orders
 from bots.core.gate import text_language as text_language
 from bots.core.sanitize import clean_user_text
 from bots.plugins.jobs import JobContext, PersonaView
@@ -126,11 +127,6 @@ _LATIN = re.compile(r"[a-z][a-z0-9'’+-]*[a-z0-9+]|[a-z]")
 _SENTENCE_END = re.compile(r"(?<=[。！？!?；;…])(?![”」』’\"）)\]。！？!?；;…])\s*|(?<=[^.\d][.])\s+")
 _CLAUSE_END = re.compile(r"[，,、：:]")
 _HALF_PUNCT = {",": "，", "!": "！", "?": "？", ":": "：", ";": "；"}
-_ORDERS = re.compile(
-    r"\b(?:ignore|disregard|forget)\s+(?:all\s+)?(?:the\s+)?(?:previous|prior|above|earlier|your)\s+"
-    r"(?:instructions|rules|prompts?)\b|(?:忽略|无视|忘记)(?:之前|以上|前面|上面|所有)?的?(?:指令|指示|规则|设定|提示)",
-    re.IGNORECASE,
-)
 _AFTER_CJK = re.compile(r"(?<=[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff])([,!?:;])(?!\d)")
 
 Vector = dict[str, float]
@@ -273,12 +269,6 @@ def brief(text: str, max_width: int) -> str:
     elif " " in head[len(head) // 2 :]:  # do not cut a Latin word in two
         head = head[: head.rindex(" ")]
     return head.rstrip(" ,，、:：;；") + "…"
-
-
-def gives_orders(text: str) -> bool:
-    """Whether ``text`` uses the classic phrasing of a prompt injection ("ignore previous
-    instructions", "忽略之前的指令"): never quote it in a post."""
-    return bool(_ORDERS.search(text))
 
 
 def cjk_punctuation(text: str) -> str:

@@ -26,7 +26,7 @@ async def test_an_allowed_bot_gets_the_budget_then_a_cool_down_a_person_renews_t
     assert answered == [1, 1, 1, 0, 0, 0]  # bot_turns defaults to 3
     assert "bot-to-bot loops stopped: 1" in "\n".join(h.host.control.status())
     assert await bot_says(h, "still there?", user="thirdbot") == []  # not on the list
-    await h.ask("what a night", chat=CHAT, user="ann")  # a person speaks: a new budget...
+    await h.ask("what a night", chat=CHAT, user="ann", mention=True)  # a person: a new budget...
     assert await bot_says(h, "one more?") == []  # ...but the cool-down still holds
 
 
@@ -35,7 +35,7 @@ async def test_a_person_renews_the_budget_before_it_is_spent(harness):
         llm=FakeLLM(default="The fog is thick tonight."), bot={"answer_bots": True, "bot_turns": 2}
     )
     assert [len(await bot_says(h)) for _ in range(2)] == [1, 1]
-    await h.ask("nice chat, you two", chat=CHAT, user="ann")
+    await h.ask("nice chat, you two", chat=CHAT, user="ann", mention=True)
     assert [len(await bot_says(h)) for _ in range(3)] == [1, 1, 0]
 
 

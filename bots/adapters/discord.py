@@ -340,7 +340,9 @@ def to_event(message: discord.Message, me: discord.ClientUser) -> MessageEvent:
     return MessageEvent(
         platform=PLATFORM,
         message_id=str(message.id),
-        author=UserRef(PLATFORM, str(author.id), name=author.display_name, is_bot=author.bot),
+        author=UserRef(
+            PLATFORM, str(author.id), name=author.display_name, is_bot=author.bot, username=author.name
+        ),
         channel=_channel_ref(message),
         text=text,
         self_id=str(me.id),

@@ -428,9 +428,8 @@ def _author(message: Message) -> UserRef:
         sender = message.sender_chat
         return UserRef("telegram", str(sender.id), name=sender.title or sender.full_name or "")
     if user is not None:
-        return UserRef(
-            "telegram", str(user.id), name=user.full_name or user.username or "", is_bot=user.is_bot
-        )
+        name = user.full_name or user.username or ""
+        return UserRef("telegram", str(user.id), name=name, is_bot=user.is_bot, username=user.username or "")
     raise ValueError("message without sender")
 
 

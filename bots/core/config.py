@@ -219,7 +219,7 @@ class BotConfig(StrictModel):
     schedules: list[ScheduleConfig] = []
     # other bots: none are answered (false), all (true), or those listed ("telegram:123", "123", name)
     answer_bots: bool | list[str] = False
-    bot_turns: int = Field(3, ge=1)  # bot messages answered in a chat before a person speaks again
+    bot_turns: int = Field(3, ge=1)  # bot messages answered in a chat before a person speaks to the bot
     bot_cooldown_s: float = Field(600, ge=0)  # past that budget, bots are ignored in the chat this long
 
 

@@ -27,6 +27,7 @@ class UserRef:
     id: str
     name: str = ""
     is_bot: bool = False
+    username: str = ""  # the platform's handle (Telegram @username, Discord user name), if any
 
     @property
     def canonical(self) -> str:

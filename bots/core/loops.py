@@ -2,13 +2,14 @@
 
 By default a bot does not answer other bots: the platform's bot flag, or one of this host's own
 accounts (two personas in one group). Where an operator allows some (``answer_bots``), each chat
-has a budget of consecutive bot-to-bot turns: a human speaking in the chat starts a new budget;
+has a budget of consecutive bot-to-bot turns: a person speaking to the bot starts a new budget;
 past it, bot messages in that chat are ignored for a cool-down. The counts are kept in the
 database, so a restart in the middle of a loop does not hand it a fresh budget.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -37,7 +38,8 @@ class BotPolicy:
     def allows(self, author: UserRef) -> bool:
         if self.all:
             return True
-        names = {author.canonical.lower(), author.id.lower(), author.name.lower().lstrip("@")}
+        names = {author.canonical.lower(), author.id.lower(), author.name.lower(), author.username.lower()}
+        names = {name.lstrip("@") for name in names if name}
         return bool(self.listed & names)
 
 
@@ -60,6 +62,7 @@ class LoopGuard:
         self.clock = clock
         self.stops = 0  # loops stopped since start (metrics)
         self._chats: dict[str, ChatTurns] = {}
+        self._lock = asyncio.Lock()  # events of one chat are handled concurrently: one change at a time
 
     async def _state(self, chat: str) -> ChatTurns:
         state = self._chats.get(chat)
@@ -74,14 +77,19 @@ class LoopGuard:
             await self._store.set(chat, {"bot_turns": state.bot_turns, "quiet_until": state.quiet_until})
 
     async def human_spoke(self, chat: str) -> None:
-        """A person wrote in ``chat``: bots may answer each other again, up to the budget."""
-        state = await self._state(chat)
-        if state.bot_turns:
-            state.bot_turns = 0
-            await self._save(chat, state)
+        """A person spoke to the bot in ``chat``: it may answer bots there again, up to the budget."""
+        async with self._lock:
+            state = await self._state(chat)
+            if state.bot_turns:
+                state.bot_turns = 0
+                await self._save(chat, state)
 
     async def bot_turn(self, chat: str) -> bool:
         """Whether a bot's message in ``chat`` may be answered; counts it when it may."""
+        async with self._lock:
+            return await self._count(chat)
+
+    async def _count(self, chat: str) -> bool:
         state = await self._state(chat)
         now = self.clock()
         if now < state.quiet_until:

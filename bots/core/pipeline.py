@@ -220,8 +220,8 @@ class Pipeline:
         event = inv.event
         chat = event.channel.canonical
         if not (event.author.is_bot or event.author.canonical in self.settings.own_accounts):
-            if event.channel.kind is not ChannelKind.DM:
-                await self.loops.human_spoke(chat)
+            if inv.addressed and event.channel.kind is not ChannelKind.DM:
+                await self.loops.human_spoke(chat)  # a person talks to this bot: a new budget
             return None
         if inv.command is not None:
             return None if inv.role >= Role.OPERATOR else "a command from a bot"

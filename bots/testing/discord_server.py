@@ -6,10 +6,42 @@ uses: login (``users/@me``, ``oauth2/applications/@me``), the gateway (HELLO, ID
 GUILD_CREATE, heartbeats, RESUME with replay, close codes) and posting messages and typing. It
 answers like Discord where a bot depends on it: 401 for a wrong token, close 4004 for a wrong
 token on the gateway, 4014 when the Message Content intent is not enabled, 400/50035 for
-content over 2,000 characters, and 429s on demand with the headers discord.py needs to retry.
+content over 2,000 characters, 403/50001 for another bot's DM channel, and 429s on demand with
+the headers discord.py needs to retry.
 
 Build traffic with :meth:`DiscordServer.dm` and :meth:`DiscordServer.guild_message`; read what
-the bot posted from :attr:`DiscordServer.sent` or ``await dc.next_sent()``.
+the bot posted from :attr:`DiscordServer.sent` or ``await dc.next_sent()``; wait for any state
+with ``await dc.wait_for(predicate, timeout, what=...)``.
+
+Several bots in one server
+--------------------------
+The constructor's token is the *default bot*; :meth:`DiscordServer.add_bot` serves more bot
+applications, each a member of the server with its own managed role::
+
+    async with DiscordServer(token="A-token") as dc, patch_discord_py(dc):
+        sailor = dc.add_bot("B-token", "sailor")          # before the clients connect
+        # two discord.py clients (two DiscordAdapters) in one process, one per token
+        await dc.guild_message(dc.general, dc.alice, "hi", mention_bot=sailor)   # to both bots
+        reply = await dc.next_sent(bot=sailor)             # SentMessage, author_id == sailor.id
+        # the default bot got sailor's reply as MESSAGE_CREATE with author.bot true
+
+Each token authenticates its own REST calls and IDENTIFY (``users/@me``, ``applications/@me`` and
+READY name its bot user) and has its own gateway session, DM channels, sent messages, requests,
+429s and counters (a :class:`BotAccount`, see :meth:`DiscordServer.account`). Methods about one bot
+take ``bot=`` (its User, token, user id or username; None: the default bot); the plain attributes
+(:attr:`~DiscordServer.token`, :attr:`~DiscordServer.bot`, :attr:`~DiscordServer.sent`,
+:attr:`~DiscordServer.identify_count`, ...) are the default bot's, and
+:attr:`~DiscordServer.all_sent` holds every bot's posts in order (:attr:`SentMessage.author_id`).
+
+A guild message, whether a user's (:meth:`~DiscordServer.guild_message`, also by a third-party bot
+made with ``dc.user("name", bot=True)``) or one a served bot posted over REST, is dispatched as
+MESSAGE_CREATE to every served bot with a gateway session: Discord delivers other bots' messages
+(``author.bot`` true; the Message Content intent is taken as granted). The author's own bot gets
+it only with ``echo_own_messages`` (on by default, as on Discord). ``mentions`` of a REST post are
+the users Discord would ping: ``<@id>`` in the content under the request's ``allowed_mentions``
+(so a post with ``allowed_mentions={"parse": []}`` mentions nobody, as on Discord). DMs reach only
+their bot (``dm(..., bot=)``). :func:`patch_discord_py` points every discord.py client in the
+process at one emulator, so several clients (one per token) share it.
 """
 
 from __future__ import annotations
@@ -201,7 +233,7 @@ class Guild:
 
 @dataclass
 class SentMessage:
-    """One message the bot posted, as the emulator received and stored it."""
+    """One message a bot posted, as the emulator received and stored it."""
 
     id: str
     channel_id: str
@@ -212,6 +244,7 @@ class SentMessage:
     pinged_users: list[str]  # user ids Discord would have notified
     body: dict[str, Any]  # the request body
     message: dict[str, Any]  # the message object returned to the bot
+    author_id: str = ""  # the bot user that posted it (its token authenticated the request)
 
 
 @dataclass
@@ -224,6 +257,7 @@ class _Failure:
 @dataclass
 class _Session:
     id: str
+    account: BotAccount
     events: list[tuple[int, str]] = field(default_factory=list)  # (seq, frame) for RESUME
     seq: int = 0
     ws: web.WebSocketResponse | None = None
@@ -231,15 +265,52 @@ class _Session:
     replay_from: int | None = None  # on the next RESUME, replay from here even if the client had it
 
 
+class BotAccount:
+    """One bot application served by :class:`DiscordServer`: its token, bot user and managed role,
+    its gateway session and everything it did. For reading; the emulator keeps it up to date."""
+
+    def __init__(self, token: str, user: User, role_id: str) -> None:
+        self.token = token
+        self.user = user
+        self.application_id = user.id  # new applications share the bot user's id
+        self.role_id = role_id  # the bot's managed role in the server
+        self.sent: list[SentMessage] = []  # what it posted, in order
+        self.typing_calls: list[str] = []  # channel ids
+        self.requests: list[str] = []  # "GET /users/@me", ... in order
+        self.rate_limited = 0  # 429s answered
+        self.identify_count = 0
+        self.resume_count = 0
+        self.replayed: list[int] = []  # sequence numbers sent again on a RESUME
+        self.seq_by_message: dict[str, int] = {}  # message id -> sequence of its last MESSAGE_CREATE
+        self.intents: int | None = None  # from its last IDENTIFY
+        self.dm_channels: dict[str, Channel] = {}  # user id -> DM channel with this bot
+        self.session: _Session | None = None  # its current gateway session (None before IDENTIFY)
+        self._failures: list[_Failure] = []
+        self._sent_queue: asyncio.Queue[SentMessage] = asyncio.Queue()
+
+    @property
+    def connected(self) -> bool:
+        """Whether its gateway socket is open right now."""
+        return self.session is not None and self.session.ws is not None and not self.session.ws.closed
+
+    def __repr__(self) -> str:
+        return f"<BotAccount {self.user.username} ({self.user.id})>"
+
+
+BotRef = User | str | BotAccount  # a served bot: its User, token, user id or username
+
+
 class DiscordServer:
     """The emulator: one server ("Test Server") with ``general`` and the thread ``ideas`` in it,
     the bot user ``bot``, and members ``owner``, ``alice`` and ``bob``; DM channels are made on
-    first use. Ids are realistic snowflakes, fresh for every instance.
+    first use. Ids are realistic snowflakes, fresh for every instance. :meth:`add_bot` serves
+    more bot applications in the same server.
 
     Inbound: :meth:`dm`, :meth:`guild_message`, :meth:`redeliver`, :meth:`dispatch_raw`,
     :meth:`send_raw_frame`. Gateway: :meth:`drop_connection`, :meth:`wait_identified`,
     :meth:`wait_resumed`. REST: :meth:`fail_next` (429s). What the bot did: :attr:`sent`,
-    :meth:`next_sent`, :attr:`typing_calls`, :attr:`requests`.
+    :meth:`next_sent`, :attr:`typing_calls`, :attr:`requests`; every bot: :attr:`all_sent`,
+    :meth:`sent_by`, :meth:`account`. Methods about one bot take ``bot=`` (None: the default bot).
     """
 
     def __init__(
@@ -249,42 +320,131 @@ class DiscordServer:
         bot_name: str = "tester",
         heartbeat_interval_ms: int = 41_250,
         message_content_intent: bool = True,  # the portal switch; False -> close 4014
-        echo_own_messages: bool = True,  # Discord sends the bot its own messages too
+        echo_own_messages: bool = True,  # Discord sends a bot its own messages too
     ) -> None:
-        self.token = token
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.message_content_intent = message_content_intent
         self.echo_own_messages = echo_own_messages
         self.snowflake = Snowflakes()
-        self.bot = User(self.snowflake(), bot_name, bot=True)
-        self.application_id = self.bot.id  # new applications share the bot user's id
+        self._users: dict[str, User] = {}  # every user made here, by id
+        self.accounts: dict[str, BotAccount] = {}  # token -> served bot, the default bot first
+        bot = self._register(User(self.snowflake(), bot_name, bot=True))
         self.owner = self.user("owner")
         self.alice = self.user("alice", global_name="Alice")
         self.bob = self.user("bob", global_name="Bob")
-        self.guild = self._make_guild()
+        self.guild = self._make_guild(bot)
         self.general = self.guild.channels[0]
         self.thread = self.guild.threads[0]
-        self.bot_role_id = next(r["id"] for r in self.guild.roles if r.get("tags", {}).get("bot_id"))
-        self.dm_channels: dict[str, Channel] = {}  # user id -> DM channel
+        role_id = next(r["id"] for r in self.guild.roles if r.get("tags", {}).get("bot_id") == bot.id)
+        self.default = self.accounts[token] = BotAccount(token, bot, role_id)
         self.messages: dict[str, dict[str, Any]] = {}  # every message by id
-        self.sent: list[SentMessage] = []
-        self.typing_calls: list[str] = []  # channel ids
-        self.requests: list[str] = []  # "GET /users/@me", ... in order
-        self.rate_limited = 0  # 429s answered
-        self.identify_count = 0
-        self.seq_by_message: dict[str, int] = {}  # message id -> sequence of its last MESSAGE_CREATE
-        self.resume_count = 0
-        self.replayed: list[int] = []  # sequence numbers sent again on a RESUME
-        self.intents: int | None = None  # from the last IDENTIFY
-        self._failures: list[_Failure] = []
+        self.all_sent: list[SentMessage] = []  # what every bot posted, in order
         self._nonces: dict[tuple[str, str], dict[str, Any]] = {}  # enforce_nonce: resends are deduped
         self._sessions: dict[str, _Session] = {}
-        self._current: _Session | None = None
-        self._sent_queue: asyncio.Queue[SentMessage] = asyncio.Queue()
         self._changed = asyncio.Condition()
         self._sockets: set[web.WebSocketResponse] = set()
         self._runner: web.AppRunner | None = None
         self.port = 0
+
+    # -- the served bots -----------------------------------------------------------------------
+    def add_bot(self, token: str, username: str, *, global_name: str | None = None) -> User:
+        """Serve another bot application: a bot user (``bot: true``) with its managed role, a member
+        of the server. ``token`` authenticates its REST calls and its IDENTIFY. Add bots before
+        their clients or the others connect: GUILD_CREATE (sent at IDENTIFY) lists the members."""
+        if token in self.accounts:
+            raise ValueError("that token is served already")
+        user = self._register(User(self.snowflake(), username, global_name=global_name, bot=True))
+        role = _role(self.snowflake(), username, ALL_PERMISSIONS, position=1, managed=True)
+        role["tags"] = {"bot_id": user.id}
+        self.guild.roles.append(role)
+        self.guild.members.append(user)
+        self.guild.member_roles[user.id] = [role["id"]]
+        self.accounts[token] = BotAccount(token, user, role["id"])
+        return user
+
+    def account(self, bot: BotRef | None = None) -> BotAccount:
+        """The served bot ``bot`` names (its User, token, user id or username); None: the default bot."""
+        if bot is None:
+            return self.default
+        if isinstance(bot, BotAccount):
+            return bot
+        if isinstance(bot, User):
+            bot = bot.id
+        if bot in self.accounts:
+            return self.accounts[bot]
+        for account in self.accounts.values():
+            if bot in (account.user.id, account.user.username):
+                return account
+        raise KeyError(f"no served bot {bot!r}")
+
+    @property
+    def bots(self) -> list[User]:
+        """Every served bot user, the default bot first."""
+        return [account.user for account in self.accounts.values()]
+
+    def sent_by(self, bot: BotRef | None = None) -> list[SentMessage]:
+        """What ``bot`` posted, in order (the same list as its :attr:`BotAccount.sent`)."""
+        return self.account(bot).sent
+
+    # the default bot's state, under the names of the one-bot emulator
+    @property
+    def token(self) -> str:
+        return self.default.token
+
+    @property
+    def bot(self) -> User:
+        """The default bot user."""
+        return self.default.user
+
+    @property
+    def application_id(self) -> str:
+        return self.default.application_id
+
+    @property
+    def bot_role_id(self) -> str:
+        return self.default.role_id
+
+    @property
+    def sent(self) -> list[SentMessage]:
+        """What the default bot posted, in order."""
+        return self.default.sent
+
+    @property
+    def typing_calls(self) -> list[str]:
+        return self.default.typing_calls
+
+    @property
+    def requests(self) -> list[str]:
+        """The default bot's REST requests (and those with a token nobody has)."""
+        return self.default.requests
+
+    @property
+    def rate_limited(self) -> int:
+        return self.default.rate_limited
+
+    @property
+    def identify_count(self) -> int:
+        return self.default.identify_count
+
+    @property
+    def resume_count(self) -> int:
+        return self.default.resume_count
+
+    @property
+    def replayed(self) -> list[int]:
+        return self.default.replayed
+
+    @property
+    def seq_by_message(self) -> dict[str, int]:
+        return self.default.seq_by_message
+
+    @property
+    def intents(self) -> int | None:
+        return self.default.intents
+
+    @property
+    def dm_channels(self) -> dict[str, Channel]:
+        return self.default.dm_channels
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def __aenter__(self) -> DiscordServer:
@@ -328,9 +488,15 @@ class DiscordServer:
 
     # -- the world -----------------------------------------------------------------------------
     def user(self, username: str, *, global_name: str | None = None, bot: bool = False) -> User:
-        return User(self.snowflake(), username, global_name=global_name, bot=bot)
+        """A new user (``bot=True``: a third-party bot, not served here). Not listed as a server
+        member, but it may write anywhere and be mentioned."""
+        return self._register(User(self.snowflake(), username, global_name=global_name, bot=bot))
 
-    def _make_guild(self) -> Guild:
+    def _register(self, user: User) -> User:
+        self._users[user.id] = user
+        return user
+
+    def _make_guild(self, bot: User) -> Guild:
         guild_id = self.snowflake()
         general = Channel(self.snowflake(), "general", TEXT, guild_id=guild_id)
         thread = Channel(
@@ -342,27 +508,34 @@ class DiscordServer:
             owner_id=self.owner.id,
         )
         everyone = _role(guild_id, "@everyone", MEMBER_PERMISSIONS, position=0)
-        bot_role = _role(self.snowflake(), self.bot.username, ALL_PERMISSIONS, position=1, managed=True)
-        bot_role["tags"] = {"bot_id": self.bot.id}
+        bot_role = _role(self.snowflake(), bot.username, ALL_PERMISSIONS, position=1, managed=True)
+        bot_role["tags"] = {"bot_id": bot.id}
         return Guild(
             id=guild_id,
             name="Test Server",
             owner=self.owner,
-            members=[self.bot, self.owner, self.alice, self.bob],
+            members=[bot, self.owner, self.alice, self.bob],
             channels=[general],
             threads=[thread],
             roles=[everyone, bot_role],
-            member_roles={self.bot.id: [bot_role["id"]]},
+            member_roles={bot.id: [bot_role["id"]]},
         )
 
-    def dm_channel(self, user: User) -> Channel:
-        if user.id not in self.dm_channels:
-            self.dm_channels[user.id] = Channel(self.snowflake(), "", DM, recipient=user)
-        return self.dm_channels[user.id]
+    def dm_channel(self, user: User, *, bot: BotRef | None = None) -> Channel:
+        """The DM channel between ``user`` and ``bot`` (default: the default bot)."""
+        channels = self.account(bot).dm_channels
+        if user.id not in channels:
+            channels[user.id] = Channel(self.snowflake(), "", DM, recipient=user)
+        return channels[user.id]
 
     def channel(self, channel_id: str) -> Channel | None:
-        every = [*self.guild.channels, *self.guild.threads, *self.dm_channels.values()]
+        dms = [c for account in self.accounts.values() for c in account.dm_channels.values()]
+        every = [*self.guild.channels, *self.guild.threads, *dms]
         return next((c for c in every if c.id == channel_id), None)
+
+    def _may_use(self, account: BotAccount, channel: Channel) -> bool:
+        """Guild channels: every served bot is a member; a DM channel: only its own bot."""
+        return channel.guild_id is not None or channel.id in {c.id for c in account.dm_channels.values()}
 
     # -- building inbound traffic --------------------------------------------------------------
     def message(
@@ -418,11 +591,19 @@ class DiscordServer:
         return data
 
     async def dm(
-        self, user: User, text: str, *, attachments: Sequence[dict[str, Any]] = ()
+        self,
+        user: User,
+        text: str,
+        *,
+        attachments: Sequence[dict[str, Any]] = (),
+        bot: BotRef | None = None,
     ) -> dict[str, Any]:
-        """``user`` writes ``text`` to the bot in a DM; returns the MESSAGE_CREATE payload sent."""
-        message = self.message(self.dm_channel(user), user, text, attachments=attachments)
-        await self.dispatch_raw("MESSAGE_CREATE", message)
+        """``user`` writes ``text`` to ``bot`` (default: the default bot) in a DM; returns the
+        MESSAGE_CREATE payload sent."""
+        account = self.account(bot)
+        channel = self.dm_channel(user, bot=account)
+        message = self.message(channel, user, text, attachments=attachments)
+        await self.dispatch_raw("MESSAGE_CREATE", message, bot=account)
         return message
 
     async def guild_message(
@@ -431,30 +612,35 @@ class DiscordServer:
         user: User,
         text: str,
         *,
-        mention_bot: bool = False,
-        mention_bot_role: bool = False,
+        mention_bot: bool | BotRef = False,
+        mention_bot_role: bool | BotRef = False,
         mentions: Sequence[User] = (),
         reply_to: dict[str, Any] | None = None,
         reply_ping: bool = True,
         attachments: Sequence[dict[str, Any]] = (),
     ) -> dict[str, Any]:
-        """``user`` writes in a guild channel or thread; returns the MESSAGE_CREATE payload sent.
+        """``user`` writes in a guild channel or thread; returns the MESSAGE_CREATE payload, sent to
+        every served bot with a gateway session (``user`` itself only with ``echo_own_messages``).
 
-        ``mention_bot`` prefixes ``<@bot>`` (as the Discord client does when you pick the bot);
-        ``mention_bot_role`` prefixes the bot's managed role ``<@&role>`` instead (a common
-        mistake of users, the autocomplete offers both). ``reply_to`` is a message dict (from
-        :attr:`messages`, a builder, or ``sent[i].message``); with ``reply_ping`` the replied
-        author is in ``mentions`` like Discord's default "@ON" reply.
+        ``user`` may be a person, a third-party bot (``user("name", bot=True)``) or a served bot.
+        ``mention_bot`` prefixes ``<@bot>`` (as the Discord client does when you pick the bot):
+        True for the default bot, or the served bot it names; ``mention_bot_role`` prefixes the
+        bot's managed role ``<@&role>`` instead (a common mistake of users, the autocomplete offers
+        both). ``reply_to`` is a message dict (from :attr:`messages`, a builder, or
+        ``sent[i].message``); with ``reply_ping`` the replied author is in ``mentions`` like
+        Discord's default "@ON" reply.
         """
         users = list(mentions)
         roles: list[str] = []
         prefix = ""
-        if mention_bot:
-            users.insert(0, self.bot)
-            prefix = f"{self.bot.mention} "
-        if mention_bot_role:
-            roles.append(self.bot_role_id)
-            prefix = f"<@&{self.bot_role_id}> " + prefix
+        if mention_bot is not False and mention_bot is not None:
+            target = self.default if mention_bot is True else self.account(mention_bot)
+            users.insert(0, target.user)
+            prefix = f"{target.user.mention} "
+        if mention_bot_role is not False and mention_bot_role is not None:
+            target = self.default if mention_bot_role is True else self.account(mention_bot_role)
+            roles.append(target.role_id)
+            prefix = f"<@&{target.role_id}> " + prefix
         if reply_to is not None and reply_ping:
             replied = self._user_by_id(reply_to["author"]["id"])
             if replied is not None and replied not in users:
@@ -468,15 +654,15 @@ class DiscordServer:
             reply_to=reply_to,
             attachments=attachments,
         )
-        await self.dispatch_raw("MESSAGE_CREATE", message)
+        await self._dispatch_to_guild(message)
         return message
 
     def _user_by_id(self, user_id: str) -> User | None:
-        return next((u for u in self.guild.members if u.id == user_id), None)
+        return self._users.get(user_id)
 
-    async def redeliver(self, message: dict[str, Any]) -> int:
-        """Send the same MESSAGE_CREATE again (what an at-least-once delivery looks like)."""
-        return await self.dispatch_raw("MESSAGE_CREATE", message)
+    async def redeliver(self, message: dict[str, Any], *, bot: BotRef | None = None) -> int:
+        """Send the same MESSAGE_CREATE again to ``bot`` (what an at-least-once delivery looks like)."""
+        return await self.dispatch_raw("MESSAGE_CREATE", message, bot=bot)
 
     def attachment(self, filename: str, content_type: str, size: int = 1024) -> dict[str, Any]:
         attachment_id = self.snowflake()
@@ -491,51 +677,85 @@ class DiscordServer:
         }
 
     # -- gateway control -----------------------------------------------------------------------
-    async def dispatch_raw(self, event_type: str, data: Any) -> int:
-        """Dispatch ``data`` as event ``event_type`` on the current session, as is (malformed
+    async def dispatch_raw(self, event_type: str, data: Any, *, bot: BotRef | None = None) -> int:
+        """Dispatch ``data`` as event ``event_type`` on ``bot``'s current session, as is (malformed
         payloads welcome); buffered for RESUME while the client is away. Returns the sequence."""
-        session = self._current
+        account = self.account(bot)
+        session = account.session
         if session is None:
-            raise RuntimeError("no gateway session yet: start the client before dispatching")
+            raise RuntimeError(
+                f"no gateway session of {account.user.username} yet: start the client before dispatching"
+            )
         session.seq += 1
         frame = json.dumps({"op": 0, "t": event_type, "s": session.seq, "d": data})
         if event_type == "MESSAGE_CREATE" and isinstance(data, dict) and "id" in data:
-            self.seq_by_message[str(data["id"])] = session.seq
+            account.seq_by_message[str(data["id"])] = session.seq
         session.events.append((session.seq, frame))
         await self._send(session.ws, frame)
         return session.seq
 
-    async def send_raw_frame(self, text: str) -> None:
-        """Send ``text`` as one websocket frame on the live connection (not buffered)."""
-        session = self._current
+    async def _dispatch_to_guild(self, message: dict[str, Any], *, sender: BotAccount | None = None) -> None:
+        """MESSAGE_CREATE for a guild message to every served bot with a session: Discord delivers
+        other bots' messages; its own only with ``echo_own_messages``."""
+        author_id = message["author"]["id"]
+        receivers = [a for a in self.accounts.values() if a.session is not None]
+        if not receivers and sender is None:
+            raise RuntimeError("no gateway session yet: start a client before dispatching")
+        for account in receivers:
+            if account.user.id == author_id and not self.echo_own_messages:
+                continue
+            await self.dispatch_raw("MESSAGE_CREATE", message, bot=account)
+
+    async def send_raw_frame(self, text: str, *, bot: BotRef | None = None) -> None:
+        """Send ``text`` as one websocket frame on ``bot``'s live connection (not buffered)."""
+        session = self.account(bot).session
         if session is None or session.ws is None:
             raise RuntimeError("no live gateway connection")
         await self._send(session.ws, text)
 
-    async def drop_connection(self, code: int = 4000, *, replay_from: int | None = None) -> None:
-        """Close the live gateway socket; the client reconnects and RESUMEs. With ``replay_from``
+    async def drop_connection(
+        self, code: int = 4000, *, replay_from: int | None = None, bot: BotRef | None = None
+    ) -> None:
+        """Close ``bot``'s live gateway socket; the client reconnects and RESUMEs. With ``replay_from``
         (a sequence number, see :attr:`seq_by_message`) the RESUME replays every event from
         there on, including ones the client already had: delivery is at-least-once."""
-        session = self._current
+        session = self.account(bot).session
         if session is None or session.ws is None:
             raise RuntimeError("no live gateway connection")
         ws, session.ws = session.ws, None
         session.replay_from = replay_from
         await ws.close(code=code)
 
-    async def wait_identified(self, count: int = 1, timeout: float = 10.0) -> None:
-        """Wait until ``count`` IDENTIFYs succeeded and READY/GUILD_CREATE went out."""
-        await self._wait_for(lambda: self.identify_count >= count, timeout)
+    async def wait_identified(
+        self, count: int = 1, timeout: float = 10.0, *, bot: BotRef | None = None
+    ) -> None:
+        """Wait until ``count`` IDENTIFYs of ``bot`` succeeded and READY/GUILD_CREATE went out."""
+        account = self.account(bot)
+        what = f"{count} IDENTIFY(s) of {account.user.username}"
+        await self.wait_for(lambda: account.identify_count >= count, timeout, what=what)
 
-    async def wait_resumed(self, count: int = 1, timeout: float = 10.0) -> None:
-        await self._wait_for(lambda: self.resume_count >= count, timeout)
+    async def wait_resumed(self, count: int = 1, timeout: float = 10.0, *, bot: BotRef | None = None) -> None:
+        account = self.account(bot)
+        what = f"{count} RESUME(s) of {account.user.username}"
+        await self.wait_for(lambda: account.resume_count >= count, timeout, what=what)
 
-    async def _wait_for(self, predicate: Callable[[], bool], timeout: float) -> None:
+    async def wait_for(
+        self, predicate: Callable[[], bool], timeout: float = 5.0, *, what: str = "a condition"
+    ) -> None:
+        """Wait until ``predicate()`` holds (checked whenever the emulator's state changes: a
+        message posted, a typing call, an IDENTIFY or RESUME); TimeoutError naming ``what``."""
+
         async def wait() -> None:
             async with self._changed:
                 await self._changed.wait_for(predicate)
 
-        await asyncio.wait_for(wait(), timeout)
+        try:
+            await asyncio.wait_for(wait(), timeout)
+        except TimeoutError:
+            raise TimeoutError(f"waited {timeout:g}s for {what}") from None
+
+    async def _wait_for(self, predicate: Callable[[], bool], timeout: float) -> None:
+        await self.wait_for(predicate, timeout)
 
     async def _notify(self) -> None:
         async with self._changed:
@@ -579,19 +799,20 @@ class DiscordServer:
         return ws
 
     async def _identify(self, ws: web.WebSocketResponse, data: dict[str, Any]) -> _Session | None:
-        if data.get("token") != self.token:
+        account = self.accounts.get(str(data.get("token")))
+        if account is None:
             await ws.close(code=4004, message=b"Authentication failed.")
             return None
-        self.intents = int(data.get("intents") or 0)
-        if self.intents & INTENT_MESSAGE_CONTENT and not self.message_content_intent:
+        account.intents = int(data.get("intents") or 0)
+        if account.intents & INTENT_MESSAGE_CONTENT and not self.message_content_intent:
             await ws.close(code=4014, message=b"Disallowed intent(s).")
             return None
-        session = _Session(uuid.uuid4().hex, ws=ws)
+        session = _Session(uuid.uuid4().hex, account, ws=ws)
         self._sessions[session.id] = session
-        self._current = session
+        account.session = session
         ready = {
             "v": 10,
-            "user": {**self.bot.payload(), "verified": True, "mfa_enabled": False, "flags": 0},
+            "user": {**account.user.payload(), "verified": True, "mfa_enabled": False, "flags": 0},
             "guilds": [{"id": self.guild.id, "unavailable": True}],
             "session_id": session.id,
             "session_type": "normal",
@@ -599,21 +820,22 @@ class DiscordServer:
             "private_channels": [],
             "relationships": [],
             "presences": [],
-            "application": {"id": self.application_id, "flags": self._application_flags()},
+            "application": {"id": account.application_id, "flags": self._application_flags()},
             "_trace": ["emulator"],
         }
-        await self.dispatch_raw("READY", ready)
-        await self.dispatch_raw("GUILD_CREATE", self.guild.payload())
-        self.identify_count += 1
+        await self.dispatch_raw("READY", ready, bot=account)
+        await self.dispatch_raw("GUILD_CREATE", self.guild.payload(), bot=account)
+        account.identify_count += 1
         await self._notify()
         return session
 
     async def _resume(self, ws: web.WebSocketResponse, data: dict[str, Any]) -> _Session | None:
         session = self._sessions.get(str(data.get("session_id")))
-        if data.get("token") != self.token:
+        account = self.accounts.get(str(data.get("token")))
+        if account is None:
             await ws.close(code=4004, message=b"Authentication failed.")
             return None
-        if session is None or not session.valid:
+        if session is None or not session.valid or session.account is not account:
             await ws.send_str(json.dumps({"op": 9, "d": False, "s": None, "t": None}))
             return None
         old, session.ws = session.ws, ws
@@ -624,11 +846,11 @@ class DiscordServer:
             after, session.replay_from = min(after, session.replay_from - 1), None
         for seq, frame in session.events:
             if seq > after:
-                self.replayed.append(seq)
+                account.replayed.append(seq)
                 await self._send(ws, frame)
-        self._current = session
-        await self.dispatch_raw("RESUMED", {"_trace": ["emulator"]})
-        self.resume_count += 1
+        account.session = session
+        await self.dispatch_raw("RESUMED", {"_trace": ["emulator"]}, bot=account)
+        account.resume_count += 1
         await self._notify()
         return session
 
@@ -637,8 +859,10 @@ class DiscordServer:
         return 1 << 19 if self.message_content_intent else 0
 
     # -- REST ----------------------------------------------------------------------------------
-    def _authorized(self, request: web.Request) -> bool:
-        return request.headers.get("Authorization") == f"Bot {self.token}"
+    def _caller(self, request: web.Request) -> BotAccount | None:
+        """The served bot whose token the request carries (``Authorization: Bot <token>``)."""
+        auth = request.headers.get("Authorization", "")
+        return self.accounts.get(auth.removeprefix("Bot ")) if auth.startswith("Bot ") else None
 
     def _route_key(self, request: web.Request) -> str:
         info = request.match_info.route.resource
@@ -652,45 +876,47 @@ class DiscordServer:
         retry_after: float = 0.5,
         times: int = 1,
         is_global: bool = False,
+        bot: BotRef | None = None,
     ) -> None:
-        """Answer the next ``times`` requests to ``route`` with 429 Too Many Requests.
+        """Answer ``bot``'s next ``times`` requests to ``route`` with 429 Too Many Requests.
 
         ``route`` is "METHOD /path" with the id placeholders of the API docs
         ("POST /channels/{channel_id}/messages") or with a concrete id.
         """
-        self._failures.extend(_Failure(route, retry_after, is_global) for _ in range(times))
+        self.account(bot)._failures.extend(_Failure(route, retry_after, is_global) for _ in range(times))
 
-    def _take_failure(self, request: web.Request) -> _Failure | None:
+    def _take_failure(self, account: BotAccount, request: web.Request) -> _Failure | None:
         keys = {self._route_key(request), f"{request.method} {request.path.removeprefix(API)}"}
-        for failure in self._failures:
+        for failure in account._failures:
             if failure.key in keys:
-                self._failures.remove(failure)
+                account._failures.remove(failure)
                 return failure
         return None
 
-    def _guard(self, request: web.Request) -> web.Response | None:
-        """Auth and on-demand 429s, shared by every REST route."""
-        self.requests.append(self._route_key(request))
-        if not self._authorized(request):
+    def _guard(self, request: web.Request) -> BotAccount | web.Response:
+        """Auth and on-demand 429s, shared by every REST route: the calling bot, or the refusal."""
+        account = self._caller(request)
+        (account or self.default).requests.append(self._route_key(request))
+        if account is None:
             return _json({"message": "401: Unauthorized", "code": 0}, 401)
-        failure = self._take_failure(request)
+        failure = self._take_failure(account, request)
         if failure is not None:
-            self.rate_limited += 1
+            account.rate_limited += 1
             return _rate_limited(failure)
-        return None
+        return account
 
     async def _get_me(self, request: web.Request) -> web.Response:
-        if (refused := self._guard(request)) is not None:
-            return refused
-        return _json({**self.bot.payload(), "verified": True, "mfa_enabled": False, "flags": 0})
+        if isinstance(account := self._guard(request), web.Response):
+            return account
+        return _json({**account.user.payload(), "verified": True, "mfa_enabled": False, "flags": 0})
 
     async def _get_application(self, request: web.Request) -> web.Response:
-        if (refused := self._guard(request)) is not None:
-            return refused
+        if isinstance(account := self._guard(request), web.Response):
+            return account
         return _json(
             {
-                "id": self.application_id,
-                "name": self.bot.username,
+                "id": account.application_id,
+                "name": account.user.username,
                 "icon": None,
                 "description": "",
                 "summary": "",
@@ -701,7 +927,7 @@ class DiscordServer:
                 "team": None,
                 "verify_key": "0" * 64,
                 "flags": self._application_flags(),
-                "bot": self.bot.payload(),
+                "bot": account.user.payload(),
                 "interactions_endpoint_url": None,
             }
         )
@@ -710,34 +936,39 @@ class DiscordServer:
         return _json({"url": self.gateway_url})
 
     async def _get_gateway_bot(self, request: web.Request) -> web.Response:
-        if (refused := self._guard(request)) is not None:
-            return refused
-        limit = {"total": 1000, "remaining": 1000 - self.identify_count, "reset_after": 86_400_000}
+        if isinstance(account := self._guard(request), web.Response):
+            return account
+        limit = {"total": 1000, "remaining": 1000 - account.identify_count, "reset_after": 86_400_000}
         return _json(
             {"url": self.gateway_url, "shards": 1, "session_start_limit": limit | {"max_concurrency": 1}}
         )
 
     async def _not_found(self, request: web.Request) -> web.Response:
-        if (refused := self._guard(request)) is not None:
+        if isinstance(refused := self._guard(request), web.Response):
             return refused
         return _json({"message": "404: Not Found", "code": 0}, 404)
 
     async def _post_typing(self, request: web.Request) -> web.Response:
-        if (refused := self._guard(request)) is not None:
-            return refused
+        if isinstance(account := self._guard(request), web.Response):
+            return account
         channel_id = request.match_info["channel_id"]
-        if self.channel(channel_id) is None:
+        channel = self.channel(channel_id)
+        if channel is None:
             return _json({"message": "Unknown Channel", "code": 10003}, 404)
-        self.typing_calls.append(channel_id)
+        if not self._may_use(account, channel):
+            return _json({"message": "Missing Access", "code": 50001}, 403)
+        account.typing_calls.append(channel_id)
         await self._notify()
         return web.Response(status=204)
 
     async def _post_message(self, request: web.Request) -> web.Response:
-        if (refused := self._guard(request)) is not None:
-            return refused
+        if isinstance(account := self._guard(request), web.Response):
+            return account
         channel = self.channel(request.match_info["channel_id"])
         if channel is None:
             return _json({"message": "Unknown Channel", "code": 10003}, 404)
+        if not self._may_use(account, channel):
+            return _json({"message": "Missing Access", "code": 50001}, 403)
         body = await _read_body(request)
         nonce = (
             (channel.id, str(body.get("nonce"))) if body.get("enforce_nonce") and body.get("nonce") else None
@@ -763,7 +994,7 @@ class DiscordServer:
         everyone, pinged = _pings(content, body.get("allowed_mentions"), replied)
         message = self.message(
             channel,
-            self.bot,
+            account.user,
             content,
             mentions=[u for u in (self._user_by_id(i) for i in pinged) if u is not None],
             reply_to=replied,
@@ -780,35 +1011,57 @@ class DiscordServer:
             pinged_users=pinged,
             body=body,
             message=message,
+            author_id=account.user.id,
         )
-        self.sent.append(sent)
-        self._sent_queue.put_nowait(sent)
+        account.sent.append(sent)
+        self.all_sent.append(sent)
+        account._sent_queue.put_nowait(sent)
         if nonce is not None:
             self._nonces[nonce] = message
-        if self.echo_own_messages and self._current is not None:
-            echo = dict(message)
-            if channel.guild_id is not None:
-                echo["member"] = self.guild.member(self.bot)
-            await self.dispatch_raw("MESSAGE_CREATE", echo)
+        event = dict(message)
+        if channel.guild_id is not None:
+            event["member"] = self.guild.member(account.user)
+            await self._dispatch_to_guild(event, sender=account)  # the other bots see it too
+        elif self.echo_own_messages and account.session is not None:
+            await self.dispatch_raw("MESSAGE_CREATE", event, bot=account)
+        await self._notify()
         return _json(message)
 
-    # -- reading what the bot did --------------------------------------------------------------
-    async def next_sent(self, timeout: float = 5.0) -> SentMessage:
-        """The next message the bot posts (in order), waiting up to ``timeout`` seconds."""
-        return await asyncio.wait_for(self._sent_queue.get(), timeout)
+    # -- reading what the bots did -------------------------------------------------------------
+    async def next_sent(self, timeout: float = 5.0, *, bot: BotRef | None = None) -> SentMessage:
+        """The next message ``bot`` (default: the default bot) posts, in order, waiting up to
+        ``timeout`` seconds; each is returned once."""
+        account = self.account(bot)
+        try:
+            return await asyncio.wait_for(account._sent_queue.get(), timeout)
+        except TimeoutError:
+            raise TimeoutError(f"{account.user.username} posted nothing within {timeout:g}s") from None
 
-    def take_sent(self) -> list[SentMessage]:
-        """Everything posted and not yet taken by :meth:`next_sent`."""
+    def take_sent(self, *, bot: BotRef | None = None) -> list[SentMessage]:
+        """Everything ``bot`` posted and not yet taken by :meth:`next_sent`."""
+        queue = self.account(bot)._sent_queue
         items = []
-        while not self._sent_queue.empty():
-            items.append(self._sent_queue.get_nowait())
+        while not queue.empty():
+            items.append(queue.get_nowait())
         return items
 
-    def replies_to(self, message: dict[str, Any]) -> list[SentMessage]:
-        return [s for s in self.sent if s.reply_to == message["id"]]
+    def replies_to(self, message: dict[str, Any], *, bot: BotRef | None = None) -> list[SentMessage]:
+        """What ``bot`` posted as a reply to ``message``."""
+        return [s for s in self.account(bot).sent if s.reply_to == message["id"]]
 
-    async def wait_typing(self, channel_id: str, timeout: float = 5.0) -> None:
-        await self._wait_for(lambda: channel_id in self.typing_calls, timeout)
+    async def wait_sent(
+        self, count: int, timeout: float = 5.0, *, bot: BotRef | None = None
+    ) -> list[SentMessage]:
+        """Wait until ``bot`` posted at least ``count`` messages in all; returns its sent list."""
+        account = self.account(bot)
+        what = f"{account.user.username} to have posted {count} message(s)"
+        await self.wait_for(lambda: len(account.sent) >= count, timeout, what=what)
+        return account.sent
+
+    async def wait_typing(self, channel_id: str, timeout: float = 5.0, *, bot: BotRef | None = None) -> None:
+        account = self.account(bot)
+        what = f"{account.user.username} typing in channel {channel_id}"
+        await self.wait_for(lambda: channel_id in account.typing_calls, timeout, what=what)
 
 
 def _role(
@@ -900,7 +1153,8 @@ def patch_discord_py(server: DiscordServer) -> Iterator[None]:
     """Point discord.py's REST base and default gateway at ``server``; restore them on exit.
 
     These are class attributes of the library, read when a request or connection is made, so
-    every ``discord.Client`` created inside the block talks to the emulator.
+    every ``discord.Client`` created inside the block talks to the emulator, however many bots
+    (tokens) they log in as: one patch serves them all.
     """
     import discord.gateway
     import discord.http
@@ -930,6 +1184,8 @@ __all__ = [
     "PUBLIC_THREAD",
     "SEND_MESSAGE",
     "TEXT",
+    "BotAccount",
+    "BotRef",
     "Channel",
     "DiscordServer",
     "Guild",

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import sys
 import time
 from datetime import UTC, datetime
@@ -15,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.syntax import Syntax
 from rich.table import Table
 
@@ -48,7 +50,7 @@ ConfigOption = Annotated[
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+    err.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False)  # "[plugins.x]" stays
     return typer.Exit(code)
 
 
@@ -193,7 +195,13 @@ def init(
         written.append(target)
     for path in written:
         out.print(f"created {path}", highlight=False)
-    out.print(f"Next: cd {folder} && bots doctor && bots chat --persona mentor")
+    where = shutil.which("bots") or str(Path(sys.executable).parent / "bots")  # the venv's, not on PATH
+    out.print(
+        f"Next: cd {folder} && cp .env.example .env (fill in tokens), then\n"
+        f"  {where} doctor && {where} ingest && {where} chat --persona mentor",
+        highlight=False,
+        markup=False,
+    )
 
 
 def _walk(node, prefix: Path = Path()):

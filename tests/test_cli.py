@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import os
+from importlib.resources import files
 
 import yaml
+from rich.console import Console
 from typer.testing import CliRunner
 
+from bots import cli
 from bots.agent.persona import load_persona
 from bots.cli import app, slug
 
@@ -114,3 +118,30 @@ def test_doctor_on_a_broken_config(tmp_path, monkeypatch):
     (tmp_path / "config" / "bots.toml").write_text("[llm]\nprovder = 'x'\n")
     result = runner.invoke(app, ["doctor"])
     assert result.exit_code == 1 and "llm.provder" in result.output
+
+
+def test_the_env_example_names_the_variables_the_channels_read():
+    example = (files("bots") / "scaffold" / "dot.env.example").read_text()
+    for name in (
+        "TELEGRAM_BOT_TOKEN",
+        "DISCORD_BOT_TOKEN",
+        "WECOM_BOT_TOKEN",
+        "WECOM_PUSH_KEY",
+        "OPENAI_API_KEY",
+    ):
+        assert f"# {name}=" in example
+    assert "TELEGRAM_TOKEN=" not in example and "DISCORD_TOKEN=" not in example
+
+
+def test_init_says_what_to_run_with_the_venvs_bots_and_the_ingest(tmp_path):
+    result = runner.invoke(app, ["init", str(tmp_path / "proj")])
+    assert result.exit_code == 0
+    hint = result.output[result.output.index("Next:") :]
+    assert "cp .env.example .env" in hint and " ingest " in hint and "chat --persona mentor" in hint
+
+
+def test_errors_in_brackets_are_printed_as_written(monkeypatch):
+    printed = io.StringIO()
+    monkeypatch.setattr(cli, "err", Console(file=printed, width=200))
+    cli._fail("no plugin [plugins.counter] of that name")
+    assert "no plugin [plugins.counter] of that name" in printed.getvalue()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import getpass
 import itertools
+import os
 import sys
 import threading
 import uuid
@@ -17,8 +18,10 @@ from pydantic import BaseModel, ConfigDict
 from bots.core.adapter import Capabilities, EventSink, NotAccepted
 from bots.core.config import channel_options
 from bots.core.events import ChannelKind, ChannelRef, MessageEvent, Outbound, SentRef, UserRef
+from bots.core.logs import clear_prompt, show_prompt
 
 EXIT_WORDS = {"/quit", "/exit", ":q"}
+PROMPT = "you> "
 
 
 class ConsoleOptions(BaseModel):
@@ -55,7 +58,9 @@ class ConsoleAdapter:
         self.capabilities = Capabilities(max_length=None, streaming=stream, markup=frozenset({"plain"}))
         self.on_exit = on_exit
         self._out = output or sys.stdout
-        self._read_line = read_line or _read_stdin
+        self._read_line = read_line  # None: stdin, read by :class:`_StdinLines`
+        self._stdin = _StdinLines()
+        self._prompting = False
         self._ids = itertools.count(1)
         self._run = uuid.uuid4().hex[:8]
         self._task: asyncio.Task[None] | None = None
@@ -85,6 +90,11 @@ class ConsoleAdapter:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._prompting:  # stopped (Ctrl-C) while the prompt waited: end its line
+            self._prompting = False
+            clear_prompt()
+            self._out.write("\n")
+            self._out.flush()
 
     async def _repl(self, sink: EventSink) -> None:
         try:
@@ -105,7 +115,17 @@ class ConsoleAdapter:
                 self.on_exit()
 
     async def _next_line(self) -> str:
-        """Read a line in a daemon thread, so Ctrl-C never waits for the user to press Enter."""
+        if self._read_line is None:
+            self._prompting = True
+            show_prompt(PROMPT, self._out)
+            line = await self._stdin.readline()
+            clear_prompt()
+            self._prompting = False
+            return line
+        return await self._call_read_line()
+
+    async def _call_read_line(self) -> str:
+        """Call the given ``read_line`` in a daemon thread, so the loop never waits for it."""
         loop = asyncio.get_running_loop()
         line: asyncio.Future[str] = loop.create_future()
 
@@ -146,8 +166,73 @@ def _login_name() -> str:
         return "local"
 
 
-def _read_stdin() -> str:
-    try:
-        return input("you> ") + "\n"
-    except EOFError:
-        return ""
+class _StdinLines:
+    """Lines typed into stdin, read with ``os.read`` on its file descriptor when the event loop
+    says it is readable. Nothing blocks in a thread on ``sys.stdin``: a thread blocked there holds
+    the buffer's lock, and at exit (Ctrl-C, SIGTERM) Python then dies with "Fatal Python error:
+    _enter_buffered_busy". Where the loop cannot watch the descriptor (a regular file, Windows),
+    a daemon thread reads it, still with ``os.read``, which holds no lock."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+        self._eof = False
+
+    async def readline(self) -> str:
+        """The next line with its "\\n" (the last one may lack it); "" at end of input."""
+        while True:
+            if b"\n" in self._pending:
+                line, _, self._pending = self._pending.partition(b"\n")
+                return _decode(line) + "\n"
+            if self._eof:
+                line, self._pending = self._pending, b""
+                return _decode(line)
+            chunk = await self._read()
+            if chunk:
+                self._pending += chunk
+            else:
+                self._eof = True
+
+    async def _read(self) -> bytes:
+        try:
+            fd = sys.stdin.fileno()
+        except (AttributeError, OSError, ValueError):  # no stdin at all, or closed
+            return b""
+        loop = asyncio.get_running_loop()
+        got: asyncio.Future[bytes] = loop.create_future()
+
+        def readable() -> None:
+            if got.done():  # level-triggered: called again before the reader is removed
+                return
+            try:
+                got.set_result(os.read(fd, 65536))
+            except BlockingIOError:  # someone else took it: wait for more
+                pass
+            except OSError:  # a broken terminal ends the session
+                got.set_result(b"")
+
+        try:
+            loop.add_reader(fd, readable)
+        except (NotImplementedError, OSError):
+            return await self._read_in_thread(fd, loop, got)
+        try:
+            return await got
+        finally:
+            loop.remove_reader(fd)
+
+    @staticmethod
+    async def _read_in_thread(fd: int, loop: asyncio.AbstractEventLoop, got: asyncio.Future[bytes]) -> bytes:
+        def read() -> None:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                chunk = b""
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(lambda: got.done() or got.set_result(chunk))
+
+        threading.Thread(target=read, name="console-input", daemon=True).start()
+        return await got
+
+
+def _decode(line: bytes) -> str:
+    encoding = getattr(sys.stdin, "encoding", None) or "utf-8"
+    return line.decode(encoding, errors="replace").removesuffix("\r")

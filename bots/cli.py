@@ -228,7 +228,7 @@ def persona_list(config: ConfigOption = None) -> None:
             p = library.get(persona_id)
             table.add_row(persona_id, p.name, p.language, p.group.reply, ", ".join(p.knowledge), "ok")
         except ConfigError as exc:
-            table.add_row(persona_id, "", "", "", "", f"[red]{str(exc).splitlines()[0]}[/red]")
+            table.add_row(persona_id, "", "", "", "", f"[red]{escape(str(exc).splitlines()[0])}[/red]")
     out.print(table)
 
 
@@ -430,7 +430,15 @@ def ingest(
     rebuild: Annotated[bool, typer.Option(help="Drop the index and build it again.")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Index knowledge/<collection>/ (idempotent: unchanged files are skipped)."""
+    """Index knowledge/<collection>/ (idempotent: unchanged files are not read again).
+
+    Unreadable and empty files are skipped with a warning; the rest is indexed.
+
+    Exit code: 0 when every readable file is indexed, even if some files were skipped (so a
+    re-run with nothing new exits 0 too); 1 when a collection could not be indexed at all (bad
+    config or collection.toml, index built with another model, the embedding model or service
+    failing); the other collections are still indexed.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from bots.knowledge.store import KnowledgeError
@@ -459,23 +467,41 @@ def ingest(
                     done = _bar.tasks[0].fields["chunks"] + count
                     _bar.update(_task, chunks=done, rate=done / max(time.perf_counter() - _started, 1e-9))
 
+            failure: str | None = None
             try:
                 report = kb.ingest(name, rebuild=rebuild, progress=step)
             except KnowledgeError as exc:
-                raise _fail(str(exc)) from None
+                failure = str(exc)
+            except Exception as exc:  # e.g. the embedding service unreachable: one line, not a traceback
+                failure = f"collection {name!r} could not be indexed: {type(exc).__name__}: {exc}"
+        if failure is not None:  # this collection failed (e.g. its model cannot load); the others still run
+            failed = True
+            err.print(f"[red]error:[/red] {escape(failure)}", highlight=False)
+            continue
         out.print(
             f"[bold]{name}[/bold]: {len(report.added)} added, {len(report.changed)} changed, "
-            f"{report.unchanged} unchanged, {len(report.removed)} removed; "
+            f"{report.unchanged} unchanged, {len(report.removed)} removed, {_skipped(report.skipped)}; "
             f"{report.chunks_added} chunks indexed ({report.chunks_per_second:.1f}/s), "
             f"{report.chunks_removed} dropped, {report.boilerplate_lines} boilerplate lines; "
             f"{report.seconds:.1f}s",
             highlight=False,
         )
-        for problem in report.errors:
-            failed = True
-            err.print(f"[yellow]skipped[/yellow] {problem}", highlight=False)
+        for problem in report.errors:  # a warning, not a failure: the readable files are indexed
+            err.print(f"[yellow]skipped[/yellow] {escape(problem)}", highlight=False)
     if failed:
         raise typer.Exit(1)
+
+
+def _skipped(skipped: dict[str, str], shown: int = 3) -> str:
+    """The summary's part on skipped files, e.g. "2 skipped (a.pdf unreadable, b.txt empty)".
+
+    Only the first few names: with hundreds of bad files the summary must stay readable.
+    """
+    if not skipped:
+        return "0 skipped"
+    names = [f"{source} {why}" for source, why in list(skipped.items())[:shown]]
+    more = f", {len(skipped) - shown} more" if len(skipped) > shown else ""
+    return f"{len(skipped)} skipped ({', '.join(names)}{more})"
 
 
 @app.command()
@@ -492,8 +518,12 @@ def search(
 
     if method not in ("fused", "keyword", "dense"):
         raise _fail("--method must be fused, keyword or dense")
+    kb = _knowledge(config)
+    if not (kb.root / collection).is_dir():  # `bots ingest NAME` would fail too: say what exists
+        names = ", ".join(kb.names()) or "none"
+        raise _fail(f"no collection {collection!r}: no folder {kb.root / collection} (collections: {names})")
     try:
-        hits = _knowledge(config).search([collection], query, k=k, method=method)  # type: ignore[arg-type]
+        hits = kb.search([collection], query, k=k, method=method)  # type: ignore[arg-type]
     except (KnowledgeError, ConfigError) as exc:
         raise _fail(str(exc)) from None
     if as_json:
@@ -503,6 +533,9 @@ def search(
             for h in hits
         ]  # fmt: skip
         print(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    if not hits:  # an empty screen reads as a hang or a crash
+        out.print(f"nothing in {collection!r} matched {query!r} (--method {method})", highlight=False)
         return
     for rank, hit in enumerate(hits, 1):
         out.print(f"[bold]{rank}. {hit.title}[/bold] ({hit.location}) score {hit.score:.4f}", highlight=False)
@@ -519,7 +552,7 @@ def knowledge_list(config: ConfigOption = None) -> None:
         try:
             info = kb.stats(name)
         except ConfigError as exc:
-            table.add_row(name, f"[red]{exc}[/red]", "", "", "", "")
+            table.add_row(name, f"[red]{escape(str(exc))}[/red]", "", "", "", "")
             continue
         table.add_row(name, info["title"], info["role"], str(info["files"]),
                       str(info.get("chunks", "not indexed")), info.get("embedding_model") or "")  # fmt: skip
@@ -562,20 +595,29 @@ def embed_server(
 ) -> None:
     """Serve OpenAI-compatible /v1/embeddings (micro-batched; CUDA fp16 when present)."""
     from bots.embedserver.server import serve
+    from bots.knowledge.embeddings import EmbedderError, device_problem, model_problem
 
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         raise _fail("--device must be auto, cpu or cuda")
     if oversize not in ("truncate", "reject"):
         raise _fail("--oversize must be truncate or reject")
+    # fail fast, before loading the model: a bad path or device is a one-line error, not a traceback
+    if bad_device := device_problem(device):
+        raise _fail(f"--{bad_device}")
+    if bad_model := model_problem(model):
+        raise _fail(f"--model {bad_model}")
     secrets = Secrets([Path.cwd() / ".env"])
     setup_logging(EnvSettings().log_level or "INFO", lambda: secrets.handed_out)
     api_key = secrets.get(api_key_env)
-    serve(
-        host, port, model, device,
-        api_key=api_key.get_secret_value() if api_key else None,
-        max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
-        max_inputs=max_inputs, max_chars=max_chars, oversize=oversize,
-    )  # fmt: skip
+    try:  # serve() loads the model before it listens: a name unknown offline fails here
+        serve(
+            host, port, model, device,
+            api_key=api_key.get_secret_value() if api_key else None,
+            max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
+            max_inputs=max_inputs, max_chars=max_chars, oversize=oversize,
+        )  # fmt: skip
+    except EmbedderError as exc:
+        raise _fail(str(exc)) from None
 
 
 # -- audit -------------------------------------------------------------------------------------
@@ -776,7 +818,7 @@ def doctor(config: ConfigOption = None) -> None:
     table = Table("", "check", "detail")
     marks = {"ok": "[green]✓[/green]", "warn": "[yellow]![/yellow]", "fail": "[red]✗[/red]"}
     for result in results:
-        table.add_row(marks[result.status], result.name, result.detail)
+        table.add_row(marks[result.status], escape(result.name), escape(result.detail))
     out.print(table)
     failures = sum(r.status == "fail" for r in results)
     if failures:

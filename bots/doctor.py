@@ -36,6 +36,7 @@ def run_checks(config_path: Path, secrets: Secrets) -> list[Check]:
     results += _llm(config, secrets)
     results += _channels(config, secrets)
     results.append(_plugins(config))
+    results += _embedding_model(config)
     results += _knowledge(config, secrets)
     results += _env_files(config_path)
     return results
@@ -125,6 +126,28 @@ def _channels(config: AppConfig, secrets: Secrets) -> list[Check]:
     return results
 
 
+def _embedding_model(config: AppConfig) -> list[Check]:
+    """A configured in-process embedding model must load: otherwise every `bots ingest` fails.
+
+    Checked even when no bot uses knowledge yet (ingest and search use it too). A missing path
+    is told without loading; a name is loaded, which is how an unknown one shows (offline).
+    """
+    settings = config.knowledge
+    if settings.embedding_url or (settings.embedding_model is None and settings.device == "cpu"):
+        return []  # a service (checked by ingest), or the bundled model on the CPU
+    try:
+        from bots.knowledge.embeddings import EmbedderError, SentenceTransformerEmbedder
+    except ImportError as exc:
+        return [Check("fail", "embedding model", f"{exc}\nfix: pip install 'persona-bots[knowledge]'")]
+    embedder = SentenceTransformerEmbedder(settings.embedding_model, device=settings.device)
+    try:
+        embedder.check()
+    except EmbedderError as exc:
+        fix = "correct [knowledge] embedding_model (a model folder or a cached name) or device"
+        return [Check("fail", "embedding model", f"{exc}\nfix: {fix}")]
+    return [Check("ok", "embedding model", f"{embedder.model_name} on {embedder.device}")]
+
+
 def _knowledge(config: AppConfig, secrets: Secrets) -> list[Check]:
     library = PersonaLibrary(config.personas_dir)
     wanted: set[str] = set()
@@ -161,6 +184,14 @@ def _knowledge(config: AppConfig, secrets: Secrets) -> list[Check]:
 
 def _plugins(config: AppConfig) -> Check:
     found = discover(config.plugin_dirs)
+    unknown = sorted(set(config.plugins) - set(found))  # `bots run` refuses these tables
+    for bot in config.bots:
+        unknown += [f"bots.{bot.name}.plugins: {name}" for name in bot.plugins or [] if name not in found]
+    if unknown:
+        listed = ", ".join(f"[plugins.{name}]" if "." not in name else name for name in unknown)
+        return Check(
+            "fail", "plugins", f"no plugin of that name: {listed} (found: {', '.join(sorted(found))})"
+        )
     return Check("ok", "plugins", ", ".join(sorted(found)) or "none")
 
 

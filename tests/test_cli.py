@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import io
 import os
 from importlib.resources import files
 
 import yaml
-from rich.console import Console
 from typer.testing import CliRunner
 
-from bots import cli
 from bots.agent.persona import load_persona
 from bots.cli import app, slug
 
@@ -138,10 +135,3 @@ def test_init_says_what_to_run_with_the_venvs_bots_and_the_ingest(tmp_path):
     assert result.exit_code == 0
     hint = result.output[result.output.index("Next:") :]
     assert "cp .env.example .env" in hint and " ingest " in hint and "chat --persona mentor" in hint
-
-
-def test_errors_in_brackets_are_printed_as_written(monkeypatch):
-    printed = io.StringIO()
-    monkeypatch.setattr(cli, "err", Console(file=printed, width=200))
-    cli._fail("no plugin [plugins.counter] of that name")
-    assert "no plugin [plugins.counter] of that name" in printed.getvalue()

@@ -115,16 +115,17 @@ def test_cli_ingest_and_json_search(kb, tmp_path, monkeypatch):
     assert "keeper" in listed.output
 
 
-def test_settings_change_rechunks_and_empty_files_stay_unchanged(kb):
+def test_settings_change_rechunks_and_empty_files_are_reported_skipped(kb):
     (kb.root / "keeper" / "empty.md").write_text("", encoding="utf-8")
     first = kb.ingest("keeper")
-    assert "empty.md" in first.added
-    assert kb.ingest("keeper").unchanged == 3  # the empty file is not "added" again
+    assert first.skipped["empty.md"] == "empty" and "empty.md" not in first.added
+    second = kb.ingest("keeper")
+    assert second.unchanged == 2 and second.skipped == {"empty.md": "empty"}  # said again, not "added"
     (kb.root / "keeper" / "collection.toml").write_text('title = "Keeper notes"\nchunk_size = 200\n')
     again = kb.ingest("keeper")
-    assert sorted(again.changed) == ["empty.md", "fog.md", "log.md"]
+    assert sorted(again.changed) == ["fog.md", "log.md"]
     (kb.root / "keeper" / "collection.toml").write_text('title = "Renamed"\nchunk_size = 200\n')
-    assert kb.ingest("keeper").unchanged == 3  # a new title is no reason to re-embed
+    assert kb.ingest("keeper").unchanged == 2  # a new title is no reason to re-embed
 
 
 def test_an_interrupted_ingest_leaves_no_duplicates_or_orphans(kb, embedder):

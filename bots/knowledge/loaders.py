@@ -7,9 +7,11 @@ of crashing. Any failure is a :class:`LoadError` naming the file; the ingest rep
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
+import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,6 +181,27 @@ LOADERS: dict[str, Callable[[Path], Document]] = {
 }
 
 
+# Libraries that log or warn about the broken files they read ("invalid pdf header", "EOF marker
+# not found"). The ingest already reports such a file in one line; their own noise only clutters
+# the terminal, so it is muted while a file loads.
+_NOISY_LOGGERS = ("pypdf", "ebooklib", "docx", "bs4", "charset_normalizer")
+
+
+@contextlib.contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL + 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 def load(path: Path, *, boilerplate_repeats: int = 3) -> Document:
     """Load a file; lines repeated ``boilerplate_repeats`` times or more are blanked (0: keep)."""
     loader = LOADERS.get(path.suffix.lower())
@@ -187,7 +210,8 @@ def load(path: Path, *, boilerplate_repeats: int = 3) -> Document:
     if path.stat().st_size > MAX_FILE_BYTES:
         raise LoadError(f"{path}: larger than {MAX_FILE_BYTES // 2**20} MiB")
     try:
-        document = loader(path)
+        with _quiet_libraries():
+            document = loader(path)
     except LoadError:
         raise
     except Exception as exc:  # a hostile or broken file must never stop the ingest

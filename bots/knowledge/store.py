@@ -23,7 +23,7 @@ import bm25s
 
 from bots.knowledge.chunking import Chunk, chunk_document
 from bots.knowledge.collection import Collection, collection_names
-from bots.knowledge.embeddings import Embedder
+from bots.knowledge.embeddings import Embedder, EmbedderError
 from bots.knowledge.loaders import MAX_FILE_BYTES, LoadError, load
 from bots.knowledge.text import cjk_share, tokenize
 
@@ -89,7 +89,8 @@ class IngestReport:
     changed: list[str] = field(default_factory=list)
     unchanged: int = 0
     removed: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # one line per unreadable file, naming it
+    skipped: dict[str, str] = field(default_factory=dict)  # source -> "unreadable" | "empty"
     chunks_added: int = 0
     chunks_removed: int = 0
     boilerplate_lines: int = 0
@@ -181,6 +182,14 @@ class KnowledgeBase:
                 self.drop(name)
             stored = self._stored(name)
             if stored is None:
+                # load the model before the index exists: a model that cannot load must not leave
+                # the collection recorded as indexed (with 0 chunks). Only in-process embedders have
+                # check(); a service is asked for its model name (below) before anything is created.
+                try:
+                    if check := getattr(self.embedder, "check", None):
+                        check()
+                except EmbedderError as exc:
+                    raise KnowledgeError(f"collection {name!r}: {exc}") from None
                 stored = self._chroma_client().create_collection(
                     self._chroma_name(name),
                     embedding_function=None,
@@ -211,9 +220,12 @@ class KnowledgeBase:
                     del manifest[source]
                     report.removed.append(source)
                     report.chunks_removed += len(ids)
+            except EmbedderError as exc:  # indexed before, but the model cannot load now
+                raise KnowledgeError(f"collection {name!r}: {exc}") from None
             finally:  # whatever happened, the manifest and the keyword index follow what is stored
                 self._write_manifest(name, manifest)
-                if report.added or report.changed or report.removed or not self._keyword_path(name).is_dir():
+                changed = report.added or report.changed or report.removed or report.chunks_removed
+                if changed or not self._keyword_path(name).is_dir():
                     self._rebuild_keyword_index(name, stored, manifest)
         report.seconds = time.perf_counter() - started
         return report
@@ -238,16 +250,21 @@ class KnowledgeBase:
             file_hash = digest.hexdigest()
         except (OSError, LoadError) as exc:
             report.errors.append(str(exc))
+            report.skipped[source] = "unreadable"
             return
         previous = manifest.get(source)
         if previous and previous["hash"] == file_hash:
-            report.unchanged += 1
+            if previous.get("empty"):  # still empty: say so on every run, it is not "unchanged" content
+                report.skipped[source] = "empty"
+            else:
+                report.unchanged += 1
             return
         settings = collection.settings
         try:
             document = load(path, boilerplate_repeats=settings.boilerplate_repeats)
         except LoadError as exc:
             report.errors.append(str(exc))  # an old version, if any, stays searchable
+            report.skipped[source] = "unreadable"
             return
         report.boilerplate_lines += document.boilerplate_lines
         chunks = chunk_document(document, source, settings.chunk_size, settings.chunk_overlap)
@@ -268,8 +285,15 @@ class KnowledgeBase:
         for start in range(0, len(stale), CHROMA_BATCH):
             stored.delete(ids=stale[start : start + CHROMA_BATCH])
         report.chunks_removed += len(stale)
-        (report.changed if previous else report.added).append(source)
-        manifest[source] = {"hash": file_hash, "chunks": len(chunks)}
+        # A file without text (0 bytes, only whitespace, a PDF without a text layer) indexes nothing;
+        # it is recorded so that a re-run need not load it again, but reported as skipped, not added.
+        # Chunks of an older, non-empty version were dropped just above.
+        empty = not document.text.strip()
+        if empty:
+            report.skipped[source] = "empty"
+        else:
+            (report.changed if previous else report.added).append(source)
+        manifest[source] = {"hash": file_hash, "chunks": len(chunks)} | ({"empty": True} if empty else {})
         report.chunks_added += len(chunks)
         if progress:
             progress("chunks", len(chunks))

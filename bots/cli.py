@@ -201,6 +201,7 @@ def init(
         f"  {where} doctor && {where} ingest && {where} chat --persona mentor",
         highlight=False,
         markup=False,
+        soft_wrap=True,  # a command broken across lines does not paste
     )
 
 

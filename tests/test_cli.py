@@ -130,8 +130,11 @@ def test_the_env_example_names_the_variables_the_channels_read():
     assert "TELEGRAM_TOKEN=" not in example and "DISCORD_TOKEN=" not in example
 
 
-def test_init_says_what_to_run_with_the_venvs_bots_and_the_ingest(tmp_path):
+def test_init_says_what_to_run_with_the_venvs_bots_and_the_ingest(tmp_path, monkeypatch):
+    deep = "/a-rather/deeply/nested/checkout/of/the/project/.venv/bin/bots"  # CI's paths are long
+    monkeypatch.setattr("bots.cli.shutil.which", lambda name: deep)
     result = runner.invoke(app, ["init", str(tmp_path / "proj")])
     assert result.exit_code == 0
     hint = result.output[result.output.index("Next:") :]
     assert "cp .env.example .env" in hint and " ingest " in hint and "chat --persona mentor" in hint
+    assert f"{deep} doctor && {deep} ingest && {deep} chat --persona mentor" in hint  # unbroken

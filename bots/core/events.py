@@ -136,6 +136,9 @@ class Outbound:
     text: str
     reply_to: str | None = None  # platform message id to answer
     markup: str = "plain"  # "plain" | "markdown"
+    # the same for every try at sending this part (set by the outbox): platforms that dedupe
+    # resends (Discord's nonce) send it once however often a restart replays it
+    idempotency_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -704,11 +704,10 @@ def jobs_list(config: ConfigOption = None) -> None:
             rows.append((job, f"{last[0].period} {last[0].state}" if last else "-"))
         return rows
 
-    table = Table("job", "function", "trigger", "next run (UTC)", "last period")
-    table.columns[0].no_wrap = True
+    table = Table("job", "function", "trigger", "next run (job's zone)", "last period")
+    table.columns[0].no_wrap = table.columns[3].no_wrap = True
     for job, last in _scheduling(config, read):
-        when = f"{job.next_run:%Y-%m-%d %H:%M}" if job.next_run else "paused"
-        table.add_row(job.id, job.func, job.trigger, when, last)
+        table.add_row(job.id, job.func, job.trigger, job.next_run_text, last)
     out.print(table)
 
 

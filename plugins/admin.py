@@ -210,9 +210,7 @@ class AdminPlugin(Plugin):
             return await self._add_job(inv, scheduling, argv[1:])
         if not argv or argv == ["list"]:
             lines = [
-                f"{job.id}: {job.func} {job.trigger}; next "
-                + (f"{job.next_run:%Y-%m-%d %H:%M} UTC" if job.next_run else "paused")
-                for job in scheduling.jobs()
+                f"{job.id}: {job.func} {job.trigger}; next {job.next_run_text}" for job in scheduling.jobs()
             ]
             return await inv.reply("\n".join(lines) or "No scheduled jobs.")
         if len(argv) != 2 or argv[0] not in ("run", "pause", "resume", "remove"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -41,6 +42,7 @@ async def test_jobs_commands_for_operators(harness, tmp_path):
     h = await operated(harness, tmp_path)
     [listing] = texts(await h.ask("/jobs", user="op"))
     assert listing.startswith("testbot:morning: bots.testing.jobs:post_text cron[")
+    assert listing.endswith(" 09:00 +08:00")  # the cron's hour, in its zone, offset shown
     assert texts(await h.ask("/jobs pause testbot:morning", user="member")) == [NOT_ALLOWED]
     assert texts(await h.ask("/jobs pause testbot:morning", user="op")) == ["testbot:morning: paused"]
     assert "paused" in texts(await h.ask("/jobs", user="op"))[0]
@@ -82,7 +84,9 @@ async def test_cli_jobs_and_review(harness, tmp_path):
     await h.host.stop()
 
     def cli() -> None:
-        assert "testbot:morning" in run_cli("jobs", "list", config=config)
+        listing = run_cli("jobs", "list", config=config)
+        assert "testbot:morning" in listing and "(UTC)" not in listing
+        assert re.search(r"\d{4}-\d\d-\d\d 09:00 \+08:00", listing)  # 09:00 Asia/Shanghai, not 01:00
         run_cli("jobs", "pause", "testbot:morning", config=config)
         assert "paused" in run_cli("jobs", "list", config=config)
         run_cli("jobs", "resume", "testbot:morning", config=config)

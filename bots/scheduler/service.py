@@ -74,6 +74,16 @@ class JobInfo:
     next_run: datetime | None  # None: paused
     kwargs: dict[str, Any]
 
+    @property
+    def next_run_text(self) -> str:
+        """The next run in the job's own time zone with its UTC offset, "2026-12-03 21:00 +08:00"
+        (what the cron says, and unambiguous), or "paused"."""
+        if self.next_run is None:
+            return "paused"
+        when = self.next_run if self.next_run.tzinfo else self.next_run.replace(tzinfo=UTC)
+        offset = f"{when:%z}"
+        return f"{when:%Y-%m-%d %H:%M} {offset[:3]}:{offset[3:5]}"
+
 
 def jobs_table(bot: str) -> str:
     return f"scheduled_jobs_{bot}"

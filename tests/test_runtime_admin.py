@@ -96,7 +96,7 @@ async def test_kb_stats_and_ingest(harness, tmp_path):
     assert texts(await h.ask("/kb", user="op")) == ["testbot uses no knowledge collections"]
     await h.ask("/persona use wen", user="op")
     assert texts(await h.ask("/kb stats", user="op")) == ["notes: 1 files, not indexed (/kb ingest notes)"]
-    replies = texts(await h.ask("/kb ingest notes", user="op"))
+    replies = texts(await h.ask("/kb ingest notes", user="op", timeout=180))  # loads the embedding model
     assert replies[0] == "ingesting notes; this can take a while"
     assert replies[1].startswith("notes: 1 added, 0 changed, 0 removed, 0 unchanged; 1 chunks")
     assert texts(await h.ask("/kb stats", user="op")) == ["notes: 1 chunks from 1/1 files"]

@@ -23,7 +23,15 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from telegram import LinkPreviewOptions, Message, MessageEntity, ReplyParameters, Update
 from telegram.constants import ChatAction, ChatType
-from telegram.error import Conflict, EndPointNotFound, InvalidToken, RetryAfter, TelegramError
+from telegram.error import (
+    BadRequest,
+    Conflict,
+    EndPointNotFound,
+    InvalidToken,
+    NetworkError,
+    RetryAfter,
+    TelegramError,
+)
 from telegram.ext import AIORateLimiter, ExtBot
 from telegram.warnings import PTBUserWarning
 from yarl import URL
@@ -388,6 +396,11 @@ class TelegramAdapter:
             link_preview_options=LinkPreviewOptions(is_disabled=True),
         )
         return SentRef(self.platform, outbound.target.id, str(message.message_id))
+
+    def transient(self, exc: BaseException) -> bool:
+        """A send worth trying again: the network or Telegram's side failed (timeouts and 5xx are
+        NetworkError), not the request itself (BadRequest, Forbidden)."""
+        return isinstance(exc, NetworkError) and not isinstance(exc, BadRequest)
 
     async def typing(self, channel: ChannelRef) -> None:
         """Show "typing..." in ``channel`` once; never raises."""

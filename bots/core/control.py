@@ -28,6 +28,10 @@ class HostControl:
             if bot.pipeline.loops.stops:
                 lines.append(f"  bot-to-bot loops stopped: {bot.pipeline.loops.stops}")
         lines.append(f"events in flight: {self._host.in_flight}; muted chats: {len(self._host.muted)}")
+        inbox = self._host.inbox
+        if inbox.abandoned:
+            days = inbox.keep.days
+            lines.append(f"messages abandoned, never answered (last {days} days): {inbox.abandoned}")
         gate = self._host.gate_stats.snapshot()
         if gate:
             lines.append("quality gate: " + ", ".join(f"{name} {count}" for name, count in gate.items()))

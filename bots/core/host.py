@@ -4,25 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from weakref import WeakValueDictionary
 
 from bots.core.adapter import Adapter, EventSink, NotAccepted
 from bots.core.audit import AuditLog
 from bots.core.control import HostControl
-from bots.core.events import MessageEvent, Outbound, SentRef
+from bots.core.events import ChannelRef, MessageEvent, Outbound, SentRef
 from bots.core.gate import GateStats
 from bots.core.groupcommit import GroupCommit
 from bots.core.history import History
 from bots.core.inbox import Inbox, Unfinished
+from bots.core.ordering import ChatKey, ChatOrder, Turn, current_turn
 from bots.core.outbound import deliver
-from bots.core.outbox import Outbox
+from bots.core.outbox import Outbox, Pending
 from bots.core.permissions import Permissions
-from bots.core.pipeline import Pipeline
+from bots.core.pipeline import Pipeline, reply_key
 from bots.core.storage import Database
 
 log = logging.getLogger("bots.host")
@@ -91,7 +92,7 @@ class Host:
         self.bots: dict[str, Bot] = {}
         self.stop_grace_s = stop_grace_s
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._post_locks: WeakValueDictionary[tuple[str, str], asyncio.Lock] = WeakValueDictionary()
+        self.order = ChatOrder()  # one chat's events, replies and posts go one at a time, in order
         self._started_adapters: list[Adapter] = []
         self._started_hooks: list[tuple[str, Hook]] = []
         self.services: list[Service] = []
@@ -111,6 +112,7 @@ class Host:
         await self.writes.start()
         await self.permissions.load(self.db)
         await self.control.load_mutes()
+        await self.inbox.count_abandoned()
         self._running = True
         try:
             for bot in self.bots.values():
@@ -120,15 +122,19 @@ class Host:
             for service in self.services:
                 await service.start()
                 self._started_services.append(service)
-            # what earlier runs left, taken before a channel can deliver anything of this run
-            leftovers = {name: await self._leftovers(name) for name in self.bots}
+            # what earlier runs left, claimed (and queued in its chats) before a channel can
+            # deliver anything of this run: replays keep their place in their chat's order
+            leftovers = {name: await self._leftovers(bot) for name, bot in self.bots.items()}
             for bot in self.bots.values():
                 for adapter in bot.adapters:
                     await adapter.start(self._sink(bot, adapter))
                     self._started_adapters.append(adapter)
                     log.info("bot %s: channel %s (%s) started", bot.name, adapter.name, adapter.platform)
-            for bot in self.bots.values():
-                await self._recover(bot, *leftovers[bot.name])
+            for jobs in leftovers.values():
+                for job in jobs:
+                    self._spawn(job())
+            await self.inbox.prune()
+            await self.outbox.prune()
             await self.history.prune()
             for service in self._started_services:
                 await service.ready()
@@ -191,40 +197,69 @@ class Host:
         async def sink(event: MessageEvent) -> asyncio.Future[None] | None:
             if not self._running:
                 raise NotAccepted(f"event {event.id} arrived while the host is stopped")
-            accepted = await self.inbox.accept(bot.name, adapter.name, event)
+            turn = self.order.turn(self._chat(bot, adapter.name, event.channel))  # arrival order
+            try:
+                accepted = await self.inbox.accept(bot.name, adapter.name, event)
+            except BaseException:
+                turn.release()
+                raise
             if accepted is None:
+                turn.release()
                 log.debug("event %s: duplicate delivery dropped", event.id)
                 return None
-            return self._spawn(self._process(bot, adapter, event, replay=accepted == "again"))
+            return self._spawn(self._process(bot, adapter, event, turn, replay=accepted == "again"))
 
         return sink
 
-    async def _process(self, bot: Bot, adapter: Adapter, event: MessageEvent, replay: bool = False) -> None:
-        await bot.pipeline.handle(event, adapter, replay=replay)  # never raises: errors are logged there
-        self.inbox.finish(bot.name, event)
+    async def _process(
+        self, bot: Bot, adapter: Adapter, event: MessageEvent, turn: Turn, replay: bool = False
+    ) -> None:
+        async with turn:
+            await bot.pipeline.handle(event, adapter, replay=replay)  # never raises: errors are logged there
+            self.inbox.finish(bot.name, event)
 
-    async def _leftovers(self, bot: str) -> tuple[list[str], list[Unfinished]]:
-        """Replies left half-sent and messages left unfinished by earlier runs (claimed now)."""
-        keys = await self.outbox.pending_keys(bot, within=self.inbox.replay_window)
-        return keys, await self.inbox.unfinished(bot)
+    @staticmethod
+    def _chat(bot: Bot | str, channel: str, chat: ChannelRef) -> ChatKey:
+        return (bot if isinstance(bot, str) else bot.name, channel, chat.canonical)
 
-    async def _recover(self, bot: Bot, pending_keys: list[str], unfinished: list[Unfinished]) -> None:
-        """After a restart: send replies left half-sent, then replay messages left unfinished."""
-        for key in pending_keys:
-            try:
-                await self.outbox.resume(key, bot.channel)
-            except Exception:
-                log.exception("outbox %s: resending after the restart failed", key)
+    async def _leftovers(self, bot: Bot) -> list[Callable[[], Coroutine[Any, Any, None]]]:
+        """What earlier runs left of ``bot``'s work, each queued in its chat now, oldest first:
+        replies left half-sent, then messages left unfinished (replayed)."""
+        jobs: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        for pending in await self.outbox.pending(bot.name, within=self.inbox.replay_window):
+            turn = self.order.turn(self._chat(bot, pending.channel, pending.target))
+            jobs.append(functools.partial(self._resume, bot, pending, turn))
+        unfinished = await self.inbox.unfinished(bot.name)
+        abandoned = await self.inbox.charge(bot.name, await self._were_handled(bot.name, unfinished))
         for item in unfinished:
+            if item.event.id in abandoned:
+                continue
             try:
                 adapter = bot.channel(item.channel)
             except LookupError:
                 log.warning("event %s: channel %s is gone; not replayed", item.event.id, item.channel)
                 continue
-            log.info("event %s: replaying it (attempt %d)", item.event.id, item.attempt)
-            self._spawn(self._process(bot, adapter, item.event, replay=True))
-        await self.inbox.prune()
-        await self.outbox.prune()
+            turn = self.order.turn(self._chat(bot, adapter.name, item.event.channel))
+            log.info("event %s: replaying it", item.event.id)
+            jobs.append(functools.partial(self._process, bot, adapter, item.event, turn, replay=True))
+        return jobs
+
+    async def _were_handled(self, bot: str, unfinished: list[Unfinished]) -> list[str]:
+        """The messages that were being handled when an earlier run stopped: in each chat the
+        first unfinished one, unless its reply was already written (it was only being sent).
+        The others were waiting for their turn: replaying them costs them no attempt."""
+        first: dict[tuple[str, str], Unfinished] = {}
+        for item in unfinished:
+            first.setdefault((item.channel, item.event.channel.canonical), item)
+        replied = await self.outbox.recorded_keys([reply_key(bot, i.event.id) for i in first.values()])
+        return [i.event.id for i in first.values() if reply_key(bot, i.event.id) not in replied]
+
+    async def _resume(self, bot: Bot, pending: Pending, turn: Turn) -> None:
+        async with turn:
+            try:
+                await self.outbox.resume(pending.key, bot.channel)
+            except Exception:
+                log.exception("outbox %s: resending after the restart failed", pending.key)
 
     async def handle(self, bot_name: str, event: MessageEvent, adapter: Adapter) -> None:
         """Process one event and wait for it (one-shot use, such as ``bots chat --message``)."""
@@ -255,19 +290,22 @@ class Host:
 
         With an idempotency ``key`` the message goes through the outbox: sending the same key
         again (after a restart) sends only what was not sent yet. ``channel`` picks the bot's
-        channel by name where it has two on one platform. Posts to one chat go one after the
-        other: the parts of two long posts never interleave.
+        channel by name where it has two on one platform. A post takes its turn in the chat's
+        queue (:mod:`bots.core.ordering`): it never interleaves with replies or other posts.
         """
         bot = self.bots[bot_name]
         adapter = bot.channel(channel) if channel else bot.adapter_for(outbound.target.platform)
-        chat = (adapter.name, outbound.target.id)
-        lock = self._post_locks.get(chat)
-        if lock is None:
-            lock = self._post_locks[chat] = asyncio.Lock()
-        async with lock:
-            if key is None:
-                return await deliver(adapter, outbound)
-            return await self.outbox.deliver(bot_name, adapter, outbound, key)
+        chat = self._chat(bot, adapter.name, outbound.target)
+        held = current_turn()
+        if held is not None and held.key == chat:  # posted while handling an event of this chat
+            return await self._post(bot_name, adapter, outbound, key)
+        async with self.order.turn(chat):
+            return await self._post(bot_name, adapter, outbound, key)
+
+    async def _post(self, bot: str, adapter: Adapter, outbound: Outbound, key: str | None) -> list[SentRef]:
+        if key is None:
+            return await deliver(adapter, outbound)
+        return await self.outbox.deliver(bot, adapter, outbound, key)
 
 
 async def _logged(awaitable: Awaitable[Any], what: str) -> None:

@@ -3,8 +3,13 @@
 Adapters acknowledge a platform (advance the Telegram offset, answer a webhook 200) only after
 :meth:`Inbox.accept` returned, so a message is never lost between the platform and the bot. A
 redelivered message that was already accepted is dropped; one accepted by an earlier run that
-stopped before finishing it is replayed at the next start (a few attempts at most, so a message
-that kills the process cannot do it forever).
+stopped before finishing it is replayed at the next start.
+
+An attempt is charged only to a message an earlier run was *handling* when it stopped (the host
+says which: per chat, the one whose turn it was and whose reply was not written yet), never to the
+messages waiting behind it; one that was handled that way ``max_attempts`` times (it may be what
+kills the process) is abandoned, loudly. Messages older than ``replay_window`` are abandoned too:
+answering a day-old question out of the blue helps no one.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 
 from bots.core.events import MessageEvent, event_from_dict, event_to_dict
 from bots.core.groupcommit import GroupCommit, insert_ignoring_duplicates
@@ -48,6 +53,7 @@ class Inbox:
         self.max_attempts = max_attempts
         self.keep = keep  # how long finished entries stay to catch redeliveries
         self._in_flight: set[tuple[str, str]] = set()  # (bot, event id) handled by this process
+        self.abandoned = 0  # messages given up on within ``keep`` (each logged at ERROR)
 
     async def accept(self, bot: str, channel: str, event: MessageEvent) -> Accepted | None:
         """Record ``event`` durably. None for a duplicate (done, or in flight here); "again" when
@@ -64,7 +70,7 @@ class Inbox:
                     channel=channel,
                     payload=event_to_dict(event),
                     state="accepted",
-                    attempts=1,
+                    attempts=0,
                     received_at=datetime.now(UTC),
                 )
             )
@@ -82,9 +88,8 @@ class Inbox:
         """A known message came again. Handle it only when an earlier run left it unfinished."""
         async with self._db.session() as session, session.begin():
             entry = await session.get(InboxEntry, (bot, event_id))
-            if entry is None or entry.state != "accepted" or entry.attempts >= self.max_attempts:
+            if entry is None or entry.state != "accepted":
                 return False
-            entry.attempts += 1
             log.info("event %s: redelivered after an unfinished attempt; handling it again", event_id)
             return True
 
@@ -101,11 +106,8 @@ class Inbox:
         done.add_done_callback(lambda _f: self._in_flight.discard(key))
 
     async def unfinished(self, bot: str) -> list[Unfinished]:
-        """Messages an earlier run accepted and did not finish, oldest first, claimed for replay.
-
-        Those past their last attempt or older than the replay window are marked abandoned
-        (and logged) instead: answering a day-old question out of the blue helps no one.
-        """
+        """Messages an earlier run accepted and did not finish, oldest first, claimed for replay;
+        those older than the replay window are abandoned instead."""
         since = datetime.now(UTC) - self.replay_window
         claimed: list[Unfinished] = []
         async with self._db.session() as session, session.begin():
@@ -117,20 +119,53 @@ class Inbox:
             for entry in rows:
                 if (bot, entry.event_id) in self._in_flight:
                     continue
-                if entry.attempts >= self.max_attempts or as_utc(entry.received_at) < since:
-                    entry.state = "abandoned"
-                    log.warning("event %s: abandoned after %d attempt(s)", entry.event_id, entry.attempts)
+                if as_utc(entry.received_at) < since:
+                    self._abandon(entry, f"older than the replay window ({self.replay_window})")
                     continue
                 try:
                     event = event_from_dict(entry.payload)
                 except (KeyError, TypeError, ValueError):
-                    entry.state = "abandoned"
-                    log.warning("event %s: stored payload unreadable; abandoned", entry.event_id)
+                    self._abandon(entry, "its stored payload is unreadable")
                     continue
-                entry.attempts += 1
                 self._in_flight.add((bot, entry.event_id))
                 claimed.append(Unfinished(entry.channel, event, entry.attempts))
         return claimed
+
+    async def charge(self, bot: str, event_ids: list[str]) -> set[str]:
+        """One attempt more for each message an earlier run was handling when it stopped; those
+        at their last attempt are abandoned (returned, and no longer claimed)."""
+        if not event_ids:
+            return set()
+        abandoned: set[str] = set()
+        async with self._db.session() as session, session.begin():
+            rows = await session.scalars(
+                select(InboxEntry).where(InboxEntry.bot == bot, InboxEntry.event_id.in_(event_ids))
+            )
+            for entry in rows:
+                entry.attempts += 1
+                if entry.attempts >= self.max_attempts:
+                    self._abandon(entry, f"the host stopped {entry.attempts} times while handling it")
+                    self._in_flight.discard((bot, entry.event_id))
+                    abandoned.add(entry.event_id)
+        return abandoned
+
+    def _abandon(self, entry: InboxEntry, why: str) -> None:
+        entry.state = "abandoned"
+        self.abandoned += 1
+        log.error("event %s of bot %s: abandoned, not answered: %s", entry.event_id, entry.bot, why)
+
+    async def count_abandoned(self) -> int:
+        """Messages abandoned (never answered) within ``keep``, all bots; the count goes on from
+        there as this process abandons more."""
+        since = datetime.now(UTC) - self.keep
+        async with self._db.session() as session:
+            found = await session.scalar(
+                select(func.count())
+                .select_from(InboxEntry)
+                .where(InboxEntry.state == "abandoned", InboxEntry.received_at >= since)
+            )
+        self.abandoned = int(found or 0)
+        return self.abandoned
 
     async def prune(self) -> int:
         """Forget finished entries past the redelivery horizon."""
@@ -140,4 +175,3 @@ class Inbox:
                 delete(InboxEntry).where(InboxEntry.state != "accepted", InboxEntry.received_at < cutoff)
             )
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
-

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
+
 from bots.core.adapter import Adapter
 from bots.core.events import Outbound, SentRef
 from bots.core.splitting import split_message
+
+log = logging.getLogger("bots.outbound")
+SEND_TRIES = 6
+SEND_BACKOFF = wait_exponential(multiplier=0.5, max=8)  # 0.5, 1, 2, 4, 8 s: 15 s in all
 
 
 def split_outbound(adapter: Adapter, outbound: Outbound) -> list[Outbound]:
@@ -18,5 +26,31 @@ def split_outbound(adapter: Adapter, outbound: Outbound) -> list[Outbound]:
     ]
 
 
+def transient(adapter: Adapter, exc: BaseException) -> bool:
+    """Whether trying the send again may work: the adapter knows its library's errors
+    (``transient(exc)``); without that, network errors and timeouts are."""
+    check = getattr(adapter, "transient", None)
+    return bool(check(exc)) if callable(check) else isinstance(exc, (OSError, TimeoutError))
+
+
+async def send_part(adapter: Adapter, part: Outbound) -> SentRef:
+    """Send one part; a transient failure is retried in place, so the chat's later replies wait
+    behind it instead of overtaking it. Other failures, and the last try's, raise."""
+
+    def again(exc: BaseException) -> bool:
+        if not transient(adapter, exc):
+            return False
+        log.warning("channel %s: sending failed (%s); trying again", adapter.name, type(exc).__name__)
+        return True
+
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(SEND_TRIES), wait=SEND_BACKOFF, retry=retry_if_exception(again), reraise=True
+    )
+    async for attempt in retrying:
+        with attempt:
+            return await adapter.send(part)
+    raise AssertionError("unreachable: tenacity returns or raises")
+
+
 async def deliver(adapter: Adapter, outbound: Outbound) -> list[SentRef]:
-    return [await adapter.send(part) for part in split_outbound(adapter, outbound)]
+    return [await send_part(adapter, part) for part in split_outbound(adapter, outbound)]

@@ -2,10 +2,13 @@
 
 A reply to an inbound message is keyed by that message, so when the message is replayed after a
 restart the reply is neither generated nor sent again: parts already sent are skipped, the rest
-are sent from the stored text. A message is recorded in the same commit that marks its first part
-sent (one commit for the usual one-part reply), queued behind the send so the reply never waits
-for it. The one gap left is a crash between the platform accepting a part and that commit: the
-part is sent again on replay (at least once, never lost).
+are sent from the stored text. A message is recorded (every part "pending") before its first part
+goes, and each part is marked sent after the platform took it; both writes are queued behind the
+sends (group commit), so the reply never waits for the disk. What a crash can still do:
+- a reply written but not yet recorded is written again on replay (the model is asked again);
+- a part the platform took before its "sent" mark committed is sent again on replay. Each part
+  carries an idempotency key (``Outbound.idempotency_key``, the same on every try): platforms that
+  dedupe on it (Discord's nonce) post it once; elsewhere (Telegram) it is at least once.
 """
 
 from __future__ import annotations
@@ -13,17 +16,32 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, select, update
 
 from bots.core.adapter import Adapter
-from bots.core.events import Outbound, SentRef, channel_from_dict, channel_to_dict
+from bots.core.events import ChannelRef, Outbound, SentRef, channel_from_dict, channel_to_dict
 from bots.core.groupcommit import GroupCommit, insert_ignoring_duplicates
-from bots.core.outbound import split_outbound
+from bots.core.outbound import send_part, split_outbound
 from bots.core.storage import Database, OutboxEntry, as_utc
 
 log = logging.getLogger("bots.outbox")
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A message with parts not sent yet, and the chat it goes to."""
+
+    key: str
+    channel: str  # the adapter's configured name
+    target: ChannelRef
+
+
+def part_key(key: str, part: int) -> str:
+    """The idempotency key of one part: the same every time that part is tried."""
+    return f"{key}#{part}"
 
 
 class Outbox:
@@ -34,9 +52,15 @@ class Outbox:
         self.keep = keep
 
     async def recorded(self, key: str) -> bool:
+        return bool(await self.recorded_keys([key]))
+
+    async def recorded_keys(self, keys: list[str]) -> set[str]:
+        """Those of ``keys`` the outbox holds a message for."""
+        if not keys:
+            return set()
         async with self._db.session() as session:
-            found = await session.scalar(select(OutboxEntry.part).where(OutboxEntry.key == key).limit(1))
-            return found is not None
+            found = await session.scalars(select(OutboxEntry.key).where(OutboxEntry.key.in_(keys)).distinct())
+            return set(found)
 
     async def deliver(
         self, bot: str, adapter: Adapter, outbound: Outbound, key: str, *, fresh: bool = False
@@ -49,10 +73,12 @@ class Outbox:
         if not fresh and await self.recorded(key):
             log.info("outbox %s: already recorded; sending what is left of it", key)
             return await self.resume(key, lambda _name: adapter)
-        parts = split_outbound(adapter, outbound)
+        parts = [
+            replace(part, idempotency_key=part_key(key, index))
+            for index, part in enumerate(split_outbound(adapter, outbound))
+        ]
         if not parts:  # nothing but whitespace
             return []
-        first = await adapter.send(parts[0])
         rows = [
             {
                 "key": key,
@@ -63,21 +89,37 @@ class Outbox:
                 "text": part.text,
                 "reply_to": part.reply_to,
                 "markup": part.markup,
-                "state": "sent" if index == 0 else "pending",
-                "message_id": first.message_id if index == 0 else None,
+                "state": "pending",
+                "message_id": None,
                 "created_at": datetime.now(UTC),
             }
             for index, part in enumerate(parts)
         ]
         writes = [self._writes.write_behind(self._insert.values(rows), f"outbox {key}: recording it")]
-        sent = [first]
-        for index, part in enumerate(parts[1:], start=1):
-            ref = await adapter.send(part)
+        sent = []
+        for index, part in enumerate(parts):
+            ref = await self._send(adapter, part, key, index)
             writes.append(self._mark_sent(key, index, ref.message_id))
             sent.append(ref)
         if not fresh:
             await asyncio.gather(*writes)
         return sent
+
+    async def _send(self, adapter: Adapter, part: Outbound, key: str, index: int) -> SentRef:
+        """Send one part (transient failures retried in place). When it cannot be sent, the rest
+        of the message is given up (marked failed): resending it after a restart, out of its
+        place in the chat, would be worse than the error logged now."""
+        try:
+            return await send_part(adapter, part)
+        except Exception:
+            log.error("outbox %s: part %d could not be sent; the rest of it is given up", key, index)
+            self._writes.write_behind(
+                update(OutboxEntry)
+                .where(OutboxEntry.key == key, OutboxEntry.part >= index, OutboxEntry.state == "pending")
+                .values(state="failed"),
+                f"outbox {key}: giving it up",
+            )
+            raise
 
     async def resume(self, key: str, adapter_for: Callable[[str], Adapter]) -> list[SentRef]:
         """Send the parts under ``key`` that are not sent yet, in order; each is marked sent
@@ -92,14 +134,20 @@ class Outbox:
             )
         sent = []
         for entry in pending:
-            part = Outbound(channel_from_dict(entry.target), entry.text, entry.reply_to, entry.markup)
-            ref = await adapter_for(entry.channel).send(part)
+            part = Outbound(
+                channel_from_dict(entry.target),
+                entry.text,
+                entry.reply_to,
+                entry.markup,
+                idempotency_key=part_key(entry.key, entry.part),
+            )
+            ref = await self._send(adapter_for(entry.channel), part, entry.key, entry.part)
             await self._mark_sent(entry.key, entry.part, ref.message_id)
             sent.append(ref)
         return sent
 
-    async def pending_keys(self, bot: str, within: timedelta) -> list[str]:
-        """Keys with unsent parts, oldest first; older ones are marked failed and logged."""
+    async def pending(self, bot: str, within: timedelta) -> list[Pending]:
+        """Messages with unsent parts, oldest first; older ones are marked failed and logged."""
         since = datetime.now(UTC) - within
         async with self._db.session() as session, session.begin():
             rows = await session.scalars(
@@ -107,14 +155,14 @@ class Outbox:
                 .where(OutboxEntry.bot == bot, OutboxEntry.state == "pending")
                 .order_by(OutboxEntry.created_at, OutboxEntry.part)
             )
-            keys: list[str] = []
+            found: dict[str, Pending] = {}
             for entry in rows:
                 if as_utc(entry.created_at) < since:
                     entry.state = "failed"
-                    log.warning("outbox %s part %d: too old to send; given up", entry.key, entry.part)
-                elif entry.key not in keys:
-                    keys.append(entry.key)
-        return keys
+                    log.error("outbox %s part %d: too old to send; given up", entry.key, entry.part)
+                elif entry.key not in found:
+                    found[entry.key] = Pending(entry.key, entry.channel, channel_from_dict(entry.target))
+        return list(found.values())
 
     async def prune(self) -> int:
         cutoff = datetime.now(UTC) - self.keep

@@ -364,10 +364,15 @@ class Pipeline:
 
     def _reply_key(self, inv: Invocation, *, advance: bool = False) -> str:
         """The idempotency key of the invocation's next reply: the same on a replay."""
-        key = f"{self.settings.bot}|{inv.event.id}|{inv.replies}"
+        key = reply_key(self.settings.bot, inv.event.id, inv.replies)
         if advance:
             inv.replies += 1
         return key
+
+
+def reply_key(bot: str, event_id: str, index: int = 0) -> str:
+    """The outbox key of a bot's ``index``-th reply to an event."""
+    return f"{bot}|{event_id}|{index}"
 
 
 TYPING_EVERY_S = 4.0  # Telegram shows "typing" for 5 s, Discord for 10 s

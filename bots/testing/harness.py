@@ -48,6 +48,8 @@ class Harness:
         busy machine needs more), and return everything sent meanwhile."""
         await self.push(text, **kwargs)
         await self.drain(timeout)
+        if self.host.in_flight:
+            raise TimeoutError(f"{text!r} was still being handled after {timeout} s (ask(timeout=...))")
         return self.adapter.take_sent()
 
 

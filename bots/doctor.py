@@ -5,6 +5,7 @@ from __future__ import annotations
 import stat
 import tempfile
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Literal
@@ -32,6 +33,7 @@ def run_checks(config_path: Path, secrets: Secrets) -> list[Check]:
     except ConfigError as exc:
         return [Check("fail", "config", f"{exc}\nfix: correct the file, or run `bots init`")]
     results.append(_data_dir(config))
+    results += _delivery(config)
     results += _personas(config)
     results += _llm(config, secrets)
     results += _channels(config, secrets)
@@ -49,6 +51,47 @@ def _data_dir(config: AppConfig) -> Check:
     except OSError as exc:
         return Check("fail", "data dir", f"{config.data_dir}: {exc}\nfix: make it writable or set data_dir")
     return Check("ok", "data dir", str(config.data_dir))
+
+
+def _delivery(config: AppConfig, days: int = 3) -> list[Check]:
+    """Messages the bots gave up on recently: accepted from a platform and never answered."""
+    from sqlalchemy import func, select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from bots.core.storage import Database, InboxEntry, OutboxEntry
+
+    if not (config.data_dir / "bots.db").exists():
+        return []  # nothing has run here yet
+    engine = Database.in_data_dir(config.data_dir).sync_engine()
+    since = datetime.now(UTC) - timedelta(days=days)
+    try:
+        with engine.connect() as conn:
+            abandoned = conn.scalar(
+                select(func.count())
+                .select_from(InboxEntry)
+                .where(InboxEntry.state == "abandoned", InboxEntry.received_at >= since)
+            )
+            failed = conn.scalar(
+                select(func.count(func.distinct(OutboxEntry.key))).where(
+                    OutboxEntry.state == "failed", OutboxEntry.created_at >= since
+                )
+            )
+    except SQLAlchemyError as exc:
+        where = config.data_dir / "bots.db"
+        return [Check("warn", "delivery", f"cannot read {where} ({type(exc).__name__})")]
+    finally:
+        engine.dispose()
+    if not abandoned and not failed:
+        return [Check("ok", "delivery", f"every accepted message of the last {days} days was handled")]
+    return [
+        Check(
+            "warn",
+            "delivery",
+            f"last {days} days: {abandoned or 0} message(s) abandoned unanswered, {failed or 0} "
+            "repl(ies) not sent\nfix: search the log for 'abandoned' and 'could not be sent' "
+            "(a message that kept stopping the host, a stale backlog, a platform refusing the bot)",
+        )
+    ]
 
 
 def _personas(config: AppConfig) -> list[Check]:

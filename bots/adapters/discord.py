@@ -1,22 +1,38 @@
 """The Discord channel: discord.py's gateway client, run inside the host's event loop.
 
 discord.py does the protocol work (login, gateway, heartbeats, RESUME after a drop, 429
-retries). This adapter translates messages to :mod:`bots.core.events` and back, and supervises
-the client: discord.py gives up on a hostile payload (a MESSAGE_CREATE without ``id``, a
-frame that is not JSON), so a client that dies is replaced by a fresh one after a capped
-backoff. Duplicates after a RESUME or a restart are dropped by the host's inbox (same id).
+retries). This adapter translates messages to :mod:`bots.core.events` and back, and guards the
+client against hostile payloads: an event discord.py cannot parse (a MESSAGE_CREATE without
+``id``) or a frame that is not JSON is skipped with one log line and the connection stays up; a
+frame that breaks the compressed stream reconnects and RESUMEs the session, so nothing in between
+is lost. A client that dies anyway (at login, say) is replaced after a capped backoff.
+Duplicates after a RESUME or a restart are dropped by the host's inbox (same id); resent replies
+carry the same nonce, which Discord dedupes.
+
+``api_base_url`` and ``gateway_url`` point one client (not the whole process) at a REST
+rate-limit proxy, a gateway proxy or the test kit's emulator.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import re
+import sys
 import traceback
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
+import aiohttp
 import discord
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+import yarl
+from discord.gateway import DiscordWebSocket, ReconnectWebSocket, WebSocketClosure
+from discord.http import HTTPClient, Route
+from discord.state import ConnectionState
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from bots.core.adapter import Capabilities, EventSink
 from bots.core.config import ConfigError, channel_options
@@ -46,6 +62,16 @@ _CLOSE_REASONS = {
     4012: "the gateway refused the API version",
     4013: "the gateway refused the requested intents (invalid intents)",
 }
+# fields without which discord.py builds a broken object instead of failing
+_REQUIRED_FIELDS = {"MESSAGE_CREATE": ("id", "channel_id", "author")}
+# what discord.py's own gateway loop handles (reconnects, closes): never swallowed
+_CONNECTION_FLOW = (
+    ReconnectWebSocket,
+    WebSocketClosure,
+    discord.ConnectionClosed,
+    OSError,
+    aiohttp.ClientError,
+)
 
 
 class DiscordOptions(BaseModel):
@@ -54,6 +80,29 @@ class DiscordOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     token_env: str = Field("DISCORD_BOT_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     ready_timeout: float = Field(30.0, gt=0)  # seconds start() waits for the gateway's READY
+    # a REST rate-limit proxy (twilight-http-proxy, nirn-proxy): "http://localhost:8080/api/v10"
+    api_base_url: str | None = None
+    # a gateway proxy, for the first connection (RESUMEs go where READY's resume_gateway_url says)
+    gateway_url: str | None = None
+
+    @field_validator("api_base_url", "gateway_url")
+    @classmethod
+    def _url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if info.field_name == "api_base_url":
+            parts = urlsplit(value.rstrip("/"))
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(f"{value!r} is not an http(s) URL")
+            if not re.search(r"/api/v\d+$", parts.path):
+                raise ValueError(
+                    f"{value!r} must end with the API version, like http://localhost:8080/api/v10"
+                )
+            return value.rstrip("/")
+        parts = urlsplit(value)
+        if parts.scheme not in ("ws", "wss") or not parts.netloc:
+            raise ValueError(f"{value!r} is not a ws(s) URL, like ws://localhost:7878")
+        return value
 
 
 def default_intents() -> discord.Intents:
@@ -61,12 +110,110 @@ def default_intents() -> discord.Intents:
     return discord.Intents(guilds=True, guild_messages=True, dm_messages=True, message_content=True)
 
 
+class _RoutedHTTPClient(HTTPClient):
+    """discord.py's REST client, sending its requests to ``api_base_url`` and connecting to
+    ``gateway_url`` where discord.py would use Discord's default gateway. Per client:
+    ``Route.BASE`` and ``DEFAULT_GATEWAY`` stay as they are for everyone else in the process."""
+
+    def __init__(self, loop: Any, *, api_base_url: str | None = None, gateway_url: str | None = None) -> None:
+        super().__init__(loop)
+        self.api_base_url = api_base_url
+        self.gateway_url = yarl.URL(gateway_url) if gateway_url else None
+
+    async def request(self, route: Route, **kwargs: Any) -> Any:
+        if self.api_base_url is not None and route.url.startswith(Route.BASE):
+            route.url = self.api_base_url + route.url.removeprefix(Route.BASE)  # a fresh Route per call
+        return await super().request(route, **kwargs)
+
+    async def ws_connect(self, url: str, *, compress: int = 0) -> aiohttp.ClientWebSocketResponse:
+        asked = yarl.URL(url)
+        if self.gateway_url is not None and asked.with_query(None) == DiscordWebSocket.DEFAULT_GATEWAY:
+            url = str(self.gateway_url.update_query(asked.query))
+        return await super().ws_connect(url, compress=compress)
+
+
+class _GuardedState(ConnectionState):
+    """discord.py's client state, with every event parser guarded: an event it cannot read is
+    skipped with one log line (and no traceback) instead of ending the client."""
+
+    def __init__(self, channel_name: str, **options: Any) -> None:
+        super().__init__(**options)
+        self.channel_name = channel_name
+        self.parsers = {event: self._guard(event, parse) for event, parse in self.parsers.items()}
+
+    def _guard(self, event: str, parse: Callable[[Any], None]) -> Callable[[Any], None]:
+        required = _REQUIRED_FIELDS.get(event, ())
+
+        def guarded(data: Any) -> None:
+            missing = [key for key in required if not isinstance(data, dict) or data.get(key) is None]
+            if missing:
+                log.warning(
+                    "channel %s: skipped a %s event without %s", self.channel_name, event, ", ".join(missing)
+                )
+                return
+            try:
+                parse(data)
+            except Exception as exc:
+                log.warning("channel %s: skipped a %s event (%s)", self.channel_name, event, _describe(exc))
+
+        return guarded
+
+    def _update_references(self, ws: DiscordWebSocket) -> None:
+        # discord.py calls this with each new gateway socket, before its first frame is read;
+        # the socket class is discord.py's choice (Client.connect), so guard this one instance
+        super()._update_references(ws)
+        ws.__class__ = _GuardedSocket
+
+
+class _GuardedSocket(DiscordWebSocket):
+    """A gateway socket that survives frames discord.py cannot read."""
+
+    async def received_message(self, msg: Any, /) -> None:
+        channel = self._connection.channel_name  # the state is our _GuardedState
+        try:
+            await super().received_message(msg)
+        except _CONNECTION_FLOW:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            # not JSON, not an object, a field missing: the stream is intact, read on
+            log.warning("channel %s: skipped a gateway frame it cannot read (%s)", channel, _describe(exc))
+        except Exception as exc:
+            # e.g. a compressed frame that does not inflate: this stream cannot go on. Reconnect and
+            # RESUME; close code 4000 keeps the session valid (1000 would end it)
+            log.warning("channel %s: the gateway stream broke (%s); resuming", channel, _describe(exc))
+            await self.close(code=4000)
+            raise ReconnectWebSocket(self.shard_id, resume=True) from None
+
+
 class _Client(discord.Client):
     """A discord.Client that reports its events to the adapter."""
 
     def __init__(self, adapter: DiscordAdapter, **options: Any) -> None:
-        super().__init__(**options)
         self._adapter = adapter
+        super().__init__(**options)
+
+    def _get_state(self, **options: Any) -> ConnectionState:
+        # discord.py's hook for the state; the REST client is made just before it, and replaced
+        # here by ours (the adapter passes no HTTP options, such as a proxy, to carry over)
+        self.http = _RoutedHTTPClient(
+            self.loop, api_base_url=self._adapter.api_base_url, gateway_url=self._adapter.gateway_url
+        )
+        return _GuardedState(
+            self._adapter.name,
+            dispatch=self.dispatch,
+            handlers=self._handlers,
+            hooks=self._hooks,
+            http=self.http,
+            **options,
+        )
+
+    async def on_error(self, event_method: str, /, *args: Any, **kwargs: Any) -> None:
+        # a handler failed: one line, not discord.py's traceback (its message may quote a payload)
+        exc = sys.exc_info()[1]
+        if exc is None:
+            return
+        log.error("channel %s: the %s handler failed (%s)", self._adapter.name, event_method, _describe(exc))
+        log.debug("where it failed:\n%s", "".join(traceback.format_tb(exc.__traceback__)))
 
     def dispatch(self, event: str, /, *args: Any, **kwargs: Any) -> None:
         # discord.py's delayed READY task outlives close(); dispatching into a closed client
@@ -97,8 +244,12 @@ class DiscordAdapter:
         restart_delay: float = 1.0,  # first wait before replacing a dead client; doubles up to the cap
         restart_delay_cap: float = 60.0,
         intents: discord.Intents | None = None,
+        api_base_url: str | None = None,  # REST base, e.g. a rate-limit proxy (None: Discord)
+        gateway_url: str | None = None,  # first gateway connection (None: Discord's)
     ) -> None:
         self.name = name
+        self.api_base_url = api_base_url
+        self.gateway_url = gateway_url
         self._token = token if isinstance(token, SecretStr) else SecretStr(token)
         self.token_env = token_env
         self.ready_timeout = ready_timeout
@@ -125,7 +276,14 @@ class DiscordAdapter:
     def from_config(cls, name: str, options: dict[str, Any], secrets: Any) -> DiscordAdapter:
         settings = channel_options(DiscordOptions, name, "discord", options)
         token = secrets.require(settings.token_env, f"the Discord channel {name!r}")
-        return cls(name, token=token, token_env=settings.token_env, ready_timeout=settings.ready_timeout)
+        return cls(
+            name,
+            token=token,
+            token_env=settings.token_env,
+            ready_timeout=settings.ready_timeout,
+            api_base_url=settings.api_base_url,
+            gateway_url=settings.gateway_url,
+        )
 
     @property
     def self_id(self) -> str:
@@ -257,9 +415,11 @@ class DiscordAdapter:
         me = client.user
         if self._sink is None or me is None:
             return
-        if getattr(message.author, "id", None) == me.id:
-            return  # Discord echoes our own posts; no need to record them
         try:
+            if getattr(message, "author", None) is None:
+                raise ValueError("a message without author")
+            if message.author.id == me.id:
+                return  # Discord echoes our own posts; no need to record them
             if message.is_system():
                 return  # joins, pins, boosts: Discord's notices, not chat
             event = to_event(message, me)
@@ -284,7 +444,9 @@ class DiscordAdapter:
         """Post one message (the core has split it); ``reply_to`` becomes a Discord reply.
 
         Mentions in the text never notify anyone: model output must not ping @everyone,
-        roles or users. discord.py retries 429s itself; other failures raise.
+        roles or users. discord.py retries 429s itself; other failures raise. With an
+        ``idempotency_key`` each piece carries a nonce derived from it, enforced: Discord returns
+        the message it already has for a resend (within its dedupe window of a few minutes).
         """
         client = await self._live_client()
         channel_id = int(outbound.target.id)
@@ -295,9 +457,12 @@ class DiscordAdapter:
                 message_id=int(outbound.reply_to), channel_id=channel_id, fail_if_not_exists=False
             )
         first: discord.Message | None = None
-        for piece in render(outbound.text, outbound.markup):
+        for index, piece in enumerate(render(outbound.text, outbound.markup)):
             sent = await channel.send(
-                piece, reference=reference, allowed_mentions=discord.AllowedMentions.none()
+                piece,
+                reference=reference,
+                allowed_mentions=discord.AllowedMentions.none(),
+                nonce=nonce_for(outbound.idempotency_key, index),  # discord.py adds enforce_nonce
             )
             reference = None  # only the first piece is a reply
             first = first or sent
@@ -431,6 +596,14 @@ def render(text: str, markup: str) -> list[str]:
     if len(escaped) <= MAX_LENGTH:
         return [escaped] if text.strip() else []
     return [discord.utils.escape_markdown(piece) for piece in split_message(text, MAX_LENGTH // 2)]
+
+
+def nonce_for(idempotency_key: str | None, piece: int) -> str | None:
+    """The nonce of one rendered piece of an outbound part: the same for every resend of it, 24
+    characters (Discord takes at most 25); None without a key."""
+    if idempotency_key is None:
+        return None
+    return hashlib.blake2b(f"{idempotency_key}\n{piece}".encode(), digest_size=12).hexdigest()
 
 
 # -- helpers -----------------------------------------------------------------------------------

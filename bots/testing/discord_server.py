@@ -1,13 +1,17 @@
 """A Discord gateway + REST emulator on 127.0.0.1, for driving the real discord.py in tests.
 
-``async with DiscordServer(token="...") as dc, patch_discord_py(dc):`` starts an aiohttp server on
-a free port and points discord.py at it. The emulator speaks the parts of the protocol a bot
-uses: login (``users/@me``, ``oauth2/applications/@me``), the gateway (HELLO, IDENTIFY, READY,
-GUILD_CREATE, heartbeats, RESUME with replay, close codes) and posting messages and typing. It
-answers like Discord where a bot depends on it: 401 for a wrong token, close 4004 for a wrong
-token on the gateway, 4014 when the Message Content intent is not enabled, 400/50035 for
-content over 2,000 characters, 403/50001 for another bot's DM channel, and 429s on demand with
-the headers discord.py needs to retry.
+``async with DiscordServer(token="...") as dc:`` starts an aiohttp server on a free port; point a
+Discord channel at it with the channel options :meth:`DiscordServer.channel_options` returns
+(``api_base_url``, ``gateway_url``: ``DiscordAdapter(..., **dc.channel_options())`` or the same keys
+in a ``[[bots.channels]]`` entry, which a ``bots run`` subprocess reads too). A bare
+``discord.Client`` can instead be pointed there with :func:`patch_discord_py`. The emulator
+speaks the parts of the protocol a bot uses: login (``users/@me``, ``oauth2/applications/@me``),
+the gateway (HELLO, IDENTIFY, READY, GUILD_CREATE, heartbeats, RESUME with replay, close codes)
+and posting messages and typing. It answers like Discord where a bot depends on it: 401 for a
+wrong token, close 4004 for a wrong token on the gateway, 4014 when the Message Content intent is
+not enabled, 400/50035 for content over 2,000 characters, 403/50001 for another bot's DM
+channel, 429s on demand with the headers discord.py needs to retry, and the message it already
+has for a resend with the same ``nonce`` and ``enforce_nonce``.
 
 Build traffic with :meth:`DiscordServer.dm` and :meth:`DiscordServer.guild_message`; read what
 the bot posted from :attr:`DiscordServer.sent` or ``await dc.next_sent()``; wait for any state
@@ -18,9 +22,9 @@ Several bots in one server
 The constructor's token is the *default bot*; :meth:`DiscordServer.add_bot` serves more bot
 applications, each a member of the server with its own managed role::
 
-    async with DiscordServer(token="A-token") as dc, patch_discord_py(dc):
+    async with DiscordServer(token="A-token") as dc:
         sailor = dc.add_bot("B-token", "sailor")          # before the clients connect
-        # two discord.py clients (two DiscordAdapters) in one process, one per token
+        # two DiscordAdapters (with **dc.channel_options()) in one process, one per token
         await dc.guild_message(dc.general, dc.alice, "hi", mention_bot=sailor)   # to both bots
         reply = await dc.next_sent(bot=sailor)             # SentMessage, author_id == sailor.id
         # the default bot got sailor's reply as MESSAGE_CREATE with author.bot true
@@ -40,8 +44,9 @@ MESSAGE_CREATE to every served bot with a gateway session: Discord delivers othe
 it only with ``echo_own_messages`` (on by default, as on Discord). ``mentions`` of a REST post are
 the users Discord would ping: ``<@id>`` in the content under the request's ``allowed_mentions``
 (so a post with ``allowed_mentions={"parse": []}`` mentions nobody, as on Discord). DMs reach only
-their bot (``dm(..., bot=)``). :func:`patch_discord_py` points every discord.py client in the
-process at one emulator, so several clients (one per token) share it.
+their bot (``dm(..., bot=)``). Several clients (one per token) share one emulator, whether each
+is given :meth:`~DiscordServer.channel_options` or :func:`patch_discord_py` points every
+discord.py client in the process there.
 """
 
 from __future__ import annotations
@@ -486,6 +491,15 @@ class DiscordServer:
     def gateway_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/gw"
 
+    @property
+    def api_base_url(self) -> str:
+        return f"{self.base_url}{API}"
+
+    def channel_options(self) -> dict[str, str]:
+        """The Discord channel options that point a bot here: ``DiscordAdapter(**...)`` keywords
+        and ``[[bots.channels]]`` keys alike (``api_base_url``, ``gateway_url``)."""
+        return {"api_base_url": self.api_base_url, "gateway_url": self.gateway_url}
+
     # -- the world -----------------------------------------------------------------------------
     def user(self, username: str, *, global_name: str | None = None, bot: bool = False) -> User:
         """A new user (``bot=True``: a third-party bot, not served here). Not listed as a server
@@ -706,12 +720,17 @@ class DiscordServer:
                 continue
             await self.dispatch_raw("MESSAGE_CREATE", message, bot=account)
 
-    async def send_raw_frame(self, text: str, *, bot: BotRef | None = None) -> None:
-        """Send ``text`` as one websocket frame on ``bot``'s live connection (not buffered)."""
+    async def send_raw_frame(self, frame: str | bytes, *, bot: BotRef | None = None) -> None:
+        """Send ``frame`` as one websocket frame (text, or binary for bytes: what a compressed
+        gateway stream sends) on ``bot``'s live connection (not buffered)."""
         session = self.account(bot).session
         if session is None or session.ws is None:
             raise RuntimeError("no live gateway connection")
-        await self._send(session.ws, text)
+        if isinstance(frame, bytes):
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await session.ws.send_bytes(frame)
+        else:
+            await self._send(session.ws, frame)
 
     async def drop_connection(
         self, code: int = 4000, *, replay_from: int | None = None, bot: BotRef | None = None
@@ -1154,7 +1173,8 @@ def patch_discord_py(server: DiscordServer) -> Iterator[None]:
 
     These are class attributes of the library, read when a request or connection is made, so
     every ``discord.Client`` created inside the block talks to the emulator, however many bots
-    (tokens) they log in as: one patch serves them all.
+    (tokens) they log in as: one patch serves them all. For bare ``discord.Client``s; a
+    ``DiscordAdapter`` needs no patch: give it :meth:`DiscordServer.channel_options`.
     """
     import discord.gateway
     import discord.http
@@ -1162,7 +1182,7 @@ def patch_discord_py(server: DiscordServer) -> Iterator[None]:
 
     route_base = discord.http.Route.BASE
     gateway = discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
-    discord.http.Route.BASE = f"{server.base_url}{API}"
+    discord.http.Route.BASE = server.api_base_url
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(server.gateway_url)
     try:
         yield

@@ -470,6 +470,11 @@ class DiscordAdapter:
             raise ValueError("Discord cannot send an empty message")
         return SentRef(PLATFORM, outbound.target.id, str(first.id))
 
+    def transient(self, exc: BaseException) -> bool:
+        """A send worth trying again: Discord's side (5xx) or the network failed; not a refused
+        request (4xx: missing access, unknown channel). discord.py already waited out 429s."""
+        return isinstance(exc, (discord.DiscordServerError, aiohttp.ClientError, OSError, TimeoutError))
+
     async def typing(self, channel: ChannelRef) -> None:
         """Show "typing..." once (Discord shows it for ~10 s or until the bot posts)."""
         client = self.client

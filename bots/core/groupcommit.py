@@ -1,37 +1,59 @@
 """Group commit: small writes from many tasks share transactions instead of paying one each.
 
-``await write(stmt)`` returns once the statement is committed (durable); writes that arrive
-while a commit is running are committed together by the next one. ``write_behind(stmt)`` queues a
-write nobody waits for (bookkeeping after the fact); writes commit in the order they were queued.
+Writes use statements prepared once (:meth:`GroupCommit.prepare`) and carry only their rows of
+parameters, so a write costs no statement building. ``await write(prepared, row)`` returns once
+the row is committed (durable); writes that arrive while a commit is running are committed
+together by the next one. ``write_behind(...)`` queues a write nobody waits for (bookkeeping after
+the fact).
 
-A batch runs on one worker thread through the database's blocking driver: one thread hop per
-batch instead of several per statement (aiosqlite), which is most of the cost of a small write.
+A batch runs on one worker thread through the database's blocking driver, in one transaction:
+one thread hop and one commit per batch. Inside it, each prepared statement runs once for all its
+rows (executemany), the statements in the order they were prepared, each one's rows in the order
+they were queued. Everything in a batch commits at once, so order matters only within a table:
+modules prepare a table's inserts before its updates, and a row's insert then runs before them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TypeVar
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Executable, Table, insert
+from sqlalchemy import Connection, Engine, Table, insert
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.dml import Insert, UpdateBase
 
 from bots.core.storage import Database
 
 log = logging.getLogger("bots.storage")
 T = TypeVar("T")
+Row = Mapping[str, Any]
+
+
+@dataclass(frozen=True, eq=False)
+class Prepared:
+    """A write statement built once; each write feeds it rows of parameters."""
+
+    statement: UpdateBase
+    rank: int  # its place in a batch: statements run in the order they were prepared
+    # an insert that ignores duplicates: the key columns it returns, so each write learns
+    # whether its rows were new (exact per row, also within one batch)
+    key: tuple[str, ...] = ()
+    # an upsert: rows of one batch with equal values in these columns are one row, the last wins
+    merge_by: tuple[str, ...] = ()
+    returning: UpdateBase | None = field(default=None, repr=False)
 
 
 @dataclass(slots=True)
 class _Write:
-    statement: Executable
-    done: asyncio.Future[int]
+    prepared: Prepared
+    rows: Sequence[Row]
+    done: asyncio.Future[bool | None]
 
 
 class GroupCommit:
@@ -39,12 +61,28 @@ class GroupCommit:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._ranks = itertools.count()
         self._queue: asyncio.Queue[_Write] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._thread: ThreadPoolExecutor | None = None
         self._engine: Engine | None = None
         self._conn: Connection | None = None  # held by the worker thread
         self._closing = False
+
+    def prepare(
+        self, statement: UpdateBase, *, key: Sequence[str] = (), merge_by: Sequence[str] = ()
+    ) -> Prepared:
+        """A statement for writes (prepare a table's inserts before its updates).
+
+        ``key``: for an insert ignoring duplicates, the columns that identify a row; the write's
+        result is then whether its rows were new. ``merge_by``: for an upsert, the columns that
+        identify a row; only the last of a batch's rows for one row is written.
+        """
+        returning = None
+        if key:
+            assert isinstance(statement, Insert), "a key is for inserts"
+            returning = statement.returning(*(statement.table.c[name] for name in key))  # type: ignore[union-attr]
+        return Prepared(statement, next(self._ranks), tuple(key), tuple(merge_by), returning)
 
     async def start(self) -> None:
         self._closing = False
@@ -80,21 +118,24 @@ class GroupCommit:
         if self._thread is not None:
             self._thread.shutdown(wait=True)
 
-    async def write(self, statement: Executable) -> int:
-        """Run ``statement`` in the next shared transaction; returns its row count once committed."""
-        return await self.submit(statement)
+    async def write(self, prepared: Prepared, rows: Row | Sequence[Row]) -> bool | None:
+        """Write ``rows`` in the next shared transaction; returns once committed: with a keyed
+        insert, whether every row was new; else None."""
+        return await self.submit(prepared, rows)
 
-    def write_behind(self, statement: Executable, what: str) -> asyncio.Future[int]:
-        """Queue ``statement`` without waiting; a failure is logged with ``what``."""
-        done = self.submit(statement)
+    def write_behind(
+        self, prepared: Prepared, rows: Row | Sequence[Row], what: str
+    ) -> asyncio.Future[bool | None]:
+        """Queue a write without waiting; a failure is logged with ``what``."""
+        done = self.submit(prepared, rows)
         done.add_done_callback(lambda f: f.cancelled() or f.exception() is None or _log_failure(f, what))
         return done
 
-    def submit(self, statement: Executable) -> asyncio.Future[int]:
+    def submit(self, prepared: Prepared, rows: Row | Sequence[Row]) -> asyncio.Future[bool | None]:
         if self._task is None or self._closing:
             raise RuntimeError("group commit is not running (the host starts and stops it)")
-        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Write(statement, done))
+        done: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Write(prepared, [rows] if isinstance(rows, Mapping) else rows, done))
         return done
 
     async def _run(self) -> None:
@@ -109,40 +150,77 @@ class GroupCommit:
                     self._queue.task_done()
 
     async def _commit(self, batch: list[_Write]) -> None:
+        conn = self._conn
+        assert conn is not None
         try:
-            counts = await self._execute(batch)
+            results = await self._in_thread(lambda: _execute(conn, batch))
         except Exception as exc:
             if len(batch) == 1:
                 _settle(batch[0], error=exc)
                 return
-            # one bad statement must not fail its neighbours: retry them one by one
+            # one bad write must not fail its neighbours: retry them one by one
             for write in batch:
                 await self._commit([write])
             return
-        for write, count in zip(batch, counts, strict=True):
-            _settle(write, count=count)
-
-    async def _execute(self, batch: list[_Write]) -> list[int]:
-        conn = self._conn
-        assert conn is not None
-
-        def run() -> list[int]:
-            with conn.begin():
-                return [int(conn.execute(w.statement).rowcount or 0) for w in batch]  # type: ignore[attr-defined]
-
-        return await self._in_thread(run)
+        for write, result in zip(batch, results, strict=True):
+            _settle(write, result)
 
 
-def _settle(write: _Write, *, count: int = 0, error: Exception | None = None) -> None:
+def _execute(conn: Connection, batch: list[_Write]) -> list[bool | None]:
+    """Run ``batch`` in one transaction (on the worker thread); each write's result."""
+    groups: dict[Prepared, list[int]] = {}
+    for index, write in enumerate(batch):
+        groups.setdefault(write.prepared, []).append(index)
+    results: list[bool | None] = [None] * len(batch)
+    with conn.begin():
+        for prepared in sorted(groups, key=lambda p: p.rank):
+            writes = [batch[index] for index in groups[prepared]]
+            if prepared.key:
+                for index, new in zip(groups[prepared], _insert_keyed(conn, prepared, writes), strict=True):
+                    results[index] = new
+                continue
+            rows = [row for write in writes for row in write.rows]
+            if prepared.merge_by:
+                merged = {tuple(row[c] for c in prepared.merge_by): row for row in rows}
+                rows = list(merged.values())
+            if rows:
+                conn.execute(prepared.statement, rows)
+    return results
+
+
+def _insert_keyed(conn: Connection, prepared: Prepared, writes: list[_Write]) -> list[bool]:
+    """Insert the writes' rows; per write, whether every row of it was new."""
+
+    def key(row: Row) -> tuple[Any, ...]:
+        return tuple(row[c] for c in prepared.key)
+
+    rows = [row for write in writes for row in write.rows]
+    if not rows:
+        return [True] * len(writes)
+    if prepared.returning is not None and conn.dialect.insert_executemany_returning:
+        new = {tuple(found) for found in conn.execute(prepared.returning, rows)}
+        results = []
+        for write in writes:
+            fresh = True
+            for row in write.rows:  # the first row with a key was inserted; a repeat was not
+                fresh = key(row) in new and fresh
+                new.discard(key(row))
+            results.append(fresh)
+        return results
+    # no RETURNING for many rows here (MySQL): one statement per row, its row count
+    return [all(conn.execute(prepared.statement, row).rowcount for row in write.rows) for write in writes]
+
+
+def _settle(write: _Write, result: bool | None = None, *, error: Exception | None = None) -> None:
     if write.done.done():  # the caller gave up waiting
         return
     if error is not None:
         write.done.set_exception(error)
     else:
-        write.done.set_result(count)
+        write.done.set_result(result)
 
 
-def _log_failure(done: asyncio.Future[int], what: str) -> bool:
+def _log_failure(done: asyncio.Future[bool | None], what: str) -> bool:
     log.error("%s: the database write failed: %s", what, done.exception())
     return True
 
@@ -159,11 +237,12 @@ def insert_ignoring_duplicates(db: Database, table: Table) -> Insert:
     raise ValueError(f"the {dialect} database is not supported; use SQLite, PostgreSQL or MySQL")
 
 
-def upsert(db: Database, table: Table, keys: list[str], values: dict[str, object]) -> Insert:
-    """``INSERT ... ON CONFLICT (keys) DO UPDATE`` the other columns, in the database's dialect."""
+def upsert(db: Database, table: Table, keys: list[str]) -> Insert:
+    """``INSERT ... ON CONFLICT (keys) DO UPDATE`` the other columns to the row's values, in the
+    database's dialect; a statement for :meth:`GroupCommit.prepare` (``merge_by=keys``)."""
     dialect = db.engine.dialect.name
-    changed = {k: v for k, v in values.items() if k not in keys}
-    if dialect in ("sqlite", "postgresql"):
-        module = sqlite if dialect == "sqlite" else postgresql
-        return module.insert(table).values(values).on_conflict_do_update(index_elements=keys, set_=changed)
-    raise ValueError(f"the {dialect} database is not supported here; use SQLite or PostgreSQL")
+    if dialect not in ("sqlite", "postgresql"):
+        raise ValueError(f"the {dialect} database is not supported here; use SQLite or PostgreSQL")
+    statement = (sqlite if dialect == "sqlite" else postgresql).insert(table)
+    changed = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys}
+    return statement.on_conflict_do_update(index_elements=keys, set_=changed)

@@ -19,24 +19,23 @@ class History:
     def __init__(self, db: Database, writes: GroupCommit, *, keep: timedelta = timedelta(days=14)) -> None:
         self._db = db
         self._writes = writes
+        self._insert = writes.prepare(insert(LoggedMessage.__table__))
         self.keep = keep
 
     def record(self, bot: str, event: MessageEvent, text: str) -> None:
         """Log a group message (``text``: as cleaned on arrival). DMs are skipped."""
         if event.channel.kind is ChannelKind.DM:
             return
-        self._writes.write_behind(
-            insert(LoggedMessage).values(
-                bot=bot,
-                chat=event.channel.canonical,
-                author=event.author.canonical,
-                author_name=event.author.display[:255],
-                text=text,
-                message_id=event.message_id,
-                at=as_utc(event.timestamp),
-            ),
-            f"event {event.id}: logging it",
-        )
+        row = {
+            "bot": bot,
+            "chat": event.channel.canonical,
+            "author": event.author.canonical,
+            "author_name": event.author.display[:255],
+            "text": text,
+            "message_id": event.message_id,
+            "at": as_utc(event.timestamp),
+        }
+        self._writes.write_behind(self._insert, row, f"event {event.id}: logging it")
 
     async def between(self, bot: str, chat: str, since: datetime, until: datetime) -> list[LoggedMessage]:
         """Messages of ``chat`` in [since, until), oldest first."""

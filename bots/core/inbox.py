@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 
 from bots.core.events import MessageEvent, event_from_dict, event_to_dict
 from bots.core.groupcommit import GroupCommit, insert_ignoring_duplicates
@@ -48,7 +48,13 @@ class Inbox:
     ) -> None:
         self._db = db
         self._writes = writes
-        self._insert = insert_ignoring_duplicates(db, InboxEntry.__table__)
+        table = InboxEntry.__table__
+        self._insert = writes.prepare(insert_ignoring_duplicates(db, table), key=("bot", "event_id"))
+        self._done = writes.prepare(
+            update(table)
+            .where(table.c.bot == bindparam("b_bot"), table.c.event_id == bindparam("b_event"))
+            .values(state="done")
+        )
         self.replay_window = replay_window  # older unfinished messages are stale: not answered late
         self.max_attempts = max_attempts
         self.keep = keep  # how long finished entries stay to catch redeliveries
@@ -63,17 +69,16 @@ class Inbox:
             return None
         self._in_flight.add(key)  # claimed before the await: a concurrent redelivery is a duplicate
         try:
-            inserted = await self._writes.write(
-                self._insert.values(
-                    bot=bot,
-                    event_id=event.id,
-                    channel=channel,
-                    payload=event_to_dict(event),
-                    state="accepted",
-                    attempts=0,
-                    received_at=datetime.now(UTC),
-                )
-            )
+            row = {
+                "bot": bot,
+                "event_id": event.id,
+                "channel": channel,
+                "payload": event_to_dict(event),
+                "state": "accepted",
+                "attempts": 0,
+                "received_at": datetime.now(UTC),
+            }
+            inserted = await self._writes.write(self._insert, row)
             if inserted:
                 return "new"
             if await self._take_over(bot, event.id):
@@ -98,10 +103,7 @@ class Inbox:
         as in flight. Lost in a crash, the mark costs a replay that finds its replies sent."""
         key = (bot, event.id)
         done = self._writes.write_behind(
-            update(InboxEntry)
-            .where(InboxEntry.bot == bot, InboxEntry.event_id == event.id)
-            .values(state="done"),
-            f"event {event.id}: marking it finished",
+            self._done, {"b_bot": bot, "b_event": event.id}, f"event {event.id}: marking it finished"
         )
         done.add_done_callback(lambda _f: self._in_flight.discard(key))
 

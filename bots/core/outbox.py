@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 
 from bots.core.adapter import Adapter
 from bots.core.events import ChannelRef, Outbound, SentRef, channel_from_dict, channel_to_dict
@@ -48,7 +48,22 @@ class Outbox:
     def __init__(self, db: Database, writes: GroupCommit, *, keep: timedelta = timedelta(days=3)) -> None:
         self._db = db
         self._writes = writes
-        self._insert = insert_ignoring_duplicates(db, OutboxEntry.__table__)
+        table = OutboxEntry.__table__
+        self._insert = writes.prepare(insert_ignoring_duplicates(db, table))
+        self._sent = writes.prepare(
+            update(table)
+            .where(table.c.key == bindparam("b_key"), table.c.part == bindparam("b_part"))
+            .values(state="sent", message_id=bindparam("b_message_id"))
+        )
+        self._failed = writes.prepare(  # the parts from b_part on that were not sent
+            update(table)
+            .where(
+                table.c.key == bindparam("b_key"),
+                table.c.part >= bindparam("b_part"),
+                table.c.state == "pending",
+            )
+            .values(state="failed")
+        )
         self.keep = keep
 
     async def recorded(self, key: str) -> bool:
@@ -95,7 +110,7 @@ class Outbox:
             }
             for index, part in enumerate(parts)
         ]
-        writes = [self._writes.write_behind(self._insert.values(rows), f"outbox {key}: recording it")]
+        writes = [self._writes.write_behind(self._insert, rows, f"outbox {key}: recording it")]
         sent = []
         for index, part in enumerate(parts):
             ref = await self._send(adapter, part, key, index)
@@ -114,10 +129,7 @@ class Outbox:
         except Exception:
             log.error("outbox %s: part %d could not be sent; the rest of it is given up", key, index)
             self._writes.write_behind(
-                update(OutboxEntry)
-                .where(OutboxEntry.key == key, OutboxEntry.part >= index, OutboxEntry.state == "pending")
-                .values(state="failed"),
-                f"outbox {key}: giving it up",
+                self._failed, {"b_key": key, "b_part": index}, f"outbox {key}: giving it up"
             )
             raise
 
@@ -172,11 +184,11 @@ class Outbox:
             )
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
-    def _mark_sent(self, key: str, part: int, message_id: str) -> asyncio.Future[int]:
-        """Behind the sender's back: the next write (the inbox's finish mark) commits after it."""
+    def _mark_sent(self, key: str, part: int, message_id: str) -> asyncio.Future[bool | None]:
+        """Behind the sender's back: the inbox's finish mark, queued later, commits with it or
+        after it."""
         return self._writes.write_behind(
-            update(OutboxEntry)
-            .where(OutboxEntry.key == key, OutboxEntry.part == part)
-            .values(state="sent", message_id=message_id),
+            self._sent,
+            {"b_key": key, "b_part": part, "b_message_id": message_id},
             f"outbox {key} part {part}: marking it sent",
         )

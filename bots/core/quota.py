@@ -22,13 +22,13 @@ class QuotaStore:
     def __init__(self, db: Database, writes: GroupCommit, bot: str) -> None:
         self._db = db
         self._writes = writes
+        keys = ["bot", "day", "user"]
+        self._upsert = writes.prepare(upsert(db, QuotaUsage.__table__, keys), merge_by=keys)
         self.bot = bot
 
     def save(self, day: date, user: str, messages: int, tokens: int) -> None:
-        values = {"bot": self.bot, "day": day.isoformat(), "user": user}
-        values |= {"messages": messages, "tokens": tokens}
-        statement = upsert(self._db, QuotaUsage.__table__, ["bot", "day", "user"], values)
-        self._writes.write_behind(statement, f"quota of {user}")
+        row = {"bot": self.bot, "day": day.isoformat(), "user": user, "messages": messages, "tokens": tokens}
+        self._writes.write_behind(self._upsert, row, f"quota of {user}")
 
     async def load(self, day: date) -> list[QuotaUsage]:
         async with self._db.session() as session:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from bots.core.groupcommit import GroupCommit, insert_ignoring_duplicates
 from bots.core.storage import Database, LedgerEntry, as_utc
@@ -23,19 +23,22 @@ class Ledger:
     def __init__(self, db: Database, writes: GroupCommit) -> None:
         self._db = db
         self._writes = writes
-        self._insert = insert_ignoring_duplicates(db, LedgerEntry.__table__)
+        table = LedgerEntry.__table__
+        self._insert = writes.prepare(insert_ignoring_duplicates(db, table), key=("job_id", "period"))
+        self._mark = writes.prepare(
+            update(table)
+            .where(table.c.job_id == bindparam("b_job"), table.c.period == bindparam("b_period"))
+            .values(state=bindparam("b_state"), detail=bindparam("b_detail"), updated_at=bindparam("b_at"))
+        )
 
     async def claim(self, job_id: str, period: str, bot: str, state: str = "claimed") -> bool:
         """True for the one caller that records the period first."""
         row = {"job_id": job_id, "period": period, "bot": bot, "state": state, "detail": ""}
-        return bool(await self._writes.write(self._insert.values(row | {"updated_at": datetime.now(UTC)})))
+        return bool(await self._writes.write(self._insert, row | {"updated_at": datetime.now(UTC)}))
 
     async def mark(self, job_id: str, period: str, state: str, detail: str = "") -> None:
-        await self._writes.write(
-            update(LedgerEntry)
-            .where(LedgerEntry.job_id == job_id, LedgerEntry.period == period)
-            .values(state=state, detail=detail[:500], updated_at=datetime.now(UTC))
-        )
+        row = {"b_job": job_id, "b_period": period, "b_state": state, "b_detail": detail[:500]}
+        await self._writes.write(self._mark, row | {"b_at": datetime.now(UTC)})
 
     async def state(self, job_id: str, period: str) -> str | None:
         async with self._db.session() as session:

@@ -1,0 +1,102 @@
+"""Group commit: prepared statements run once per batch, exact per-row answers, order kept."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import bindparam, event, select, update
+from sqlalchemy.exc import StatementError
+
+from bots.core.groupcommit import GroupCommit, insert_ignoring_duplicates, upsert
+from bots.core.storage import Database, InboxEntry, QuotaUsage
+
+
+@pytest.fixture
+async def db(tmp_path):
+    database = Database.in_data_dir(tmp_path)
+    await database.start()
+    yield database
+    await database.close()
+
+
+def _row(event_id: str, payload: Any = None) -> dict[str, Any]:
+    return {
+        "bot": "b",
+        "event_id": event_id,
+        "channel": "c",
+        "payload": payload or {},
+        "state": "accepted",
+        "attempts": 0,
+        "received_at": datetime.now(UTC),
+    }
+
+
+def _statements(writes: GroupCommit) -> list[str]:
+    """Every statement the writer thread's connection runs, as it runs it."""
+    seen: list[str] = []
+    assert writes._engine is not None
+    event.listen(writes._engine, "before_cursor_execute", lambda *args: seen.append(args[2]))
+    return seen
+
+
+async def test_a_batch_runs_each_statement_once_and_answers_each_row_exactly(db):
+    writes = GroupCommit(db)
+    table = InboxEntry.__table__
+    insert = writes.prepare(insert_ignoring_duplicates(db, table), key=("bot", "event_id"))
+    done = writes.prepare(update(table).where(table.c.event_id == bindparam("b_event")).values(state="done"))
+    await writes.start()
+    try:
+        await writes.write(insert, _row("old"))
+        seen = _statements(writes)
+        # queued together: one batch; "new" twice (the second is a duplicate within the batch),
+        # "old" again, and the "done" marks queued before and after the inserts they follow
+        futures = [
+            writes.submit(done, {"b_event": "old"}),
+            writes.submit(insert, _row("new")),
+            writes.submit(insert, _row("old")),
+            writes.submit(insert, _row("new")),
+            writes.submit(insert, _row("other")),
+            writes.submit(done, {"b_event": "new"}),
+        ]
+        results = await asyncio.gather(*futures)
+    finally:
+        await writes.close()
+    assert results == [None, True, False, False, True, None]
+    assert len([s for s in seen if s.lstrip().upper().startswith(("INSERT", "UPDATE"))]) == 2
+    async with db.session() as session:
+        states = dict((await session.execute(select(InboxEntry.event_id, InboxEntry.state))).all())
+    assert states == {"old": "done", "new": "done", "other": "accepted"}
+
+
+async def test_a_bad_row_fails_alone(db):
+    writes = GroupCommit(db)
+    insert = writes.prepare(insert_ignoring_duplicates(db, InboxEntry.__table__), key=("bot", "event_id"))
+    await writes.start()
+    try:
+        good = writes.submit(insert, _row("good"))
+        bad = writes.submit(insert, _row("bad", payload={"x": object()}))  # not JSON
+        assert await good is True
+        with pytest.raises(StatementError):
+            await bad
+    finally:
+        await writes.close()
+
+
+async def test_upserts_of_one_row_in_a_batch_keep_the_last(db):
+    writes = GroupCommit(db)
+    keys = ["bot", "day", "user"]
+    statement = writes.prepare(upsert(db, QuotaUsage.__table__, keys), merge_by=keys)
+    await writes.start()
+    try:
+        row = {"bot": "b", "day": "2026-01-01", "user": "u"}
+        await asyncio.gather(
+            *(writes.submit(statement, row | {"messages": n, "tokens": 10 * n}) for n in (1, 2, 3))
+        )
+    finally:
+        await writes.close()
+    async with db.session() as session:
+        stored = (await session.execute(select(QuotaUsage.messages, QuotaUsage.tokens))).all()
+    assert [tuple(r) for r in stored] == [(3, 30)]

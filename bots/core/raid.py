@@ -8,9 +8,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from limits import parse_many
-from limits.storage import MemoryStorage
-from limits.strategies import MovingWindowRateLimiter
+from bots.core.ratelimit import windows
 
 log = logging.getLogger("bots.raid")
 
@@ -19,8 +17,7 @@ class RaidGuard:
     def __init__(
         self, joins: str = "10/minute", minutes: float = 10.0, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self._limiter = MovingWindowRateLimiter(MemoryStorage())
-        self._items = parse_many(joins)
+        self._windows = windows(joins)
         self._seconds = minutes * 60
         self._clock = clock
         self._raid_until: dict[str, float] = {}  # chat -> when its raid mode ends
@@ -34,7 +31,7 @@ class RaidGuard:
         now = self._clock()
         flooded = False
         for _ in users:
-            if not all(self._limiter.hit(item, "joins", chat) for item in self._items):
+            if not all(window.hit(chat, now) for window in self._windows):
                 flooded = True
         if flooded:
             if not self.in_raid(chat):

@@ -115,6 +115,22 @@ async def test_prompt_holds_persona_style_examples_and_rules(harness):
     assert _texts(rest) == ["Who are you?", "I kept the light.", "hello"]
 
 
+async def test_the_fixed_prompt_is_built_once_per_persona_version(harness):
+    persona = Persona(
+        name="Old Wen",
+        system_prompt="You are Old Wen.",
+        examples=[ExampleDialogue(user="Who are you?", persona="I kept the light.")],
+    )
+    h = await harness(persona=persona)
+    await h.ask("hello")
+    await h.ask("again", user="other")
+    first, second = h.llm.prompts
+    assert first[0] is second[0] and first[1] is second[1] and first[2] is second[2]  # not rebuilt
+    h.host.bots["testbot"].pipeline.responder.use_persona(persona.model_copy(update={"name": "Young Wen"}))
+    await h.ask("and now?")
+    assert "Young Wen" in h.llm.last_prompt[0].content and h.llm.last_prompt[0] is not first[0]
+
+
 def test_disclaimers_are_removed_in_english_and_chinese():
     assert strip_disclaimers("As an AI language model, I cannot feel. The sea is calm.") == "The sea is calm."
     assert strip_disclaimers("I'm just an AI! But the light is on.") == "But the light is on."

@@ -19,7 +19,7 @@ from bots.agent.compose import compose, nearest, split_sentences, support
 from bots.agent.guard import LeakGuard
 from bots.agent.memory import ConversationMemory, Turn
 from bots.agent.persona import Persona
-from bots.agent.prompt import CHARACTER_RULES, build_messages, fact_passages, system_text
+from bots.agent.prompt import CHARACTER_RULES, FixedPrompt, build_messages, fact_passages
 from bots.agent.reply import Reply
 from bots.agent.retrieval import NoRetrieval, Passage, Retriever
 from bots.agent.tokens import count_message_tokens, estimate_tokens, token_counter
@@ -79,12 +79,13 @@ class Agent:
         self.max_retries = max_retries
         self._locks: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
         self._protected_ids = protected_ids or []
-        self.guard = LeakGuard(system_text(persona, []), self._protected_ids)
+        self.count_tokens = token_counter(llm)
+        self._fixed = FixedPrompt.of(persona, self.count_tokens)  # the prompt's part every turn repeats
+        self.guard = LeakGuard(self._fixed.head, self._protected_ids)
         self.on_tokens = on_tokens  # (user, tokens): charges daily token quotas
         self.fluent_languages = fluent_languages  # None: the model writes every language well
         self.gate_stats = gate_stats or GateStats()
         self.max_answer_chars = max_answer_chars
-        self.count_tokens = token_counter(llm)
         self._instructions = _instructions(persona)
 
     def use_persona(self, persona: Persona, collections: list[str] | None = None) -> None:
@@ -92,7 +93,8 @@ class Agent:
         self.persona = persona
         if collections is not None:
             self.collections = collections
-        self.guard = LeakGuard(system_text(persona, []), self._protected_ids)
+        self._fixed = FixedPrompt.of(persona, self.count_tokens)
+        self.guard = LeakGuard(self._fixed.head, self._protected_ids)
         self._instructions = _instructions(persona)
 
     def _lock(self, session_id: str) -> asyncio.Lock:
@@ -118,7 +120,7 @@ class Agent:
     def _messages(self, inv: Invocation, history: list[Turn], passages: list[Passage]) -> list[BaseMessage]:
         voice = [Passage(text, "", kind="style") for text in nearest(inv.text, self.persona.exemplars, 2)]
         return build_messages(
-            self.persona,
+            self._fixed,
             history,
             inv.text,
             inv.event.author.display,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from langchain_core.messages import (
     AIMessage,
@@ -42,11 +42,39 @@ def fact_passages(passages: list[Passage]) -> list[Passage]:
     return [p for p in passages if p.kind == "fact"]
 
 
-def system_text(persona: Persona, passages: list[Passage]) -> str:
-    parts = [persona.system_prompt.strip()]
-    if persona.style:
-        parts.append("Style:\n" + "\n".join(f"- {rule}" for rule in persona.style))
-    parts.append(CHARACTER_RULES.format(name=persona.name))
+@dataclass(frozen=True, slots=True)
+class FixedPrompt:
+    """The part of a persona's prompt that every turn repeats, built once per persona version
+    (the agent keeps one and builds a new one when the persona changes)."""
+
+    head: str  # the system prompt, style and character rules
+    system: SystemMessage  # the head alone: the system message of a turn without passages
+    examples: tuple[BaseMessage, ...]  # the example dialogues
+    examples_tokens: int  # what the examples cost, counted with ``count``
+    count: Counter
+
+    @classmethod
+    def of(cls, persona: Persona, count: Counter = estimate_tokens) -> FixedPrompt:
+        parts = [persona.system_prompt.strip()]
+        if persona.style:
+            parts.append("Style:\n" + "\n".join(f"- {rule}" for rule in persona.style))
+        parts.append(CHARACTER_RULES.format(name=persona.name))
+        head = "\n\n".join(parts)
+        examples: list[BaseMessage] = []
+        for example in persona.examples:
+            examples += [HumanMessage(example.user), AIMessage(example.persona)]
+        spent = count_message_tokens(examples, count)
+        return cls(head, SystemMessage(head), tuple(examples), spent, count)
+
+    def tokens(self, passages: list[Passage]) -> int:
+        """What the system message with ``passages`` and the examples cost."""
+        system = self.head if not passages else system_text(self, passages)
+        return PER_MESSAGE + self.count(system) + self.examples_tokens
+
+
+def system_text(persona: Persona | FixedPrompt, passages: list[Passage]) -> str:
+    fixed = persona if isinstance(persona, FixedPrompt) else FixedPrompt.of(persona)
+    parts = [fixed.head]
     tag = secrets.token_hex(4)
     voice = [p for p in passages if p.kind == "style"]
     if voice:
@@ -79,7 +107,7 @@ def render_human(text: str, author: str, group: bool) -> str:
 
 
 def build_messages(
-    persona: Persona,
+    persona: Persona | FixedPrompt,
     history: list[Turn],
     text: str,
     author: str,
@@ -93,48 +121,38 @@ def build_messages(
     """The chat prompt. ``prompt_tokens`` caps the whole prompt (the model's context minus room
     for the answer), counted with ``count`` (the model's own tokenizer when there is one). What
     must stay comes first: the persona and the message (cut to half the room at most); passages
-    fill what is left (the last one cut to fit, the rest dropped); history gets the remainder."""
-    examples: list[BaseMessage] = []
-    for example in persona.examples:
-        examples += [HumanMessage(example.user), AIMessage(example.persona)]
+    fill what is left (the last one cut to fit, the rest dropped); history gets the remainder.
+    ``persona`` may be its :class:`FixedPrompt` (built with ``count``), so it is not built again."""
+    fixed = persona if isinstance(persona, FixedPrompt) else FixedPrompt.of(persona, count)
     current = render_human(text, author, group)
     passages = list(passages)
     if prompt_tokens is not None:
-        fixed = count_message_tokens([SystemMessage(system_text(persona, [])), *examples], count)
-        room = prompt_tokens - fixed - PER_MESSAGE
+        room = prompt_tokens - fixed.tokens([]) - PER_MESSAGE
         current = truncate_to_tokens(current, max(room // 2 if passages else room, 16), count)
-        passages = fit_passages(
-            persona, passages, prompt_tokens - count(current) - PER_MESSAGE, examples, count
-        )
-    system = SystemMessage(system_text(persona, passages))
+        passages = fit_passages(fixed, passages, prompt_tokens - count(current) - PER_MESSAGE)
+    system = SystemMessage(system_text(fixed, passages)) if passages else fixed.system
     if prompt_tokens is not None:
-        used = count_message_tokens([system, *examples], count) + PER_MESSAGE + count(current)
+        used = PER_MESSAGE + count(str(system.content)) + fixed.examples_tokens + PER_MESSAGE + count(current)
         history_tokens = min(history_tokens, prompt_tokens - used)
     past: list[BaseMessage] = [
         HumanMessage(render_human(t.content, t.author_name, group)) if t.role == "human"
         else AIMessage(t.content)
         for t in fit_history(history, history_tokens, group, count)
     ]  # fmt: skip
-    return [system, *examples, *past, HumanMessage(current)]
+    return [system, *fixed.examples, *past, HumanMessage(current)]
 
 
-def fit_passages(
-    persona: Persona, passages: list[Passage], budget: int, examples: list[BaseMessage], count: Counter
-) -> list[Passage]:
+def fit_passages(fixed: FixedPrompt, passages: list[Passage], budget: int) -> list[Passage]:
     """The passages, in order, that fit ``budget`` tokens with the system prompt and examples;
     the first that does not fit is cut to the room left (when that is worth it)."""
-
-    def cost(chosen: list[Passage]) -> int:
-        return count_message_tokens([SystemMessage(system_text(persona, chosen)), *examples], count)
-
     kept: list[Passage] = []
     for passage in passages:
-        if cost([*kept, passage]) <= budget:
+        if fixed.tokens([*kept, passage]) <= budget:
             kept.append(passage)
             continue
-        room = budget - cost([*kept, replace(passage, text="")])
+        room = budget - fixed.tokens([*kept, replace(passage, text="")])
         if room >= MIN_PASSAGE_TOKENS:
-            kept.append(replace(passage, text=truncate_to_tokens(passage.text, room - 2, count)))
+            kept.append(replace(passage, text=truncate_to_tokens(passage.text, room - 2, fixed.count)))
         break
     return kept
 

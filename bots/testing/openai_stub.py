@@ -12,7 +12,8 @@ asked again (a replay after a crash) gets the same words::
 
 ``latency`` is a ``(low, high)`` range drawn from a seeded random generator, or a callable that gets
 the request's number (0, 1, ...) and body and returns seconds. :attr:`~OpenAIStub.requests` records
-every request (its ``Authorization`` header and JSON body); :attr:`~OpenAIStub.fail` answers the
+every request (its ``Authorization`` header and JSON body), :attr:`~OpenAIStub.answers` every answer
+(with the user message it answered); :attr:`~OpenAIStub.fail` answers the
 next N requests with 503. ``answer_chars`` makes each answer at least that long (several sentences),
 for replies that must be split into parts.
 """
@@ -93,6 +94,7 @@ class OpenAIStub:
         self.latency = latency
         self.answer = answer or (lambda question: prose_answer(question, min_chars=answer_chars))
         self.requests: list[JSON] = []  # {"auth": Authorization header, "body": the JSON body}
+        self.answers: dict[str, str] = {}  # answer text -> the last user message it answered
         self.fail = 0  # the next N requests are answered 503
         self.port = 0
         self._rng = random.Random(seed)
@@ -145,7 +147,9 @@ class OpenAIStub:
         if self.fail > 0:
             self.fail -= 1
             return web.json_response({"error": {"message": "overloaded"}}, status=503)
-        text = self.answer(last_user_text(body))
+        asked = last_user_text(body)
+        text = self.answer(asked)
+        self.answers[text] = asked
         common = {"id": f"chatcmpl-{number}", "created": int(time.time()), "model": body.get("model", "")}
         if body.get("stream"):
             return await self._stream(request, common, text)

@@ -4,11 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+from dataclasses import fields
 from datetime import timedelta
 
 from sqlalchemy import select, update
 
-from bots.core.events import ChannelKind, ChannelRef, Outbound
+from bots.core.events import (
+    Attachment,
+    ChannelKind,
+    ChannelRef,
+    Joined,
+    Mention,
+    MessageEvent,
+    Outbound,
+    ReplyTo,
+    UserRef,
+    event_from_dict,
+    event_to_dict,
+)
 from bots.core.storage import InboxEntry, OutboxEntry
 from bots.testing import FakeAdapter, FakeLLM
 from bots.testing.harness import BOT
@@ -173,3 +187,13 @@ async def test_two_long_posts_to_one_chat_do_not_interleave(harness):
     words = [o.text.split()[0] for o in h.adapter.take_sent()]
     switches = sum(1 for a, b in itertools.pairwise(words) if a != b)
     assert len(words) > 4 and switches == 1  # all of one post, then all of the other
+
+
+def test_a_stored_event_reads_back_whole():
+    author = UserRef("telegram", "1", "Ann", is_bot=True, username="ann")
+    chat = ChannelRef("telegram", "-5", ChannelKind.THREAD, "Readers", parent_id="-4")
+    segments = (Mention("9", "bot"), ReplyTo("3", "9"), Attachment("image", "u", "n"), Joined("2", "B"))
+    event = MessageEvent("telegram", "7", author, chat, "hi", "9", "bot", segments, to_me=True)
+    stored = json.loads(json.dumps(event_to_dict(event)))
+    assert set(stored["author"]) == {f.name for f in fields(UserRef)}  # a new field is stored too
+    assert event_from_dict(stored) == event

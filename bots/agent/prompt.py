@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from langchain_core.messages import (
     AIMessage,
@@ -19,7 +19,8 @@ from bots.agent.retrieval import Passage
 from bots.agent.tokens import PER_MESSAGE, Counter, count_message_tokens, estimate_tokens, truncate_to_tokens
 from bots.core.sanitize import clean_user_text
 
-MIN_PASSAGE_TOKENS = 48  # a passage cut shorter than this says too little to keep
+MIN_PASSAGE_TOKENS = 48
+MAX_CACHED_TURNS = 20_000  # a passage cut shorter than this says too little to keep
 
 CHARACTER_RULES = (
     "Stay in character as {name} at all times. Never call yourself an AI, an assistant or a "
@@ -44,14 +45,17 @@ def fact_passages(passages: list[Passage]) -> list[Passage]:
 
 @dataclass(frozen=True, slots=True)
 class FixedPrompt:
-    """The part of a persona's prompt that every turn repeats, built once per persona version
-    (the agent keeps one and builds a new one when the persona changes)."""
+    """What turns repeat, built once: the persona's rules and examples (per persona version: the
+    agent builds a new one when the persona changes) and each remembered turn as a message."""
 
     head: str  # the system prompt, style and character rules
     system: SystemMessage  # the head alone: the system message of a turn without passages
     examples: tuple[BaseMessage, ...]  # the example dialogues
     examples_tokens: int  # what the examples cost, counted with ``count``
     count: Counter
+    # (turn, in a group) -> the turn as a message and what it costs: a turn is in many prompts.
+    # A plain dict, emptied when full: prompts are built on the loop and in threads alike.
+    past: dict[tuple[Turn, bool], tuple[BaseMessage, int]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, persona: Persona, count: Counter = estimate_tokens) -> FixedPrompt:
@@ -70,6 +74,17 @@ class FixedPrompt:
         """What the system message with ``passages`` and the examples cost."""
         system = self.head if not passages else system_text(self, passages)
         return PER_MESSAGE + self.count(system) + self.examples_tokens
+
+    def turn(self, turn: Turn, group: bool) -> tuple[BaseMessage, int]:
+        """A remembered turn as a message, and what it costs."""
+        found = self.past.get((turn, group))
+        if found is None:
+            text = render_human(turn.content, turn.author_name, group)
+            message = HumanMessage(text) if turn.role == "human" else AIMessage(text)
+            if len(self.past) >= MAX_CACHED_TURNS:
+                self.past.clear()
+            found = self.past[(turn, group)] = (message, PER_MESSAGE + self.count(text))
+        return found
 
 
 def system_text(persona: Persona | FixedPrompt, passages: list[Passage]) -> str:
@@ -134,11 +149,7 @@ def build_messages(
     if prompt_tokens is not None:
         used = PER_MESSAGE + count(str(system.content)) + fixed.examples_tokens + PER_MESSAGE + count(current)
         history_tokens = min(history_tokens, prompt_tokens - used)
-    past: list[BaseMessage] = [
-        HumanMessage(render_human(t.content, t.author_name, group)) if t.role == "human"
-        else AIMessage(t.content)
-        for t in fit_history(history, history_tokens, group, count)
-    ]  # fmt: skip
+    past = [fixed.turn(t, group)[0] for t in fit_history(history, history_tokens, group, fixed)]
     return [system, *fixed.examples, *past, HumanMessage(current)]
 
 
@@ -158,13 +169,17 @@ def fit_passages(fixed: FixedPrompt, passages: list[Passage], budget: int) -> li
 
 
 def fit_history(
-    history: list[Turn], budget: int, group: bool, count: Counter = estimate_tokens
+    history: list[Turn], budget: int, group: bool, count: Counter | FixedPrompt = estimate_tokens
 ) -> list[Turn]:
-    """The newest turns that fit ``budget`` tokens, starting on a human turn."""
+    """The newest turns that fit ``budget`` tokens, starting on a human turn (``count`` may be a
+    :class:`FixedPrompt`, which knows what each turn costs)."""
     kept: list[Turn] = []
     used = 0
     for turn in reversed(history):
-        used += PER_MESSAGE + count(render_human(turn.content, turn.author_name, group))
+        if isinstance(count, FixedPrompt):
+            used += count.turn(turn, group)[1]
+        else:
+            used += PER_MESSAGE + count(render_human(turn.content, turn.author_name, group))
         if used > budget:
             break
         kept.append(turn)

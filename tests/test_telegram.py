@@ -248,6 +248,55 @@ async def test_a_refused_event_is_not_confirmed_and_comes_again(tg, secrets, cap
         await adapter.stop()
 
 
+async def test_a_batch_of_updates_is_handed_over_at_once_in_order(tg, secrets):
+    """One getUpdates batch: every hand-over starts before the first one is done (they share a
+    commit), in update order; the offset moves past the batch once all were accepted."""
+    adapter = make_adapter(tg, secrets)
+    started: list[str] = []
+    all_started = asyncio.Event()
+
+    async def sink(event: MessageEvent) -> None:
+        started.append(event.text)
+        if len(started) == 5:
+            all_started.set()
+        await asyncio.wait_for(all_started.wait(), 5)  # a hand-over waits for its commit
+
+    updates = [tg.private_message("alice", f"m{i}") for i in range(5)]  # queued before the first poll
+    await adapter.start(sink)
+    try:
+        await tg.wait_confirmed(updates[-1])
+        assert started == [f"m{i}" for i in range(5)]
+        assert [params["offset"] for params in tg.requests("getUpdates")][:2] == [
+            0,
+            updates[-1]["update_id"] + 1,
+        ]
+    finally:
+        await adapter.stop()
+
+
+async def test_a_refused_update_in_a_batch_stops_the_offset_there(tg, secrets, caplog):
+    adapter = make_adapter(tg, secrets)
+    accepted: list[str] = []
+    refused = {"m1"}
+
+    async def sink(event: MessageEvent) -> None:
+        if event.text in refused:
+            refused.discard(event.text)
+            raise RuntimeError("inbox unavailable")
+        accepted.append(event.text)
+
+    updates = [tg.private_message("alice", f"m{i}") for i in range(4)]
+    await adapter.start(sink)
+    try:
+        await tg.wait_confirmed(updates[-1])
+        offsets = [params["offset"] for params in tg.requests("getUpdates")]
+        assert offsets[:2] == [0, updates[1]["update_id"]]  # asked again from the refused one
+        assert accepted == ["m0", "m2", "m3", "m1", "m2", "m3"]  # the host drops m2, m3 as duplicates
+        assert f"update {updates[1]['update_id']} not accepted" in caplog.text
+    finally:
+        await adapter.stop()
+
+
 async def test_polling_survives_api_errors(tg, secrets):
     adapter = make_adapter(tg, secrets)
     events: asyncio.Queue[MessageEvent] = asyncio.Queue()

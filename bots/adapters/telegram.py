@@ -250,8 +250,13 @@ class TelegramAdapter:
         return result if isinstance(result, list) else []
 
     async def _handle_batch(self, updates: list[Any]) -> bool:
-        """Hand each update over in order; False when the host refused one (retry from there)."""
+        """Hand the updates over concurrently (one commit for the batch, not one each), then move
+        the offset past those accepted. They start in update order, and each takes its place in
+        its chat's queue as it starts, so every chat keeps its order. False when the host refused
+        one: the offset stops there, and Telegram sends it again with those after it (dropped as
+        duplicates when they were accepted)."""
         assert self._sink is not None
+        batch: list[tuple[int, MessageEvent | None]] = []
         for raw in updates:
             update_id = raw.get("update_id") if isinstance(raw, dict) else None
             if not isinstance(update_id, int):
@@ -259,15 +264,17 @@ class TelegramAdapter:
                     "channel %s: an update without update_id skipped (%s)", self.name, type(raw).__name__
                 )
                 continue
-            if update_id < self._offset:
-                continue  # already handed over
-            event = self._decode(raw)
-            if event is not None:
-                try:
-                    await self._sink(event)
-                except Exception:
-                    log.exception("channel %s: update %s not accepted; retrying", self.name, update_id)
-                    return False
+            if update_id >= self._offset:  # else already handed over
+                batch.append((update_id, self._decode(raw)))
+        handed = [self._sink(event) for _, event in batch if event is not None]
+        outcomes = iter(await asyncio.gather(*handed, return_exceptions=True))
+        for update_id, event in batch:
+            outcome = next(outcomes) if event is not None else None
+            if isinstance(outcome, BaseException):
+                log.error(
+                    "channel %s: update %s not accepted; retrying", self.name, update_id, exc_info=outcome
+                )
+                return False
             self._offset = update_id + 1  # confirmed to Telegram by the next getUpdates
         return True
 

@@ -53,9 +53,10 @@ class FixedPrompt:
     examples: tuple[BaseMessage, ...]  # the example dialogues
     examples_tokens: int  # what the examples cost, counted with ``count``
     count: Counter
-    # (turn, in a group) -> the turn as a message and what it costs: a turn is in many prompts.
-    # A plain dict, emptied when full: prompts are built on the loop and in threads alike.
-    past: dict[tuple[Turn, bool], tuple[BaseMessage, int]] = field(default_factory=dict)
+    # (id of a turn, in a group) -> the turn (kept, so its id stays its own), the turn as a
+    # message and what it costs: a turn is in many prompts. A plain dict, emptied when full:
+    # prompts are built on the loop and in threads alike.
+    past: dict[tuple[int, bool], tuple[Turn, BaseMessage, int]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, persona: Persona, count: Counter = estimate_tokens) -> FixedPrompt:
@@ -77,14 +78,14 @@ class FixedPrompt:
 
     def turn(self, turn: Turn, group: bool) -> tuple[BaseMessage, int]:
         """A remembered turn as a message, and what it costs."""
-        found = self.past.get((turn, group))
-        if found is None:
+        found = self.past.get((id(turn), group))
+        if found is None or found[0] is not turn:
             text = render_human(turn.content, turn.author_name, group)
             message = HumanMessage(text) if turn.role == "human" else AIMessage(text)
             if len(self.past) >= MAX_CACHED_TURNS:
                 self.past.clear()
-            found = self.past[(turn, group)] = (message, PER_MESSAGE + self.count(text))
-        return found
+            found = self.past[(id(turn), group)] = (turn, message, PER_MESSAGE + self.count(text))
+        return found[1], found[2]
 
 
 def system_text(persona: Persona | FixedPrompt, passages: list[Passage]) -> str:

@@ -18,7 +18,7 @@ PER_MESSAGE = 8  # role markers and separators of a chat template
 def estimate_tokens(text: str) -> int:
     """A cautious estimate: CJK characters 1.5 tokens each (0.7 in Qwen's vocabulary, 1.7 in
     SmolLM2's), other text about four characters a token."""
-    cjk = len(_CJK.findall(text))
+    cjk = 0 if text.isascii() else len(_CJK.findall(text))
     return (3 * cjk + 1) // 2 + (len(text) - cjk + 3) // 4
 
 

@@ -56,6 +56,7 @@ _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 GROUP, PRIVATE = "group", "private"  # channel ids are "group:<group_id>" and "private:<user_id>"
 REPLY_LOOKUP_S = 3.0  # longest wait for get_msg when a reply's author is not known yet
 KNOWN_MESSAGES = 5000  # recent message id -> author id, to tell replies to the bot without get_msg
+MAX_HANDOVER = 100  # message events handed over together at most (as a Telegram getUpdates batch)
 
 
 class OneBotOptions(BaseModel):
@@ -339,33 +340,44 @@ class OneBotAdapter:
 
     # -- inbound -------------------------------------------------------------------------------
     async def _consume(self) -> None:
-        """Hand message events to the host one at a time, in the order the bridges sent them."""
-        while True:
-            bridge, payload = await self._events.get()
-            try:
-                await self._deliver(bridge, payload)
-            except Exception:
-                log.exception("channel %s: handing over message %s failed", self.name, _ids_of(payload))
-
-    async def _deliver(self, bridge: _Bridge, payload: dict[str, Any]) -> None:
+        """Hand message events to the host in the order the bridges sent them: what has arrived
+        is translated in that order, then handed over concurrently (one commit for all, not one
+        each), started in that order: each takes its place in its chat's queue as it starts."""
         assert self._sink is not None
+        while True:
+            arrived = [await self._events.get()]
+            while not self._events.empty() and len(arrived) < MAX_HANDOVER:
+                arrived.append(self._events.get_nowait())
+            events = []
+            for bridge, payload in arrived:
+                try:
+                    event = await self._translated(bridge, payload)
+                except Exception:
+                    log.exception("channel %s: handing over message %s failed", self.name, _ids_of(payload))
+                    continue
+                if event is not None:
+                    events.append(event)
+            outcomes = await asyncio.gather(*(self._sink(event) for event in events), return_exceptions=True)
+            for event, outcome in zip(events, outcomes, strict=True):
+                if isinstance(outcome, Exception):
+                    # OneBot never sends an event again by itself: say that it is lost
+                    log.error("channel %s: message %s was not accepted (%s)", self.name, event.id,
+                              _describe(outcome))  # fmt: skip
+                elif isinstance(outcome, BaseException):
+                    raise outcome
+
+    async def _translated(self, bridge: _Bridge, payload: dict[str, Any]) -> MessageEvent | None:
+        """The event in ``payload`` once its bridge is ready; None when it is not for the host."""
         # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation (stop)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.settings.action_timeout):
                 await bridge.ready.wait()
         try:
-            event = await self._translate(bridge, payload)
+            return await self._translate(bridge, payload)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             log.warning("channel %s: malformed message event skipped (%s, %s)", self.name,
                         type(exc).__name__, _ids_of(payload))  # fmt: skip
-            return
-        if event is None:
-            return
-        try:
-            await self._sink(event)
-        except Exception as exc:
-            # OneBot never sends an event again by itself: say that it is lost
-            log.error("channel %s: message %s was not accepted (%s)", self.name, event.id, _describe(exc))
+            return None
 
     async def _translate(self, bridge: _Bridge, payload: dict[str, Any]) -> MessageEvent | None:
         message_type = payload["message_type"]

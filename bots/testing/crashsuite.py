@@ -676,13 +676,13 @@ class _Driver:
         total = plan.messages + plan.chatter
         start = time.monotonic()
         for number in range(total):
+            delay = start + number / plan.rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
             if not plan.post_while_down and not self.up.is_set():
                 paused = time.monotonic()
                 await self.up.wait()
                 start += time.monotonic() - paused  # the schedule resumes where it stopped
-            delay = start + number / plan.rate - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
             # the mentions spread evenly among the chatter; each kind round-robin over the chats
             is_mention = (number * plan.messages) // total != ((number + 1) * plan.messages) // total
             user = self.rng.randrange(8)

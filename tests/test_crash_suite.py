@@ -8,6 +8,7 @@ bench/soak.py runs the same with large numbers.
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import replace
 
@@ -27,6 +28,10 @@ from bots.testing.crashsuite import (
 )
 from bots.testing.openai_stub import prose_answer
 
+# BOTS_SOAK_HOST_PYTHONPATH=DIR runs the host from another checkout's code (git archive REV bots
+# plugins | tar -x -C DIR): the same suite before and after a change
+HOST_PATH = os.environ.get("BOTS_SOAK_HOST_PYTHONPATH")
+HOST_ENV = {"PYTHONPATH": HOST_PATH} if HOST_PATH else None
 # 20 mentions in each of 6 groups, posted over 6 s, model answers in 0.1-0.3 s
 TELEGRAM = SoakPlan(messages=120, chats=6, rate=20.0, seed=1, channel="telegram", kill_after=(1.0, 4.0))
 # Discord does not replay what a dead connection missed: users wait while the host is down
@@ -107,7 +112,7 @@ def test_percentile_is_the_nearest_rank():
 # -- the real host --------------------------------------------------------------------------------
 @pytest.mark.slow
 async def test_telegram_answers_every_mention_once_in_order(tmp_path):
-    result = await run_soak(TELEGRAM, tmp_path)
+    result = await run_soak(TELEGRAM, tmp_path, host_env=HOST_ENV)
     assert result.sent == TELEGRAM.messages
     assert counts(result) == everything_answered_in_order(result.sent)
     assert result.duplicated == 0, result.line()
@@ -115,7 +120,7 @@ async def test_telegram_answers_every_mention_once_in_order(tmp_path):
 
 @pytest.mark.slow
 async def test_telegram_never_interleaves_the_parts_of_two_answers(tmp_path):
-    result = await run_soak(LONG_ANSWERS, tmp_path)
+    result = await run_soak(LONG_ANSWERS, tmp_path, host_env=HOST_ENV)
     assert counts(result) == everything_answered_in_order(result.sent)
     assert (result.duplicated, result.unthreaded) == (0, 0), result.line()
 
@@ -123,7 +128,7 @@ async def test_telegram_never_interleaves_the_parts_of_two_answers(tmp_path):
 @pytest.mark.slow
 async def test_telegram_survives_kill_9_without_losing_or_reordering(tmp_path):
     plan = replace(TELEGRAM, kills=2)
-    result = await run_soak(plan, tmp_path)
+    result = await run_soak(plan, tmp_path, host_env=HOST_ENV)
     assert result.kills == 2
     assert counts(result) == everything_answered_in_order(result.sent)
     assert result.duplicated <= result.kills, result.line()  # Telegram has no idempotency key
@@ -132,7 +137,7 @@ async def test_telegram_survives_kill_9_without_losing_or_reordering(tmp_path):
 @pytest.mark.slow
 @discord_urls
 async def test_discord_answers_every_mention_once_in_order(tmp_path):
-    result = await run_soak(DISCORD, tmp_path)
+    result = await run_soak(DISCORD, tmp_path, host_env=HOST_ENV)
     assert counts(result) == everything_answered_in_order(result.sent)
     assert result.duplicated == 0, result.line()
 
@@ -140,7 +145,7 @@ async def test_discord_answers_every_mention_once_in_order(tmp_path):
 @pytest.mark.slow
 @discord_urls
 async def test_discord_survives_kill_9_without_losing_duplicating_or_reordering(tmp_path):
-    result = await run_soak(replace(DISCORD, kills=2), tmp_path)
+    result = await run_soak(replace(DISCORD, kills=2), tmp_path, host_env=HOST_ENV)
     assert result.kills == 2
     # a mention dispatched to the connection that was killed is not acknowledged (nor lost)
     assert counts(result) == everything_answered_in_order(result.acknowledged)

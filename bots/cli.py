@@ -95,6 +95,7 @@ def run(config: ConfigOption = None) -> None:
     """Start the host with every configured bot and channel; stop with Ctrl-C."""
     from bots.adapters.console import ConsoleAdapter
     from bots.assembly import build_host
+    from bots.core.looplag import loop_lag_from_env
 
     cfg = _load(config)
     secrets = _secrets(config)
@@ -109,8 +110,13 @@ def run(config: ConfigOption = None) -> None:
         for adapter in bot.adapters:
             if isinstance(adapter, ConsoleAdapter):
                 adapter.on_exit = host.request_stop  # end of terminal input stops the host
+
+    async def serve() -> None:
+        async with loop_lag_from_env():  # BOTS_LOOP_LAG_LOG=path: event-loop lag for benchmarks
+            await host.serve_forever()
+
     try:
-        asyncio.run(host.serve_forever())
+        asyncio.run(serve())
     except (ConfigError, ConnectionError) as exc:  # a rejected token, an unreachable platform
         raise _fail(str(exc)) from None
 

@@ -51,7 +51,7 @@ def build_adapter(bot: str, channel: ChannelConfig, secrets: Secrets) -> Adapter
 
 def build_knowledge(config: AppConfig, secrets: Secrets | None = None) -> KnowledgeBase:
     """The host's knowledge base (imports the heavy retrieval stack only when called)."""
-    from bots.knowledge.embeddings import Embedder, HttpEmbedder, SentenceTransformerEmbedder
+    from bots.knowledge.embeddings import Embedder, HttpEmbedder, make_embedder
     from bots.knowledge.store import FusionWeights, KnowledgeBase
 
     settings = config.knowledge
@@ -64,8 +64,13 @@ def build_knowledge(config: AppConfig, secrets: Secrets | None = None) -> Knowle
             api_key=key.get_secret_value() if key else None,
         )
     else:
-        embedder = SentenceTransformerEmbedder(settings.embedding_model, device=settings.device)
-    weights = FusionWeights(dense_latin=settings.dense_weight_latin, dense_cjk=settings.dense_weight_cjk)
+        embedder = make_embedder(settings.embedding_model, device=settings.device)
+    weights = FusionWeights(
+        dense_latin=settings.dense_weight_latin,
+        dense_cjk=settings.dense_weight_cjk,
+        entities=settings.entity_weight,
+        cross_slots=settings.cross_slots,
+    )
     return KnowledgeBase(config.knowledge_dir, config.data_dir, embedder, weights)
 
 

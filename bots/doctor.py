@@ -179,16 +179,16 @@ def _embedding_model(config: AppConfig) -> list[Check]:
     if settings.embedding_url or (settings.embedding_model is None and settings.device == "cpu"):
         return []  # a service (checked by ingest), or the bundled model on the CPU
     try:
-        from bots.knowledge.embeddings import EmbedderError, SentenceTransformerEmbedder
+        from bots.knowledge.embeddings import EmbedderError, make_embedder
     except ImportError as exc:
         return [Check("fail", "embedding model", f"{exc}\nfix: pip install 'persona-bots[knowledge]'")]
-    embedder = SentenceTransformerEmbedder(settings.embedding_model, device=settings.device)
+    embedder = make_embedder(settings.embedding_model, device=settings.device)
     try:
         embedder.check()
     except EmbedderError as exc:
         fix = "correct [knowledge] embedding_model (a model folder or a cached name) or device"
         return [Check("fail", "embedding model", f"{exc}\nfix: {fix}")]
-    return [Check("ok", "embedding model", f"{embedder.model_name} on {embedder.device}")]
+    return [Check("ok", "embedding model", f"{embedder.model_name} on {getattr(embedder, 'device', 'cpu')}")]
 
 
 def _knowledge(config: AppConfig, secrets: Secrets) -> list[Check]:

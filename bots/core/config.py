@@ -86,7 +86,9 @@ class HistoryConfig(StrictModel):
 
 
 class KnowledgeConfig(StrictModel):
-    embedding_model: str | None = None  # sentence-transformers name or path; None: bundled MiniLM
+    # "use-multilingual-v3" (default), "multilingual-e5-small", "all-MiniLM-L6-v2" (aliases use, e5,
+    # minilm), or a sentence-transformers name or path
+    embedding_model: str | None = None
     device: str = "cpu"  # "cpu" | "cuda" | "auto"
     # an OpenAI-compatible embedding service (`bots embed-server`) instead of in-process models
     embedding_url: str | None = None
@@ -96,6 +98,9 @@ class KnowledgeConfig(StrictModel):
     # weight of the dense ranking against keyword (1.0) in the fusion, by the query's script
     dense_weight_latin: float = Field(1.0, ge=0)
     dense_weight_cjk: float = Field(0.0, ge=0)
+    # the last places of the hits kept for the best passages in the other language (cross-lingual)
+    cross_slots: int = Field(1, ge=0, le=5)
+    entity_weight: float = Field(0.0, ge=0)  # the question's names and numbers, on those passages
 
 
 class RateLimitConfig(StrictModel):

@@ -13,6 +13,9 @@ from typing import Any, Protocol
 import numpy as np
 
 BUNDLED_MODEL = "all-MiniLM-L6-v2"
+# The default for collections (bilingual ones above all): measured against MiniLM and
+# multilingual-e5-small with bench/retrieval_eval.py (bench/README.md).
+DEFAULT_MODEL = "use-multilingual-v3"
 
 
 class Embedder(Protocol):
@@ -238,15 +241,15 @@ MODEL_ALIASES = {
 
 
 def canonical_model(model: str | None) -> str | None:
-    """The model's recorded name for an alias (``e5``, ``use``, ``minilm``); None: the default."""
+    """The model's recorded name for an alias (``e5``, ``use``, ``minilm``); None stays None."""
     if model is None:
         return None
     return MODEL_ALIASES.get(model.lower(), model)
 
 
 def make_embedder(model: str | None = None, *, device: str = "cpu") -> Embedder:
-    """The in-process embedder for a model name, alias or path (None: the bundled MiniLM)."""
-    name = canonical_model(model)
+    """The in-process embedder for a model name, alias or path (None: ``DEFAULT_MODEL``)."""
+    name = canonical_model(model) or DEFAULT_MODEL
     if name in PACKAGED_MODELS:
         return PackagedEmbedder(name)
     return SentenceTransformerEmbedder(None if name == BUNDLED_MODEL else name, device=device)

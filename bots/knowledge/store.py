@@ -56,7 +56,7 @@ class FusionWeights:
     dense_latin: float = 1.0
     dense_cjk: float = 0.0
     entities: float = 0.0
-    cross_slots: int = 0  # last places of the results kept for the other language's best chunks
+    cross_slots: int = 1  # last places of the results kept for the other language's best chunks
 
     def dense_weight(self, query: str) -> float:
         return self.dense_cjk if is_cjk_query(query) else self.dense_latin
@@ -101,18 +101,17 @@ def rrf(parts: list[tuple[float, Ranked]]) -> dict[Key, float]:
 
 
 def top_keys(found: Rankings, plan: Plan, k: int) -> list[tuple[Key, float]]:
-    """The best ``k`` chunks: the fused ranking, whose last ``plan.cross_slots`` places go to the
-    best cross-lingual chunks it does not already hold."""
+    """The best ``k`` chunks: the fused ranking, whose last ``plan.cross_slots`` places (never the
+    first) go to the best cross-lingual chunks it does not already hold."""
     scores = rrf([(plan.keyword, found.keyword), (plan.dense, found.dense)])
     best = sorted(scores.items(), key=lambda item: item[1], reverse=True)[:k]
-    if plan.cross_slots <= 0 or not found.other:
+    slots = min(plan.cross_slots, k - 1)
+    if slots <= 0 or not found.other:
         return best
     cross = rrf([(1.0, found.other), (plan.entities, found.named)])
     held = {key for key, _ in best}
-    extra = [
-        item for item in sorted(cross.items(), key=lambda item: item[1], reverse=True) if item[0] not in held
-    ]
-    extra = extra[: min(plan.cross_slots, k)]
+    ranked = sorted(cross.items(), key=lambda item: item[1], reverse=True)
+    extra = [item for item in ranked if item[0] not in held][:slots]
     return best[: k - len(extra)] + extra
 
 

@@ -583,7 +583,12 @@ def embed_server(
     host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8088,
     model: Annotated[
-        str | None, typer.Option(help="sentence-transformers name or path [default: bundled]")
+        list[str] | None,
+        typer.Option(
+            help="Model to serve: a sentence-transformers name or path, multilingual-e5-small or "
+            "use-multilingual-v3; repeat to serve several (the request's model picks; the first is "
+            "the default) [default: the bundled MiniLM]"
+        ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     api_key_env: Annotated[str, typer.Option(help="Env var holding the bearer token (unset: no auth)")] = (
@@ -597,8 +602,8 @@ def embed_server(
     max_inputs: Annotated[int, typer.Option(help="Texts per request")] = 2048,
     max_chars: Annotated[int, typer.Option(help="Characters per text")] = 8192,
     oversize: Annotated[
-        str, typer.Option(help="truncate | reject (413) texts over --max-chars")
-    ] = "truncate",
+        str, typer.Option(help="reject (413, as OpenAI does) | truncate texts over --max-chars")
+    ] = "reject",
 ) -> None:
     """Serve OpenAI-compatible /v1/embeddings (micro-batched; CUDA fp16 when present)."""
     from bots.embedserver.server import serve
@@ -611,8 +616,9 @@ def embed_server(
     # fail fast, before loading the model: a bad path or device is a one-line error, not a traceback
     if bad_device := device_problem(device):
         raise _fail(f"--{bad_device}")
-    if bad_model := model_problem(model):
-        raise _fail(f"--model {bad_model}")
+    for name in model or []:
+        if bad_model := model_problem(name):
+            raise _fail(f"--model {bad_model}")
     secrets = Secrets([Path.cwd() / ".env"])
     setup_logging(EnvSettings().log_level or "INFO", lambda: secrets.handed_out)
     api_key = secrets.get(api_key_env)

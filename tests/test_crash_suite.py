@@ -33,7 +33,10 @@ from bots.testing.openai_stub import prose_answer
 HOST_PATH = os.environ.get("BOTS_SOAK_HOST_PYTHONPATH")
 HOST_ENV = {"PYTHONPATH": HOST_PATH} if HOST_PATH else None
 # 20 mentions in each of 6 groups, posted over 6 s, model answers in 0.1-0.3 s
-TELEGRAM = SoakPlan(messages=120, chats=6, rate=20.0, seed=1, channel="telegram", kill_after=(1.0, 4.0))
+# (the end may take 180 s however slow the machine: the run takes about 30 s; pytest's limit is 300 s)
+TELEGRAM = SoakPlan(
+    messages=120, chats=6, rate=20.0, seed=1, channel="telegram", kill_after=(1.0, 4.0), settle_s=180.0
+)
 # Discord does not replay what a dead connection missed: users wait while the host is down
 DISCORD = replace(TELEGRAM, channel="discord", seed=2, post_while_down=False)
 # two parts per answer, 10 mentions a group in one second: the parts of two answers must not mix

@@ -59,12 +59,17 @@ class _Write:
 
 class GroupCommit:
     max_batch = 500
+    # writes nobody waits for wait this long for company: a write someone waits for (the next
+    # message's hand-over) then shares their commit instead of queueing behind it
+    behind_s = 0.001
 
     def __init__(self, db: Database) -> None:
         self._db = db
         self._ranks = itertools.count()
         self._queued: list[_Write] = []
         self._wakeup: asyncio.Future[None] | None = None  # set while the runner waits for writes
+        self._waited = 0  # writes queued that someone waits for
+        self._idle = False  # the runner waits for the first write
         self._submitted = 0  # writes queued so far
         self._settled = 0  # writes committed (or failed) so far
         self._flushes: list[tuple[int, asyncio.Future[None]]] = []  # (writes to wait for, waiter)
@@ -105,6 +110,7 @@ class GroupCommit:
         if self._task is not None and self._settled < self._submitted:
             waiter = asyncio.get_running_loop().create_future()
             self._flushes.append((self._submitted, waiter))
+            self._wake()
             await waiter
 
     async def close(self) -> None:
@@ -144,16 +150,41 @@ class GroupCommit:
         done: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
         self._queued.append(_Write(prepared, [rows] if isinstance(rows, dict) else rows, done, what))
         self._submitted += 1
+        if not what:
+            self._waited += 1
+        if not what or self._idle:
+            self._wake()
+        return done
+
+    def _wake(self) -> None:
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
-        return done
+
+    async def _nap(self, seconds: float | None = None) -> None:
+        """Wait for :meth:`_wake` (or ``seconds``)."""
+        loop = asyncio.get_running_loop()
+        self._wakeup = loop.create_future()
+        timer = None if seconds is None else loop.call_later(seconds, self._wake)
+        try:
+            await self._wakeup
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     async def _run(self) -> None:
         while True:
             if not self._queued:
-                self._wakeup = asyncio.get_running_loop().create_future()
-                await self._wakeup
+                self._idle = True
+                try:
+                    await self._nap()  # any write wakes it
+                finally:
+                    self._idle = False
+                if not self._queued:
+                    continue
+            if not self._waited and not self._flushes:  # nobody waits yet: let more writes come
+                await self._nap(self.behind_s)  # a write someone waits for (or a flush) ends it
             batch, self._queued = self._queued[: self.max_batch], self._queued[self.max_batch :]
+            self._waited -= sum(1 for write in batch if not write.what)
             try:
                 await self._commit(batch)
             finally:

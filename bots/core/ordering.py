@@ -37,8 +37,13 @@ class Turn:
 
     async def __aenter__(self) -> Turn:
         try:
-            if self._before is not None and not self._before.done():
-                await asyncio.wait([self._before])  # never cancels the turn before this one
+            before = self._before
+            if before is not None and not before.done():
+                # a waiter of our own: cancelling this wait never cancels the turn before this one
+                # (asyncio.wait does the same at several times the cost)
+                waiter = asyncio.get_running_loop().create_future()
+                before.add_done_callback(lambda _f: waiter.done() or waiter.set_result(None))
+                await waiter
         except BaseException:
             self.release()
             raise

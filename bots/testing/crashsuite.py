@@ -5,13 +5,13 @@ The driver (this process) runs a channel emulator (Telegram or Discord) and an O
 bot in a work folder and runs the host as a subprocess (``python -m bots run --config ...``). Users
 post ``messages`` group mentions spread round-robin over ``chats`` at ``rate`` per second; meanwhile
 the host is killed ``kills`` times (SIGKILL, a seeded random time after that run's first reply, so
-that it dies amid work) and started again. At the
-end the driver waits (a generous overall limit) until every acknowledged message is answered or the
-host is idle (nothing waiting on the platform, no unfinished work in its database, no API call for
-a few seconds), stops the host with SIGTERM and counts::
+that it dies amid work) and started again. At the end the driver waits (a generous overall limit)
+until every acknowledged message is answered or the host is idle (nothing waiting on the platform,
+no unfinished work in its database, no API call for a few seconds), stops the host with SIGTERM and
+counts::
 
     result = await run_soak(SoakPlan(messages=120, chats=6, kills=2, seed=1), tmp_path)
-    print(result.line())   # telegram seed=1 sent=120 acknowledged=120 answered=120 lost=0 ...
+    print(result.line())   # telegram seed=1 ... sent=120 acknowledged=120 answered=120 lost=0 ...
 
 What the counts mean (:func:`tally`):
 
@@ -22,7 +22,8 @@ What the counts mean (:func:`tally`):
   inbox. A mention posted to Discord while the host is down never reaches it (Discord does not
   replay events to a new session): sent, not acknowledged, not lost.
 - *answered*: mentions with at least one reply; a reply is a bot message that threads to its trigger
-  (Telegram ``reply_to_message``, Discord ``message_reference``).
+  (Telegram ``reply_to_message``, Discord ``message_reference``); the later parts of a long answer,
+  which do not, are traced by their text to the stub's answer and its question (:func:`thread_parts`).
 - *lost*: acknowledged mentions without any reply.
 - *duplicated*: extra copies: a reply part (same trigger, same text) delivered again. The stub answers
   a question with the same words every time, so a regenerated answer counts as a copy too; different

@@ -14,7 +14,6 @@ from dataclasses import replace
 
 import pytest
 
-from bots.adapters.discord import DiscordOptions
 from bots.testing.crashsuite import (
     Reply,
     SoakPlan,
@@ -41,10 +40,6 @@ TELEGRAM = SoakPlan(
 DISCORD = replace(TELEGRAM, channel="discord", seed=2, post_while_down=False)
 # two parts per answer, 10 mentions a group in one second: the parts of two answers must not mix
 LONG_ANSWERS = replace(TELEGRAM, messages=60, rate=100.0, answer_chars=5000, latency=(0.05, 0.15), seed=4)
-discord_urls = pytest.mark.skipif(
-    not {"api_base_url", "gateway_url"} <= set(DiscordOptions.model_fields),
-    reason="Discord has no api_base_url/gateway_url options yet: `bots run` cannot reach the emulator",
-)
 
 
 def counts(result: SoakResult) -> dict[str, int]:
@@ -134,11 +129,12 @@ async def test_telegram_survives_kill_9_without_losing_or_reordering(tmp_path):
     result = await run_soak(plan, tmp_path, host_env=HOST_ENV)
     assert result.kills == 2
     assert counts(result) == everything_answered_in_order(result.sent)
-    assert result.duplicated <= result.kills, result.line()  # Telegram has no idempotency key
+    # Telegram has no idempotency key: a kill resends the parts Telegram took whose "sent" mark had
+    # not reached the disk, at most one per chat sending at that moment
+    assert result.duplicated <= result.kills * plan.chats, result.line()
 
 
 @pytest.mark.slow
-@discord_urls
 async def test_discord_answers_every_mention_once_in_order(tmp_path):
     result = await run_soak(DISCORD, tmp_path, host_env=HOST_ENV)
     assert counts(result) == everything_answered_in_order(result.sent)
@@ -146,7 +142,6 @@ async def test_discord_answers_every_mention_once_in_order(tmp_path):
 
 
 @pytest.mark.slow
-@discord_urls
 async def test_discord_survives_kill_9_without_losing_duplicating_or_reordering(tmp_path):
     result = await run_soak(replace(DISCORD, kills=2), tmp_path, host_env=HOST_ENV)
     assert result.kills == 2

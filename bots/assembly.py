@@ -180,7 +180,8 @@ def build_host(
             config.rate_limits.tokens_per_day,
             store=QuotaStore(host.db, host.writes, bot_cfg.name),
         )
-        agent.on_tokens = quotas.charge_tokens
+        if quotas.tokens_per_day:  # else nothing needs the prompt's tokens counted
+            agent.on_tokens = quotas.charge_tokens
         pipeline = Pipeline(
             settings,
             dispatch,

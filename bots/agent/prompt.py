@@ -87,6 +87,21 @@ class FixedPrompt:
             found = self.past[(id(turn), group)] = (turn, message, PER_MESSAGE + self.count(text))
         return found[1], found[2]
 
+    def fit(self, history: list[Turn], budget: int, group: bool) -> list[BaseMessage]:
+        """The newest remembered turns that fit ``budget`` tokens, as messages, starting on a
+        human turn (what :func:`fit_history` keeps)."""
+        kept: list[tuple[Turn, BaseMessage]] = []
+        used = 0
+        for turn in reversed(history):
+            message, cost = self.turn(turn, group)
+            used += cost
+            if used > budget:
+                break
+            kept.append((turn, message))
+        while kept and kept[-1][0].role != "human":
+            kept.pop()
+        return [message for _, message in reversed(kept)]
+
 
 def system_text(persona: Persona | FixedPrompt, passages: list[Passage]) -> str:
     fixed = persona if isinstance(persona, FixedPrompt) else FixedPrompt.of(persona)
@@ -150,7 +165,7 @@ def build_messages(
     if prompt_tokens is not None:
         used = PER_MESSAGE + count(str(system.content)) + fixed.examples_tokens + PER_MESSAGE + count(current)
         history_tokens = min(history_tokens, prompt_tokens - used)
-    past = [fixed.turn(t, group)[0] for t in fit_history(history, history_tokens, group, fixed)]
+    past = fixed.fit(history, history_tokens, group)
     return [system, *fixed.examples, *past, HumanMessage(current)]
 
 
@@ -170,17 +185,13 @@ def fit_passages(fixed: FixedPrompt, passages: list[Passage], budget: int) -> li
 
 
 def fit_history(
-    history: list[Turn], budget: int, group: bool, count: Counter | FixedPrompt = estimate_tokens
+    history: list[Turn], budget: int, group: bool, count: Counter = estimate_tokens
 ) -> list[Turn]:
-    """The newest turns that fit ``budget`` tokens, starting on a human turn (``count`` may be a
-    :class:`FixedPrompt`, which knows what each turn costs)."""
+    """The newest turns that fit ``budget`` tokens, starting on a human turn."""
     kept: list[Turn] = []
     used = 0
     for turn in reversed(history):
-        if isinstance(count, FixedPrompt):
-            used += count.turn(turn, group)[1]
-        else:
-            used += PER_MESSAGE + count(render_human(turn.content, turn.author_name, group))
+        used += PER_MESSAGE + count(render_human(turn.content, turn.author_name, group))
         if used > budget:
             break
         kept.append(turn)

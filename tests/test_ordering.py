@@ -119,7 +119,7 @@ async def test_replies_keep_each_chats_order_with_varying_latency(harness):
 
 
 async def test_a_transient_send_failure_is_retried_in_place(harness, monkeypatch):
-    monkeypatch.setattr("bots.core.outbound.SEND_BACKOFF", lambda _state: 0.05)
+    monkeypatch.setattr("bots.core.retry.FIRST_WAIT_S", 0.05)
     h = await harness(llm=SlowLLM())
     h.adapter.fail_sends.append(ConnectionResetError("the connection dropped"))
     for n in range(3):

@@ -25,7 +25,7 @@ from bots.agent.tokens import count_message_tokens, estimate_tokens, token_count
 from bots.core import gate
 from bots.core.events import ChannelKind
 from bots.core.gate import GateStats, Verdict, language_of_request
-from bots.core.outbound import backoff
+from bots.core.retry import with_retries
 from bots.core.routing import Invocation
 
 log = logging.getLogger("bots.agent")
@@ -315,17 +315,13 @@ class Agent:
 
     async def _invoke(self, messages: list[BaseMessage], llm: Runnable | None = None) -> str:
         """The model's answer; failures worth it are retried after 0.5, 1, 2... s (8 s at most)."""
-        tries = 0
-        while True:
-            tries += 1
-            try:
-                async with asyncio.timeout(self.timeout_s):
-                    result = await (llm or self.llm).ainvoke(messages)
-                return str(result.content)
-            except Exception as exc:
-                if tries > self.max_retries or not _worth_retrying(exc):
-                    raise
-            await asyncio.sleep(backoff(tries))
+
+        async def call() -> str:
+            async with asyncio.timeout(self.timeout_s):
+                result = await (llm or self.llm).ainvoke(messages)
+            return str(result.content)
+
+        return await with_retries(call, tries=1 + self.max_retries, worth_retrying=_worth_retrying)
 
     async def stream(self, inv: Invocation) -> AsyncIterator[str]:
         """The answer sentence by sentence, then its sources. Everything is checked by the gate

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from bots.core.adapter import Adapter
 from bots.core.events import Outbound, SentRef
+from bots.core.retry import with_retries
 from bots.core.splitting import split_message
 
 log = logging.getLogger("bots.outbound")
 SEND_TRIES = 6
-
-
-def backoff(tries: int) -> float:
-    """Seconds to wait after ``tries`` failed tries: 0.5, 1, 2, 4, 8 s (15 s in all for six)."""
-    return min(0.5 * 2 ** (tries - 1), 8.0)
-
-
-SEND_BACKOFF = backoff
 
 
 def split_outbound(adapter: Adapter, outbound: Outbound) -> list[Outbound]:
@@ -42,16 +34,14 @@ def transient(adapter: Adapter, exc: BaseException) -> bool:
 async def send_part(adapter: Adapter, part: Outbound) -> SentRef:
     """Send one part; a transient failure is retried in place, so the chat's later replies wait
     behind it instead of overtaking it. Other failures, and the last try's, raise."""
-    tries = 0
-    while True:
-        tries += 1
-        try:
-            return await adapter.send(part)
-        except Exception as exc:
-            if tries >= SEND_TRIES or not transient(adapter, exc):
-                raise
-            log.warning("channel %s: sending failed (%s); trying again", adapter.name, type(exc).__name__)
-        await asyncio.sleep(SEND_BACKOFF(tries))
+
+    def again(exc: BaseException) -> bool:
+        if not transient(adapter, exc):
+            return False
+        log.warning("channel %s: sending failed (%s); trying again", adapter.name, type(exc).__name__)
+        return True
+
+    return await with_retries(lambda: adapter.send(part), tries=SEND_TRIES, worth_retrying=again)
 
 
 async def deliver(adapter: Adapter, outbound: Outbound) -> list[SentRef]:

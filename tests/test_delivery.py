@@ -104,7 +104,7 @@ async def test_a_half_sent_answer_is_finished_not_regenerated(harness, tmp_path)
 async def test_a_message_that_keeps_failing_is_abandoned(harness, tmp_path):
     data = tmp_path / "var"
     event = None
-    for _attempt in range(3):
+    for _attempt in range(5):  # the inbox's max_attempts
         h = await harness(data_dir=data, adapter=FakeAdapter(), llm=FakeLLM(delay_s=30))
         if event is None:
             event = h.adapter.event("poison")

@@ -43,7 +43,7 @@ class Inbox:
         writes: GroupCommit,
         *,
         replay_window: timedelta = timedelta(hours=6),
-        max_attempts: int = 3,
+        max_attempts: int = 5,  # a crash loop of a few restarts, not a kill storm's victims
         keep: timedelta = timedelta(days=3),
     ) -> None:
         self._db = db

@@ -58,7 +58,8 @@ def _delivery(config: AppConfig, days: int = 3) -> list[Check]:
     from sqlalchemy import func, select
     from sqlalchemy.exc import SQLAlchemyError
 
-    from bots.core.storage import Database, InboxEntry, OutboxEntry
+    from bots.core.inbox import count_abandoned_since
+    from bots.core.storage import Database, OutboxEntry
 
     if not (config.data_dir / "bots.db").exists():
         return []  # nothing has run here yet
@@ -66,11 +67,7 @@ def _delivery(config: AppConfig, days: int = 3) -> list[Check]:
     since = datetime.now(UTC) - timedelta(days=days)
     try:
         with engine.connect() as conn:
-            abandoned = conn.scalar(
-                select(func.count())
-                .select_from(InboxEntry)
-                .where(InboxEntry.state == "abandoned", InboxEntry.received_at >= since)
-            )
+            abandoned = conn.scalar(count_abandoned_since(since))
             failed = conn.scalar(
                 select(func.count(func.distinct(OutboxEntry.key))).where(
                     OutboxEntry.state == "failed", OutboxEntry.created_at >= since

@@ -219,8 +219,8 @@ class Host:
             self.inbox.finish(bot.name, event)
 
     @staticmethod
-    def _chat(bot: Bot | str, channel: str, chat: ChannelRef) -> ChatKey:
-        return (bot if isinstance(bot, str) else bot.name, channel, chat.canonical)
+    def _chat(bot: Bot, channel: str, chat: ChannelRef) -> ChatKey:
+        return (bot.name, channel, chat.canonical)
 
     async def _leftovers(self, bot: Bot) -> list[Callable[[], Coroutine[Any, Any, None]]]:
         """What earlier runs left of ``bot``'s work, each queued in its chat now, oldest first:

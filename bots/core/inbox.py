@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy import Select, bindparam, delete, func, select, update
 
 from bots.core.events import MessageEvent, event_from_dict, event_to_dict
 from bots.core.groupcommit import GroupCommit, insert_ignoring_duplicates
@@ -34,6 +34,15 @@ class Unfinished:
     channel: str  # the adapter's configured name
     event: MessageEvent
     attempt: int
+
+
+def count_abandoned_since(since: datetime) -> Select[tuple[int]]:
+    """How many messages that arrived after ``since`` were abandoned (all bots)."""
+    return (
+        select(func.count())
+        .select_from(InboxEntry)
+        .where(InboxEntry.state == "abandoned", InboxEntry.received_at >= since)
+    )
 
 
 class Inbox:
@@ -159,13 +168,8 @@ class Inbox:
     async def count_abandoned(self) -> int:
         """Messages abandoned (never answered) within ``keep``, all bots; the count goes on from
         there as this process abandons more."""
-        since = datetime.now(UTC) - self.keep
         async with self._db.session() as session:
-            found = await session.scalar(
-                select(func.count())
-                .select_from(InboxEntry)
-                .where(InboxEntry.state == "abandoned", InboxEntry.received_at >= since)
-            )
+            found = await session.scalar(count_abandoned_since(datetime.now(UTC) - self.keep))
         self.abandoned = int(found or 0)
         return self.abandoned
 

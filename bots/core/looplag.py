@@ -16,6 +16,8 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from bots.core.background import alongside
+
 ENV = "BOTS_LOOP_LAG_LOG"
 INTERVAL_S = 0.1
 FLUSH_S = 1.0
@@ -52,10 +54,5 @@ async def loop_lag_from_env() -> AsyncIterator[None]:
     if not target:
         yield
         return
-    task = asyncio.create_task(sample_loop_lag(Path(target)), name="loop-lag")
-    try:
+    async with alongside(sample_loop_lag(Path(target)), name="loop-lag"):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

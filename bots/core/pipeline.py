@@ -18,6 +18,7 @@ from cachetools import TTLCache
 
 from bots.core.adapter import Adapter, StreamingAdapter
 from bots.core.audit import AuditLog
+from bots.core.background import alongside
 from bots.core.events import ChannelKind, ChannelRef, MessageEvent, Outbound
 from bots.core.history import History
 from bots.core.loops import BotPolicy, LoopGuard
@@ -391,13 +392,8 @@ async def _typing(adapter: Adapter, channel: ChannelRef) -> AsyncIterator[None]:
             await typing(channel)
             await asyncio.sleep(TYPING_EVERY_S)
 
-    task = asyncio.create_task(keep_typing())
-    try:
+    async with alongside(keep_typing()):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def _reply_to(event: MessageEvent) -> str | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -10,6 +10,8 @@ import pytest_asyncio
 
 from bots.testing.fakes import FakeAdapter, FakeLLM
 from bots.testing.harness import HarnessFactory
+from bots.testing.postgres import PG_BIN_CANDIDATES, PostgresCluster, postgres_cluster
+from bots.testing.servers import require_program
 
 
 @pytest_asyncio.fixture
@@ -29,3 +31,18 @@ def fake_llm() -> FakeLLM:
 @pytest.fixture
 def fake_adapter() -> FakeAdapter:
     return FakeAdapter()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresCluster]:
+    """A throwaway PostgreSQL cluster, started once per test run (on first use; a few seconds).
+    Skips without PostgreSQL installed; fails instead in CI (``BOTS_REQUIRE_SERVERS=1``)."""
+    initdb = require_program("initdb", *(f"{d}/initdb" for d in PG_BIN_CANDIDATES))
+    with postgres_cluster(initdb) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresCluster) -> str:
+    """The ``postgresql+asyncpg://`` URL of a fresh, empty database of its own for each test."""
+    return postgres_server.new_database()

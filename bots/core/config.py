@@ -212,6 +212,26 @@ class SchedulerConfig(StrictModel):
     _chats = field_validator("review_chats")(_canonical_ids)
 
 
+class WebConfig(StrictModel):
+    """The host's web app (``bots serve``, or ``bots run`` with ``enabled``): the OpenAI-compatible
+    endpoint, ``/metrics`` and the operators' console."""
+
+    enabled: bool = False  # `bots run` serves it too (`bots serve` always does)
+    host: str = "127.0.0.1"  # "0.0.0.0" only behind a TLS proxy
+    port: int = Field(8700, ge=0, le=65535)
+    metrics: bool = True  # GET /metrics (Prometheus)
+    max_body_kb: int = Field(256, ge=1)  # larger request bodies: 413
+    key_rate: str = "60/minute"  # requests per OpenAI API key (`limits` notation); over: 429
+
+    @field_validator("key_rate")
+    @classmethod
+    def _parse_rate(cls, value: str) -> str:
+        from limits import parse_many
+
+        parse_many(value)
+        return value
+
+
 class BotConfig(StrictModel):
     name: str
     persona: str
@@ -240,6 +260,7 @@ class AppConfig(StrictModel):
     scheduler: SchedulerConfig = SchedulerConfig()
     knowledge: KnowledgeConfig = KnowledgeConfig()
     rate_limits: RateLimitConfig = RateLimitConfig()
+    web: WebConfig = WebConfig()
     roles: RolesConfig = RolesConfig()
     muted: list[str] = []  # canonical chat ids the bots stay silent in
     identities: dict[str, list[str]] = {}  # person -> their canonical ids on every platform

@@ -156,6 +156,7 @@ def build_host(
             fluent_languages=_fluent(llm_cfg, bot_llm),
             max_answer_chars=llm_cfg.max_answer_chars,
             gate_stats=host.gate_stats,
+            model_stats=host.metrics.model(bot_cfg.name),
         )
         settings = PipelineSettings(
             bot=bot_cfg.name,
@@ -194,6 +195,7 @@ def build_host(
             loops=LoopGuard(
                 host.db, bot_cfg.name, budget=bot_cfg.bot_turns, cooldown_s=bot_cfg.bot_cooldown_s
             ),
+            metrics=host.metrics,
         )
 
         async def send(outbound, _bot=bot_cfg.name):

@@ -25,6 +25,7 @@ from bots.agent.tokens import count_message_tokens, estimate_tokens, token_count
 from bots.core import gate
 from bots.core.events import ChannelKind
 from bots.core.gate import GateStats, Verdict, language_of_request
+from bots.core.metrics import ModelStats
 from bots.core.retry import with_retries
 from bots.core.routing import Invocation
 
@@ -69,6 +70,7 @@ class Agent:
         fluent_languages: list[str] | None = None,
         gate_stats: GateStats | None = None,
         max_answer_chars: int = 4000,
+        model_stats: ModelStats | None = None,
     ) -> None:
         self.bot = bot
         self.persona = persona
@@ -89,6 +91,7 @@ class Agent:
         self.fluent_languages = fluent_languages  # None: the model writes every language well
         self.gate_stats = gate_stats or GateStats()
         self.max_answer_chars = max_answer_chars
+        self.model_stats = model_stats or ModelStats()  # calls (each try) and reported tokens
         self._instructions = _instructions(persona)
 
     def use_persona(self, persona: Persona, collections: list[str] | None = None) -> None:
@@ -281,7 +284,7 @@ class Agent:
         async with self._lock(inv.event.session_id):
             language = language_of_request(inv.text, self.persona.language)
             try:
-                history = await self.memory.recent(inv.event.session_id)
+                history = await self._history(inv)
             except Exception as exc:
                 log.error("event %s: no history: %s: %s", inv.event.id, type(exc).__name__, exc)
                 return Reply(self.persona.apology_text, "apology", language)
@@ -294,6 +297,14 @@ class Agent:
             if reply.mode in ("generated", "composed"):
                 await self._remember(inv, reply.text)
             return reply
+
+    async def _history(self, inv: Invocation) -> list[Turn]:
+        """The conversation the platform sent with the message (OpenAI-style clients), else the
+        bot's memory of the session."""
+        transcript = inv.event.transcript
+        if transcript is not None:
+            return [Turn(role, text) for role, text in transcript.turns]
+        return await self.memory.recent(inv.event.session_id)
 
     async def respond(self, inv: Invocation) -> str:
         return (await self.answer(inv)).full
@@ -317,8 +328,14 @@ class Agent:
         """The model's answer; failures worth it are retried after 0.5, 1, 2... s (8 s at most)."""
 
         async def call() -> str:
-            async with asyncio.timeout(self.timeout_s):
-                result = await (llm or self.llm).ainvoke(messages)
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    result = await (llm or self.llm).ainvoke(messages)
+            except Exception:
+                self.model_stats.record(ok=False)
+                raise
+            usage = getattr(result, "usage_metadata", None) or {}  # where the provider reports it
+            self.model_stats.record(True, usage.get("input_tokens", 0), usage.get("output_tokens", 0))
             return str(result.content)
 
         return await with_retries(call, tries=1 + self.max_retries, worth_retrying=_worth_retrying)

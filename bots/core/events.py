@@ -83,7 +83,20 @@ class Joined:
     name: str = ""
 
 
-Segment = Mention | ReplyTo | Attachment | Joined
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    """The conversation before this message, as the platform sent it along (OpenAI-style clients
+    send the whole conversation with every message): ``(role, text)`` pairs, oldest first, role
+    "human" or "ai". The agent answers such a message with this as its history, in place of its
+    own memory of the chat (where a turn the client has since edited or dropped would linger)."""
+
+    turns: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:  # lists after a JSON round trip (the inbox) become tuples again
+        object.__setattr__(self, "turns", tuple((str(role), str(text)) for role, text in self.turns))
+
+
+Segment = Mention | ReplyTo | Attachment | Joined | Transcript
 
 
 @dataclass(slots=True)
@@ -121,6 +134,10 @@ class MessageEvent:
         return [s for s in self.segments if isinstance(s, Joined)]
 
     @property
+    def transcript(self) -> Transcript | None:
+        return next((s for s in self.segments if isinstance(s, Transcript)), None)
+
+    @property
     def mentions_me(self) -> bool:
         return bool(self.self_id) and any(m.user_id == self.self_id for m in self.mentions)
 
@@ -149,11 +166,12 @@ class SentRef:
 
 
 # -- serialisation (the durable inbox stores events to replay them after a restart) -----------------
-_SEGMENT_TYPES: dict[str, type[Mention] | type[ReplyTo] | type[Attachment] | type[Joined]] = {
+_SEGMENT_TYPES: dict[str, type[Segment]] = {
     "mention": Mention,
     "reply": ReplyTo,
     "attachment": Attachment,
     "joined": Joined,
+    "transcript": Transcript,
 }
 
 

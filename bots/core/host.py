@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -19,6 +20,7 @@ from bots.core.gate import GateStats
 from bots.core.groupcommit import GroupCommit
 from bots.core.history import History
 from bots.core.inbox import Inbox, Unfinished
+from bots.core.metrics import HostMetrics
 from bots.core.ordering import ChatKey, ChatOrder, Turn, current_turn
 from bots.core.outbound import deliver
 from bots.core.outbox import Outbox, Pending
@@ -88,6 +90,7 @@ class Host:
         self.history = History(db, self.writes)
         self.control = HostControl(self)
         self.gate_stats = GateStats()  # the quality gate's verdicts on everything the bots write
+        self.metrics = HostMetrics()  # messages in/out, latency, model use (exported by bots.web)
         self.own_accounts: set[str] = set()  # canonical ids of this host's bot accounts (all bots)
         self.bots: dict[str, Bot] = {}
         self.stop_grace_s = stop_grace_s
@@ -207,16 +210,26 @@ class Host:
                 turn.release()
                 log.debug("event %s: duplicate delivery dropped", event.id)
                 return None
-            return self._spawn(self._process(bot, adapter, event, turn, replay=accepted == "again"))
+            self.metrics.message_in(bot.name, adapter.platform)
+            again = accepted == "again"
+            return self._spawn(self._process(bot, adapter, event, turn, again, since=time.monotonic()))
 
         return sink
 
     async def _process(
-        self, bot: Bot, adapter: Adapter, event: MessageEvent, turn: Turn, replay: bool = False
+        self,
+        bot: Bot,
+        adapter: Adapter,
+        event: MessageEvent,
+        turn: Turn,
+        replay: bool = False,
+        since: float | None = None,
     ) -> None:
         async with turn:
             await bot.pipeline.handle(event, adapter, replay=replay)  # never raises: errors are logged there
             self.inbox.finish(bot.name, event)
+        if since is not None:  # arrived in this run: the time from arrival to the end of its turn
+            self.metrics.handled(bot.name, time.monotonic() - since)
 
     @staticmethod
     def _chat(bot: Bot, channel: str, chat: ChannelRef) -> ChatKey:
@@ -241,6 +254,7 @@ class Host:
                 continue
             turn = self.order.turn(self._chat(bot, adapter.name, item.event.channel))
             log.info("event %s: replaying it", item.event.id)
+            self.metrics.replayed[bot.name] += 1
             jobs.append(functools.partial(self._process, bot, adapter, item.event, turn, replay=True))
         return jobs
 
@@ -304,8 +318,11 @@ class Host:
 
     async def _post(self, bot: str, adapter: Adapter, outbound: Outbound, key: str | None) -> list[SentRef]:
         if key is None:
-            return await deliver(adapter, outbound)
-        return await self.outbox.deliver(bot, adapter, outbound, key)
+            sent = await deliver(adapter, outbound)
+        else:
+            sent = await self.outbox.deliver(bot, adapter, outbound, key)
+        self.metrics.message_out(bot, adapter.platform)
+        return sent
 
 
 async def _logged(awaitable: Awaitable[Any], what: str) -> None:

@@ -22,6 +22,7 @@ from bots.core.background import alongside
 from bots.core.events import ChannelKind, ChannelRef, MessageEvent, Outbound
 from bots.core.history import History
 from bots.core.loops import BotPolicy, LoopGuard
+from bots.core.metrics import HostMetrics
 from bots.core.outbound import deliver
 from bots.core.outbox import Outbox
 from bots.core.permissions import NOT_ALLOWED, Permissions, Role
@@ -89,8 +90,10 @@ class Pipeline:
         outbox: Outbox | None = None,
         history: History | None = None,
         loops: LoopGuard | None = None,
+        metrics: HostMetrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics or HostMetrics()  # the host's: replies counted as messages out
         self.dispatch = dispatch
         self.permissions = permissions
         self.responder = responder
@@ -344,6 +347,7 @@ class Pipeline:
             # when the adapter stops reading early
             async with contextlib.aclosing(self.responder.stream(inv)) as chunks:
                 await adapter.send_stream(event.channel, chunks, _reply_to(event))
+            self.metrics.message_out(self.settings.bot, adapter.platform)
             return
         if inv.replay and self.outbox is not None and await self.outbox.recorded(self._reply_key(inv)):
             # a replay after a restart: the answer was written before; send what is left of it
@@ -362,6 +366,7 @@ class Pipeline:
             await deliver(adapter, outbound)
         else:
             await self.outbox.deliver(self.settings.bot, adapter, outbound, key, fresh=not inv.replay)
+        self.metrics.message_out(self.settings.bot, adapter.platform)
 
     def _reply_key(self, inv: Invocation, *, advance: bool = False) -> str:
         """The idempotency key of the invocation's next reply: the same on a replay."""

@@ -24,8 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Table, insert
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Engine, Table
 from sqlalchemy.sql.dml import Insert, UpdateBase
 
 from bots.core.storage import Database
@@ -252,7 +251,7 @@ def _insert_keyed(conn: Connection, prepared: Prepared, writes: list[_Write]) ->
                 new.discard(key(row))
             results.append(fresh)
         return results
-    # no RETURNING for many rows here (MySQL): one statement per row, its row count
+    # a driver without RETURNING for many rows: one statement per row, its row count
     return [all(conn.execute(prepared.statement, row).rowcount for row in write.rows) for write in writes]
 
 
@@ -270,22 +269,12 @@ def _settle(write: _Write, result: bool | None = None, *, error: Exception | Non
 
 def insert_ignoring_duplicates(db: Database, table: Table) -> Insert:
     """``INSERT ... ON CONFLICT DO NOTHING`` in the database's dialect (row count 0 = was there)."""
-    dialect = db.engine.dialect.name
-    if dialect == "sqlite":
-        return sqlite.insert(table).on_conflict_do_nothing()
-    if dialect == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing()
-    if dialect in ("mysql", "mariadb"):
-        return insert(table).prefix_with("IGNORE")
-    raise ValueError(f"the {dialect} database is not supported; use SQLite, PostgreSQL or MySQL")
+    return db.insert(table).on_conflict_do_nothing()
 
 
 def upsert(db: Database, table: Table, keys: list[str]) -> Insert:
     """``INSERT ... ON CONFLICT (keys) DO UPDATE`` the other columns to the row's values, in the
     database's dialect; a statement for :meth:`GroupCommit.prepare` (``merge_by=keys``)."""
-    dialect = db.engine.dialect.name
-    if dialect not in ("sqlite", "postgresql"):
-        raise ValueError(f"the {dialect} database is not supported here; use SQLite or PostgreSQL")
-    statement = (sqlite if dialect == "sqlite" else postgresql).insert(table)
+    statement = db.insert(table)
     changed = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys}
     return statement.on_conflict_do_update(index_elements=keys, set_=changed)

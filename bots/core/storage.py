@@ -1,8 +1,20 @@
-"""SQLite (or any SQLAlchemy async URL) storage shared by the host, the agent and plugins."""
+"""The state store shared by the host, the agent and plugins: SQLite (the embedded default) or
+PostgreSQL, through a SQLAlchemy URL.
+
+Every query here and in the modules that use it is dialect-neutral: inserts that ignore
+duplicates and upserts use the dialect's own ``insert`` (:meth:`Database.insert`, chosen once per
+engine), datetimes are stored and read in UTC (:func:`as_utc`), and text columns have the same
+limits on both engines (longer values are cut or refused by the code that writes them). The
+schema is made and kept current by the migrations in :mod:`bots.core.migrations` (alembic), run by
+:meth:`Database.start`.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +33,7 @@ from sqlalchemy import (
     make_url,
     select,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -28,6 +41,10 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.dml import Insert
+
+log = logging.getLogger("bots.storage")
+DATABASE_URL_ENV = "BOTS_DATABASE_URL"  # a whole URL, password included (env or .env only)
 
 
 def _now() -> datetime:
@@ -185,12 +202,15 @@ class QuotaUsage(Base):
     tokens: Mapped[int] = mapped_column(default=0)
 
 
+KEY_CHARS = 255  # a plugin storage key's length (the column's limit on every engine)
+
+
 class PluginValue(Base):
     """Namespaced key/value storage for plugins."""
 
     __tablename__ = "plugin_values"
     namespace: Mapped[str] = mapped_column(String(128), primary_key=True)
-    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    key: Mapped[str] = mapped_column(String(KEY_CHARS), primary_key=True)
     value: Mapped[Any] = mapped_column(JSON)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
 
@@ -199,13 +219,48 @@ def sqlite_url(data_dir: Path) -> str:
     return f"sqlite+aiosqlite:///{data_dir / 'bots.db'}"
 
 
-class Database:
-    """Owns the engine and the session factory; ``start`` creates missing tables."""
+def database_url(
+    configured: str | None,
+    data_dir: Path,
+    secret: Callable[[str], str | None] = os.environ.get,
+    password_env: str = "BOTS_DATABASE_PASSWORD",
+) -> URL:
+    """Where the state lives: ``$BOTS_DATABASE_URL`` (a secret: it may hold the password), else
+    the config's ``database_url`` with the password from ``$<password_env>``, else SQLite in
+    ``data_dir``. ``secret`` reads an env var (the config's Secrets, so the value is redacted)."""
+    from_env = secret(DATABASE_URL_ENV)
+    if from_env:
+        return make_url(from_env)
+    if configured:
+        url = make_url(configured)
+        password = secret(password_env)
+        return url.set(password=password) if password else url
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return make_url(sqlite_url(data_dir))
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.engine: AsyncEngine = create_async_engine(url)
-        if self.engine.dialect.name == "sqlite":
+
+def masked(url: str | URL) -> str:
+    """The URL to show in logs and messages: the password as ``***``."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+class Database:
+    """Owns the engine and the session factory; ``start`` brings the schema up to date."""
+
+    def __init__(self, url: str | URL) -> None:
+        self.url = make_url(url)  # str(self.url) hides the password; see sync_url
+        self.dialect = self.url.get_dialect().name
+        if self.dialect not in ("sqlite", "postgresql"):
+            raise ValueError(
+                f"database {masked(self.url)}: the {self.dialect} database is not supported; "
+                "use SQLite (sqlite+aiosqlite://) or PostgreSQL (postgresql+asyncpg://)"
+            )
+        options: dict[str, Any] = {}
+        if self.dialect == "postgresql":
+            # every datetime in UTC on the wire, whatever the server's TimeZone
+            options = {"pool_pre_ping": True, "connect_args": {"server_settings": {"timezone": "UTC"}}}
+        self.engine: AsyncEngine = create_async_engine(self.url, **options)
+        if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.session: async_sessionmaker[AsyncSession] = async_sessionmaker(
             self.engine, expire_on_commit=False
@@ -216,19 +271,33 @@ class Database:
         data_dir.mkdir(parents=True, exist_ok=True)
         return cls(sqlite_url(data_dir))
 
+    def __repr__(self) -> str:
+        return f"Database({masked(self.url)!r})"
+
+    def insert(self, table: Any) -> Insert:
+        """The dialect's ``INSERT`` (with ``on_conflict_do_nothing`` / ``on_conflict_do_update``)."""
+        return (sqlite if self.dialect == "sqlite" else postgresql).insert(table)
+
     async def start(self) -> None:
+        """Create the schema or migrate it to the newest revision (``bots db upgrade`` does the same)."""
+        from bots.core.migrations import upgrade
+
+        log.info("database: %s", masked(self.url))
         async with self.engine.begin() as conn:
-            await conn.run_sync(Base.metadata.create_all)
+            await conn.run_sync(upgrade)
 
     @property
     def sync_url(self) -> URL:
         """The same database through its blocking driver (for a writer thread, APScheduler)."""
-        url = make_url(self.url)
+        url = self.url
         return url.set(drivername=_SYNC_DRIVERS.get(url.drivername, url.get_backend_name()))
 
     def sync_engine(self) -> Engine:
-        engine = create_engine(self.sync_url)
-        if engine.dialect.name == "sqlite":
+        if self.dialect == "postgresql":
+            utc = {"options": "-c timezone=UTC"}
+            engine = create_engine(self.sync_url, pool_pre_ping=True, connect_args=utc)
+        else:
+            engine = create_engine(self.sync_url)
             event.listen(engine, "connect", _sqlite_pragmas)
         return engine
 
@@ -239,8 +308,7 @@ class Database:
 _SYNC_DRIVERS = {
     "sqlite+aiosqlite": "sqlite",
     "postgresql+asyncpg": "postgresql+psycopg",
-    "mysql+aiomysql": "mysql+pymysql",
-    "mysql+asyncmy": "mysql+pymysql",
+    "postgresql+psycopg_async": "postgresql+psycopg",
 }
 
 
@@ -266,8 +334,17 @@ class KeyValueStore:
 
     async def set(self, key: str, value: Any) -> None:
         json.dumps(value)  # fail here, with the caller's key in the traceback, not at commit
+        if len(key) > KEY_CHARS:
+            raise ValueError(f"plugin storage keys are at most {KEY_CHARS} characters; got {len(key)}")
+        table = PluginValue.__table__
+        statement = self._db.insert(table)
+        row = {"namespace": self.namespace, "key": key, "value": value, "updated_at": _now()}
+        upsert = statement.values(row).on_conflict_do_update(  # one statement: no race between hosts
+            index_elements=["namespace", "key"],
+            set_={"value": statement.excluded.value, "updated_at": statement.excluded.updated_at},
+        )
         async with self._db.session() as session, session.begin():
-            await session.merge(PluginValue(namespace=self.namespace, key=key, value=value))
+            await session.execute(upsert)
 
     async def delete(self, key: str) -> None:
         async with self._db.session() as session, session.begin():

@@ -121,7 +121,7 @@ def build_host(
     roles = config.roles
     permissions = Permissions(roles.owners, roles.operators, roles.banned, config.identities)
     host = Host(
-        db or Database.in_data_dir(config.data_dir),
+        db or Database.for_config(config, secrets),
         permissions=permissions,
         muted=set(config.muted),
         secrets=lambda: secrets.handed_out,

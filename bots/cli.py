@@ -646,7 +646,7 @@ def audit(
     cfg = _load(config, required=False)
 
     async def read() -> list:
-        db = Database.in_data_dir(cfg.data_dir)
+        db = Database.for_config(cfg, _secrets(config))
         await db.start()
         try:
             return await AuditLog(db).recent(limit)
@@ -670,7 +670,7 @@ def _scheduling(config: Path | None, action: Any, audit: tuple[str, str] | None 
     cfg = _load(config, required=False)
 
     async def go() -> Any:
-        db = Database.in_data_dir(cfg.data_dir)
+        db = Database.for_config(cfg, _secrets(config))
         try:
             async with job_store(db, [bot.name for bot in cfg.bots]) as scheduler:
                 result = await action(db, scheduler)

@@ -33,7 +33,7 @@ def run_checks(config_path: Path, secrets: Secrets) -> list[Check]:
     except ConfigError as exc:
         return [Check("fail", "config", f"{exc}\nfix: correct the file, or run `bots init`")]
     results.append(_data_dir(config))
-    results += _delivery(config)
+    results += _delivery(config, secrets)
     results += _personas(config)
     results += _llm(config, secrets)
     results += _channels(config, secrets)
@@ -53,17 +53,18 @@ def _data_dir(config: AppConfig) -> Check:
     return Check("ok", "data dir", str(config.data_dir))
 
 
-def _delivery(config: AppConfig, days: int = 3) -> list[Check]:
+def _delivery(config: AppConfig, secrets: Secrets, days: int = 3) -> list[Check]:
     """Messages the bots gave up on recently: accepted from a platform and never answered."""
     from sqlalchemy import func, select
     from sqlalchemy.exc import SQLAlchemyError
 
     from bots.core.inbox import count_abandoned_since
-    from bots.core.storage import Database, OutboxEntry
+    from bots.core.storage import Database, OutboxEntry, masked
 
-    if not (config.data_dir / "bots.db").exists():
+    db = Database.for_config(config, secrets)
+    if db.dialect == "sqlite" and not Path(db.url.database or "").exists():
         return []  # nothing has run here yet
-    engine = Database.in_data_dir(config.data_dir).sync_engine()
+    engine = db.sync_engine()
     since = datetime.now(UTC) - timedelta(days=days)
     try:
         with engine.connect() as conn:
@@ -74,8 +75,7 @@ def _delivery(config: AppConfig, days: int = 3) -> list[Check]:
                 )
             )
     except SQLAlchemyError as exc:
-        where = config.data_dir / "bots.db"
-        return [Check("warn", "delivery", f"cannot read {where} ({type(exc).__name__})")]
+        return [Check("warn", "delivery", f"cannot read {masked(db.url)} ({type(exc).__name__})")]
     finally:
         engine.dispose()
     if not abandoned and not failed:

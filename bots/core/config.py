@@ -250,6 +250,11 @@ class BotConfig(StrictModel):
 
 class AppConfig(StrictModel):
     data_dir: Path = Path("var")
+    # the state store: None = SQLite in data_dir; else a SQLAlchemy URL without its password,
+    # "postgresql+asyncpg://bots@db.example/bots" (the password comes from database_password_env,
+    # or the whole URL from $BOTS_DATABASE_URL)
+    database_url: str | None = None
+    database_password_env: str = "BOTS_DATABASE_PASSWORD"
     personas_dir: Path = Path("config/personas")
     knowledge_dir: Path = Path("knowledge")
     plugin_dirs: list[Path] = [Path("plugins")]
@@ -268,6 +273,26 @@ class AppConfig(StrictModel):
     bots: list[BotConfig] = []
 
     _canonical_muted = field_validator("muted")(_canonical_ids)
+
+    @field_validator("database_url")
+    @classmethod
+    def _no_password_in_file(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError("not a SQLAlchemy URL like 'postgresql+asyncpg://user@host/db'") from None
+        if url.password:
+            raise ValueError(
+                "the URL holds a password: put it in the environment or .env instead (the variable "
+                "named by database_password_env, BOTS_DATABASE_PASSWORD by default, or the whole URL "
+                "in BOTS_DATABASE_URL)"
+            )
+        return value
 
     @field_validator("identities")
     @classmethod

@@ -43,6 +43,8 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.dml import Insert
 
+from bots.core.config import AppConfig, Secrets
+
 log = logging.getLogger("bots.storage")
 DATABASE_URL_ENV = "BOTS_DATABASE_URL"  # a whole URL, password included (env or .env only)
 
@@ -265,6 +267,20 @@ class Database:
         self.session: async_sessionmaker[AsyncSession] = async_sessionmaker(
             self.engine, expire_on_commit=False
         )
+
+    @classmethod
+    def for_config(cls, config: AppConfig, secrets: Secrets | None = None) -> Database:
+        """The database the config names (see :func:`database_url`); secrets from ``secrets``."""
+        secrets = secrets or Secrets()
+
+        def secret(name: str) -> str | None:
+            value = secrets.get(name)
+            return None if value is None else value.get_secret_value()
+
+        url = database_url(config.database_url, config.data_dir, secret, config.database_password_env)
+        if url.password:
+            secrets.handed_out.add(str(url.password))  # redacted from the logs like any secret
+        return cls(url)
 
     @classmethod
     def in_data_dir(cls, data_dir: Path) -> Database:

@@ -14,6 +14,7 @@ answering a day-old question out of the blue helps no one.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -107,14 +108,21 @@ class Inbox:
             log.info("event %s: redelivered after an unfinished attempt; handling it again", event_id)
             return True
 
-    def finish(self, bot: str, event: MessageEvent) -> None:
-        """Mark it done, behind the caller's back; until that commits, a redelivery still counts
-        as in flight. Lost in a crash, the mark costs a replay that finds its replies sent."""
+    def finish(self, bot: str, event: MessageEvent) -> asyncio.Future[bool | None]:
+        """Mark it done, behind the caller's back (await the result to wait for the commit); until
+        that commits, a redelivery still counts as in flight. Lost in a crash, the mark costs a
+        replay that finds its replies sent."""
         key = (bot, event.id)
         done = self._writes.write_behind(
             self._done, {"b_bot": bot, "b_event": event.id}, f"event {event.id}: marking it finished"
         )
         done.add_done_callback(lambda _f: self._in_flight.discard(key))
+        return done
+
+    def release(self, bot: str, event: MessageEvent) -> None:
+        """This process no longer handles ``event``: another one took it over (a gateway published
+        it for the workers). A redelivery is then an accept like any other."""
+        self._in_flight.discard((bot, event.id))
 
     async def unfinished(self, bot: str) -> list[Unfinished]:
         """Messages an earlier run accepted and did not finish, oldest first, claimed for replay;

@@ -88,28 +88,10 @@ class Outbox:
         if not fresh and await self.recorded(key):
             log.info("outbox %s: already recorded; sending what is left of it", key)
             return await self.resume(key, lambda _name: adapter)
-        parts = [
-            replace(part, idempotency_key=part_key(key, index))
-            for index, part in enumerate(split_outbound(adapter, outbound))
-        ]
+        parts = self._parts(adapter, outbound, key)
         if not parts:  # nothing but whitespace
             return []
-        rows = [
-            {
-                "key": key,
-                "part": index,
-                "bot": bot,
-                "channel": adapter.name,
-                "target": channel_to_dict(part.target),
-                "text": part.text,
-                "reply_to": part.reply_to,
-                "markup": part.markup,
-                "state": "pending",
-                "message_id": None,
-                "created_at": datetime.now(UTC),
-            }
-            for index, part in enumerate(parts)
-        ]
+        rows = self._rows(bot, adapter.name, key, parts)
         writes = [self._writes.write_behind(self._insert, rows, f"outbox {key}: recording it")]
         sent = []
         for index, part in enumerate(parts):
@@ -119,6 +101,42 @@ class Outbox:
         if not fresh:
             await asyncio.gather(*writes)
         return sent
+
+    async def record(self, bot: str, adapter: Adapter, outbound: Outbound, key: str) -> bool:
+        """Record ``outbound`` under ``key`` (every part "pending", committed) without sending it:
+        someone else sends it with :meth:`resume` (a worker hands it to the gateway that holds the
+        channel). A key recorded before keeps its rows. False when there is nothing to send."""
+        parts = self._parts(adapter, outbound, key)
+        if parts:
+            await self._writes.write(self._insert, self._rows(bot, adapter.name, key, parts))
+        return bool(parts)
+
+    @staticmethod
+    def _parts(adapter: Adapter, outbound: Outbound, key: str) -> list[Outbound]:
+        return [
+            replace(part, idempotency_key=part_key(key, index))
+            for index, part in enumerate(split_outbound(adapter, outbound))
+        ]
+
+    @staticmethod
+    def _rows(bot: str, channel: str, key: str, parts: list[Outbound]) -> list[dict[str, object]]:
+        now = datetime.now(UTC)
+        return [
+            {
+                "key": key,
+                "part": index,
+                "bot": bot,
+                "channel": channel,
+                "target": channel_to_dict(part.target),
+                "text": part.text,
+                "reply_to": part.reply_to,
+                "markup": part.markup,
+                "state": "pending",
+                "message_id": None,
+                "created_at": now,
+            }
+            for index, part in enumerate(parts)
+        ]
 
     async def _send(self, adapter: Adapter, part: Outbound, key: str, index: int) -> SentRef:
         """Send one part (transient failures retried in place). When it cannot be sent, the rest

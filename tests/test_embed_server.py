@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import socket
 import threading
 import time
@@ -266,3 +267,44 @@ def test_client_retries_after_429(embedder):
     client._client = httpx.Client(transport=httpx.MockTransport(handler))
     assert client.embed(["x"]).shape == (1, 384) and len(calls) == 2
     assert str(calls[0].url) == "http://127.0.0.1:9/v1/embeddings"
+
+
+def test_client_queries_ask_for_the_query_encoding_through_the_service(embedder):
+    """embed_query sends input_type "query": a server serving a prefixed model (e5) encodes it with
+    the query prefix, passages without it."""
+
+    def as_query(texts: list[str]) -> np.ndarray:
+        return embedder.embed([f"query: {text}" for text in texts])
+
+    app = create_app(
+        ServerSettings(model_name=BUNDLED_MODEL), embedder.embed, query_encoders={BUNDLED_MODEL: as_query}
+    )
+    with running_app(app) as url:
+        client = HttpEmbedder(url)
+        queries, passages = client.embed_query(TEXTS), client.embed(TEXTS)
+        client.close()
+    assert np.allclose(queries, as_query(TEXTS), atol=1e-5)
+    assert np.allclose(passages, embedder.embed(TEXTS), atol=1e-5)
+    assert not np.allclose(queries, passages, atol=1e-3)
+
+
+def test_client_drops_input_type_for_a_server_that_refuses_it(embedder):
+    bodies = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        bodies.append(body)
+        if "input_type" in body:  # as OpenAI answers an unknown argument
+            return httpx.Response(
+                400, json={"error": {"message": "Unrecognized request argument supplied: input_type"}}
+            )
+        vectors = embedder.embed(body["input"])
+        return httpx.Response(
+            200, json={"model": "m", "data": [{"index": 0, "embedding": vectors[0].tolist()}]}
+        )
+
+    client = HttpEmbedder("http://127.0.0.1:9/v1")
+    client._client = httpx.Client(transport=httpx.MockTransport(handler))
+    assert client.embed_query(["x"]).shape == (1, 384)
+    assert client.embed_query(["y"]).shape == (1, 384)
+    assert [b.get("input_type") for b in bodies] == ["query", None, None]

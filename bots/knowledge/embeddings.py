@@ -288,6 +288,8 @@ class HttpEmbedder:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(timeout=timeout_s, headers=headers)
         self._reported_model: str | None = None
+        # input_type (query/passage) is an extension; a server that refuses it gets requests without it
+        self._send_input_type = True
 
     @property
     def model_name(self) -> str:
@@ -297,10 +299,23 @@ class HttpEmbedder:
         return self._reported_model
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        parts = [self._post(texts[i : i + self.batch_size]) for i in range(0, len(texts), self.batch_size)]
+        """Passages: sent with ``input_type: "passage"``."""
+        return self._embed(texts, "passage")
+
+    def embed_query(self, texts: list[str]) -> np.ndarray:
+        """Search queries: sent with ``input_type: "query"``, so a server that serves a model trained
+        with prefixes (e5's "query: " / "passage: ") applies the query one; servers without the
+        field ignore it, as OpenAI's API ignores unknown fields."""
+        return self._embed(texts, "query")
+
+    def _embed(self, texts: list[str], input_type: str) -> np.ndarray:
+        parts = [
+            self._post(texts[i : i + self.batch_size], input_type)
+            for i in range(0, len(texts), self.batch_size)
+        ]
         return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
 
-    def _post(self, texts: list[str]) -> np.ndarray:
+    def _post(self, texts: list[str], input_type: str = "passage") -> np.ndarray:
         import httpx
         from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
@@ -312,6 +327,8 @@ class HttpEmbedder:
         body: dict[str, object] = {"input": texts, "encoding_format": "base64"}
         if self.request_model:
             body["model"] = self.request_model
+        if self._send_input_type:
+            body["input_type"] = input_type
         for attempt in Retrying(
             stop=stop_after_attempt(self.attempts),
             wait=_RetryAfterWait(wait_exponential(multiplier=0.5, max=10)),
@@ -322,6 +339,9 @@ class HttpEmbedder:
                 response = self._client.post(self.endpoint, json=body)
                 if response.status_code == 429 or response.status_code >= 500:
                     raise _Retryable(response)
+                if response.status_code == 400 and "input_type" in body and "input_type" in response.text:
+                    self._send_input_type = False  # "unrecognized request argument": ask again without it
+                    return self._post(texts, input_type)
                 if response.status_code >= 400:
                     raise EmbeddingServiceError(
                         f"{self.endpoint}: {response.status_code} {response.text[:300]}"

@@ -102,6 +102,9 @@ class Host:
         self._started_services: list[Service] = []
         self._running = False
         self._stop_requested: asyncio.Event | None = None
+        # False where the messages an earlier run left are another process's to replay (a worker
+        # of the gateway/worker split: they wait in the shard streams)
+        self.replays_at_start = True
 
     def add_bot(self, bot: Bot) -> None:
         if bot.name in self.bots:
@@ -127,7 +130,10 @@ class Host:
                 self._started_services.append(service)
             # what earlier runs left, claimed (and queued in its chats) before a channel can
             # deliver anything of this run: replays keep their place in their chat's order
-            leftovers = {name: await self._leftovers(bot) for name, bot in self.bots.items()}
+            leftovers = {
+                name: await self._leftovers(bot) if self.replays_at_start else []
+                for name, bot in self.bots.items()
+            }
             for bot in self.bots.values():
                 for adapter in bot.adapters:
                     await adapter.start(self._sink(bot, adapter))

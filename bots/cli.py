@@ -40,6 +40,10 @@ jobs_app = typer.Typer(help="Scheduled jobs: list, run now, pause, resume, remov
 app.add_typer(jobs_app, name="jobs")
 review_app = typer.Typer(help="Drafts of scheduled posts: list, approve, reject.", no_args_is_help=True)
 app.add_typer(review_app, name="review")
+api_key_app = typer.Typer(
+    help="Keys of the OpenAI-compatible endpoint (bots serve): create, list, revoke.", no_args_is_help=True
+)
+app.add_typer(api_key_app, name="api-key")
 out = Console()
 err = Console(stderr=True)
 
@@ -92,18 +96,42 @@ def main_options(
 # -- run -----------------------------------------------------------------------------------------
 @app.command()
 def run(config: ConfigOption = None) -> None:
-    """Start the host with every configured bot and channel; stop with Ctrl-C."""
+    """Start the host with every configured bot and channel (and the web app when [web] enabled = true);
+    stop with Ctrl-C."""
+    _run_host(config, web=None)
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Interface to listen on [default: [web] host]")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port [default: [web] port]")] = None,
+) -> None:
+    """Start the host as `bots run` does, always with the web app: the OpenAI-compatible endpoint,
+    /metrics and the operators' console."""
+    _run_host(config, web=True, listen={"host": host, "port": port})
+
+
+def _run_host(config: Path | None, *, web: bool | None, listen: dict[str, Any] | None = None) -> None:
+    """The host from the config; ``web``: with the web app (None: as [web] enabled says)."""
     from bots.adapters.console import ConsoleAdapter
     from bots.assembly import build_host
     from bots.core.looplag import loop_lag_from_env
 
     cfg = _load(config)
+    given = {key: value for key, value in (listen or {}).items() if value is not None}
+    if given:  # the command line's --host/--port over [web]
+        cfg = cfg.model_copy(update={"web": cfg.web.model_copy(update=given)})
     secrets = _secrets(config)
     setup_logging(EnvSettings().log_level or cfg.log_level, lambda: secrets.handed_out)
     if not cfg.bots:
         raise _fail("the config has no [[bots]]; add one (see README.md)")
     try:
         host = build_host(cfg, secrets)
+        if web or (web is None and cfg.web.enabled):
+            from bots.web import web_service
+
+            web_service(host, cfg, secrets)
     except ConfigError as exc:
         raise _fail(str(exc)) from None
     for bot in host.bots.values():
@@ -119,6 +147,55 @@ def run(config: ConfigOption = None) -> None:
         asyncio.run(serve())
     except (ConfigError, ConnectionError) as exc:  # a rejected token, an unreachable platform
         raise _fail(str(exc)) from None
+
+
+# -- api-key -------------------------------------------------------------------------------------
+def _api_keys(config: Path | None, action: Any) -> Any:
+    from bots.adapters.openai_compat import ApiKeys
+    from bots.core.storage import Database
+
+    cfg = _load(config, required=False)
+
+    async def go() -> Any:
+        db = Database.for_config(cfg, _secrets(config))
+        await db.start()
+        try:
+            return await action(ApiKeys(db))
+        finally:
+            await db.close()
+
+    try:
+        return asyncio.run(go())
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+
+
+@api_key_app.command("create")
+def api_key_create(
+    name: Annotated[str, typer.Argument(help="The client's name (letters, digits, . _ -)")],
+    config: ConfigOption = None,
+) -> None:
+    """Make a key for a client (replacing its old one); the key is printed once, only its hash is kept."""
+    key = _api_keys(config, lambda keys: keys.create(name))
+    print(key)
+    err.print(f"key for {name}: shown once, stored as a SHA-256 hash; a running host accepts it within 5 s")
+
+
+@api_key_app.command("list")
+def api_key_list(config: ConfigOption = None) -> None:
+    """The clients that have a key (never the keys)."""
+    table = Table("client", "created (UTC)")
+    for name, created in _api_keys(config, lambda keys: keys.names()):
+        table.add_row(name, created[:19].replace("T", " "))
+    out.print(table)
+
+
+@api_key_app.command("revoke")
+def api_key_revoke(name: str, config: ConfigOption = None) -> None:
+    """Remove a client's key; a running host refuses it within 5 s."""
+    if not _api_keys(config, lambda keys: keys.revoke(name)):
+        raise _fail(f"no key named {name!r} (see `bots api-key list`)")
+    out.print(f"{name}: key revoked")
 
 
 # -- chat ----------------------------------------------------------------------------------------
@@ -354,12 +431,10 @@ def persona_eval(
     from bots.evaluation import (
         LEGEND,
         Report,
+        add_style,
         agent_answers,
-        contrast_of,
-        corpus_segments,
         load_questions,
         run,
-        style_summary,
         tables,
     )
 
@@ -389,15 +464,7 @@ def persona_eval(
         report = Report(asyncio.run(ask()))
     except (ConfigError, RuntimeError) as exc:
         raise _fail(str(exc)) from None
-    other = contrast_of(persona, contrast)
-    if other and persona.knowledge:
-        try:
-            author = corpus_segments(cfg.knowledge_dir, persona.knowledge, [persona.name])
-            report.style = style_summary(report.results, author, corpus_segments(cfg.knowledge_dir, [other]))
-        except (ConfigError, ValueError) as exc:
-            report.notes.append(f"no style score: {exc}")
-    else:
-        report.notes.append("no style score: name a --contrast collection of other authors")
+    add_style(report, cfg, persona, contrast)
     if as_json:
         print(json.dumps(report.as_json(), ensure_ascii=False, indent=2))
         return
@@ -817,6 +884,55 @@ def review_reject(draft_id: int, config: ConfigOption = None) -> None:
 
     _scheduling(config, act, audit=("review reject", str(draft_id)))
     out.print(f"draft #{draft_id}: rejected")
+
+
+# -- web console -------------------------------------------------------------------------------
+@app.command("console-link")
+def console_link(
+    operator: Annotated[
+        str | None, typer.Option("--as", help="The operator's canonical id [default: the first owner]")
+    ] = None,
+    minutes: Annotated[int, typer.Option(min=1, max=24 * 60, help="How long the link works")] = 15,
+    url: Annotated[str | None, typer.Option(help="The console's address [default: from [web]]")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Print a one-time login link for the web console (it works once, within --minutes)."""
+    from datetime import timedelta
+
+    from bots.core.audit import AuditLog
+    from bots.core.permissions import Permissions, Role
+    from bots.core.storage import Database
+    from bots.web.console.auth import LoginLinks
+
+    cfg = _load(config, required=False)
+    who = operator or next(iter(cfg.roles.owners), None)
+    if not who or ":" not in who:
+        raise _fail("name the operator with --as platform:id (no owner in [roles] to default to)")
+    base = (url or f"http://{cfg.web.host}:{cfg.web.port}").rstrip("/")
+
+    async def make() -> str:
+        db = Database.in_data_dir(cfg.data_dir)
+        await db.start()
+        try:
+            roles = cfg.roles
+            permissions = Permissions(roles.owners, roles.operators, roles.banned, cfg.identities)
+            await permissions.load(db)
+            role = permissions.role_of(who)
+            if role < Role.OPERATOR:
+                raise ValueError(f"{who} is a {role.name.lower()}; only operators and owners use the console")
+            token = await LoginLinks(db).create(who, timedelta(minutes=minutes))
+            await AuditLog(db).record(bot="*", actor=f"cli:{_login()}", channel="cli",
+                                      command="console-link", args=who, result="ok")  # fmt: skip
+            return token
+        finally:
+            await db.close()
+
+    try:
+        token = asyncio.run(make())
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    print(f"{base}/console/login?token={token}")
+    err.print(f"for {who}; works once, for {minutes} minutes", highlight=False)
 
 
 # -- doctor --------------------------------------------------------------------------------------

@@ -64,16 +64,21 @@ class Question:
 
 def load_questions(path: Path) -> list[Question]:
     """Questions from a JSON Lines file; a bad line raises ValueError naming the line."""
+    return parse_questions(path.read_text(encoding="utf-8"), str(path))
+
+
+def parse_questions(text: str, origin: str) -> list[Question]:
+    """Questions from JSON Lines text (``origin`` names it in errors: a file, a form field)."""
     questions = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             questions.append(_question(json.loads(line), number))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{path}, line {number}: {type(exc).__name__}: {exc}") from None
+            raise ValueError(f"{origin}, line {number}: {type(exc).__name__}: {exc}") from None
     if not questions:
-        raise ValueError(f"{path}: no questions")
+        raise ValueError(f"{origin}: no questions")
     return questions
 
 
@@ -352,6 +357,22 @@ def corpus_segments(knowledge_dir: Path, collections: Sequence[str], names: Sequ
         for prose in author_prose(documents, names):
             found += segments(prose)
     return found
+
+
+def add_style(report: Report, config: Any, persona: Persona, contrast: str | None) -> None:
+    """Score the replies' style against the contrast collection (the option, else the one the
+    persona was built against), or say in the report's notes why there is no style score."""
+    from bots.core.config import ConfigError
+
+    other = contrast_of(persona, contrast)
+    if not (other and persona.knowledge):
+        report.notes.append("no style score: name a --contrast collection of other authors")
+        return
+    try:
+        author = corpus_segments(config.knowledge_dir, persona.knowledge, [persona.name])
+        report.style = style_summary(report.results, author, corpus_segments(config.knowledge_dir, [other]))
+    except (ConfigError, ValueError) as exc:
+        report.notes.append(f"no style score: {exc}")
 
 
 def contrast_of(persona: Persona, override: str | None) -> str | None:

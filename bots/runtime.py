@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bots.agent.agent import Agent
 from bots.agent.persona import Persona, PersonaLibrary
@@ -230,14 +230,21 @@ class Runtime:
     def collections(self, bot: str) -> list[str]:
         return list(self._bot(bot).agent.collections)
 
-    def kb_stats(self, bot: str) -> list[str]:
+    def kb_details(self, bot: str) -> list[dict[str, Any]]:
+        """Each collection the bot uses, as :meth:`KnowledgeBase.stats` describes it."""
         live = self._bot(bot)
         if not live.agent.collections:
-            return [f"{bot} uses no knowledge collections"]
+            return []
         kb = self._kb_for()
+        return [kb.stats(name) for name in live.agent.collections]
+
+    def kb_stats(self, bot: str) -> list[str]:
+        details = self.kb_details(bot)
+        if not details:
+            return [f"{bot} uses no knowledge collections"]
         lines = []
-        for name in live.agent.collections:
-            info = kb.stats(name)
+        for info in details:
+            name = info["collection"]
             if info["indexed"]:
                 lines.append(
                     f"{name}: {info['chunks']} chunks from {info['indexed_files']}/{info['files']} files"
@@ -246,16 +253,40 @@ class Runtime:
                 lines.append(f"{name}: {info['files']} files, not indexed (/kb ingest {name})")
         return lines
 
-    async def kb_ingest(self, bot: str, collection: str) -> str:
+    def _collection_of(self, bot: str, collection: str) -> None:
         live = self._bot(bot)
         if collection not in live.agent.collections:
             known = ", ".join(live.agent.collections) or "none"
             raise LookupError(f"{bot} does not use a collection {collection!r} (it uses: {known})")
+
+    def kb_upload(self, bot: str, collection: str, filename: str, data: bytes, max_bytes: int) -> str:
+        """Put an uploaded file into one of the bot's collections, through the loaders' guards
+        (:func:`bots.knowledge.uploads.accept_upload`); ingest it with :meth:`kb_ingest`."""
+        from bots.knowledge.uploads import accept_upload
+
+        self._collection_of(bot, collection)
+        path = accept_upload(self._kb_for().collection(collection), filename, data, max_bytes=max_bytes)
+        return path.name
+
+    async def kb_search(
+        self, bot: str, collection: str, query: str, k: int = 5, method: str = "fused"
+    ) -> list[Any]:
+        """The best ``k`` hits of one of the bot's collections (as ``bots search`` finds them)."""
+        self._collection_of(bot, collection)
+        kb = self._kb_for()
+        return await asyncio.to_thread(kb.search, [collection], query, k, method)  # type: ignore[arg-type]
+
+    async def kb_ingest(
+        self, bot: str, collection: str, progress: Callable[[str, int], None] | None = None
+    ) -> str:
+        """Index the collection's new and changed files; ``progress`` is called from the ingest's
+        thread as :meth:`KnowledgeBase.ingest` reports ("files" / "chunks", how many more)."""
+        self._collection_of(bot, collection)
         if self._ingesting.locked():
             raise ValueError("an ingest is already running; try again when it is done")
         kb = self._kb_for()
         async with self._ingesting:
-            report = await asyncio.to_thread(kb.ingest, collection)
+            report = await asyncio.to_thread(kb.ingest, collection, progress=progress)
         errors = f"; {len(report.errors)} file(s) failed (see the log)" if report.errors else ""
         return (
             f"{collection}: {len(report.added)} added, {len(report.changed)} changed, "

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from bots.core.storage import AuditEntry, Database
 
@@ -50,3 +50,32 @@ class AuditLog:
         async with self._db.session() as session:
             rows = await session.scalars(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit))
             return list(rows)
+
+    async def search(
+        self,
+        *,
+        actor: str = "",
+        command: str = "",
+        bot: str = "",
+        result: str = "",
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[AuditEntry], int]:
+        """One page of entries, newest first, and how many match: each filter is a substring
+        (case-insensitive) of its field; empty filters match everything."""
+        filters = [
+            column.icontains(value, autoescape=True)
+            for column, value in (
+                (AuditEntry.actor, actor),
+                (AuditEntry.command, command),
+                (AuditEntry.bot, bot),
+                (AuditEntry.result, result),
+            )
+            if value
+        ]
+        async with self._db.session() as session:
+            total = await session.scalar(select(func.count(AuditEntry.id)).where(*filters))
+            rows = await session.scalars(
+                select(AuditEntry).where(*filters).order_by(AuditEntry.id.desc()).limit(limit).offset(offset)
+            )
+            return list(rows), int(total or 0)

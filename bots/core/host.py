@@ -194,6 +194,10 @@ class Host:
     def in_flight(self) -> int:
         return len(self._tasks)
 
+    def in_service(self, adapter: Adapter) -> bool:
+        """Whether the host started this channel and has not stopped it."""
+        return any(started is adapter for started in self._started_adapters)
+
     def request_stop(self) -> None:
         if self._stop_requested is not None:
             self._stop_requested.set()

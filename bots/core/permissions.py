@@ -67,6 +67,18 @@ class Permissions:
             return Role.BANNED
         return max(roles, default=Role.MEMBER)
 
+    def configured(self) -> dict[str, Role]:
+        """The roles ``[roles]`` gives, by id."""
+        return dict(self._configured)
+
+    def grants(self) -> dict[str, Role]:
+        """The roles owners gave at run time, by id (they win over the config's)."""
+        return dict(self._granted)
+
+    def people(self) -> dict[str, list[str]]:
+        """Each linked person's ids."""
+        return {person: sorted(ids) for person, ids in self._ids.items() if ids}
+
     # -- persistence of what owners change at run time -----------------------------------------
     async def load(self, db: Database) -> None:
         self._db = db

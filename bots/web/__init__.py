@@ -3,7 +3,7 @@
 It is wiring, like :mod:`bots.cli` and :mod:`bots.assembly`: it may import every layer, and no
 layer below imports it. Parts: the OpenAI-compatible chat channel (:mod:`bots.adapters.openai_compat`
 translates; the app mounts its routes), Prometheus ``/metrics`` (:mod:`bots.web.metrics`) and the
-operators' console (:mod:`bots.web.console`, mounted by ``bots.web.app._mount_console``).
+operators' console (:mod:`bots.web.console`).
 """
 
 from bots.web.app import create_app

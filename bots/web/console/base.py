@@ -1,0 +1,155 @@
+"""What every console page shares: the operator behind a request, CSRF, rendering, auditing."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.templating import Jinja2Templates
+
+from bots.core.config import AppConfig
+from bots.core.host import Host
+from bots.core.permissions import Role
+from bots.web.console.auth import COOKIE, LoginLinks, Session, Sessions
+from bots.web.console.tasks import Tasks
+
+PREFIX = "/console"
+HERE = Path(__file__).parent
+PAGES = [  # (path, title): the navigation bar
+    ("/", "Status"),
+    ("/review", "Review"),
+    ("/jobs", "Jobs"),
+    ("/audit", "Audit log"),
+    ("/knowledge", "Knowledge"),
+    ("/personas", "Personas"),
+    ("/roles", "Roles"),
+]
+# No inline script or style anywhere: the page may load only what this app serves.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
+    "form-action 'self'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+class Refused(Exception):
+    """A request the console turns down; rendered as an error page with ``status``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Operator:
+    """The person behind a request, with their role as the host's permissions say now."""
+
+    id: str
+    role: Role
+    session: Session
+    sid: str
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(self.sid.encode()).hexdigest()
+
+
+@dataclass
+class Console:
+    host: Host
+    config: AppConfig
+    secrets: Any
+    upload_limit: int
+    links: LoginLinks = field(init=False)
+    sessions: Sessions = field(init=False)
+    tasks: Tasks = field(default_factory=Tasks)
+    templates: Jinja2Templates = field(init=False)
+    _flash: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.links = LoginLinks(self.host.db)
+        self.sessions = Sessions(self.host.db)
+        self.templates = Jinja2Templates(directory=str(HERE / "templates"))
+
+    # -- who is asking -------------------------------------------------------------------------
+    async def current(self, request: Request) -> Operator | None:
+        """Whoever the session cookie says, whatever their role; None without a live session."""
+        sid = request.cookies.get(COOKIE)
+        session = await self.sessions.get(sid)
+        if session is None or sid is None:
+            return None
+        return Operator(session.operator, self.host.permissions.role_of(session.operator), session, sid)
+
+    async def operator(self, request: Request, need: Role = Role.OPERATOR, what: str = "") -> Operator:
+        """The logged-in operator, or :class:`Refused`: 401 without a session, 403 below ``need``
+        (audited, with ``what`` they tried)."""
+        who = await self.current(request)
+        if who is None:
+            raise Refused(401, "Not logged in. Run `bots console-link` on the host and open the link.")
+        if who.role < need:
+            await self.audit(who, what or f"view {request.url.path}", "", "refused")
+            raise Refused(403, f"{who.id} is a {who.role.name.lower()}; this needs {need.name.lower()}.")
+        return who
+
+    async def acting(self, request: Request, what: str, need: Role = Role.OPERATOR) -> tuple[Operator, Any]:
+        """For a POST: the operator (as :meth:`operator`) and the form, after its CSRF token was
+        checked (403 without it, audited)."""
+        form = await request.form()
+        who = await self.current(request)
+        if who is not None and not who.session.csrf_ok(str(form.get("csrf") or "")):
+            await self.audit(who, what, "", "refused: no CSRF token")
+            raise Refused(403, "This form has expired or did not come from the console (CSRF). Reload it.")
+        who = await self.operator(request, need, what)  # 401 without a session
+        return who, form
+
+    # -- pages ---------------------------------------------------------------------------------
+    def bot_names(self) -> list[str]:
+        return list(self.host.bots)
+
+    def pick_bot(self, name: str | None) -> str:
+        names = self.bot_names()
+        if not names:
+            raise Refused(404, "This host runs no bots.")
+        if name and name not in names:
+            raise Refused(404, f"No bot {name!r}.")
+        return name or names[0]
+
+    def flash(self, who: Operator, message: str) -> None:
+        self._flash[who.key] = message
+
+    def page(
+        self, request: Request, who: Operator | None, template: str, status: int = 200, **data: Any
+    ) -> HTMLResponse:
+        context = {
+            "prefix": PREFIX,
+            "nav": PAGES,
+            "operator": who,
+            "role": who.role.name.lower() if who else "",
+            "csrf": who.session.csrf if who else "",
+            "flash": self._flash.pop(who.key, "") if who else "",
+            "bots": self.bot_names(),
+            **data,
+        }
+        response = self.templates.TemplateResponse(request, template, context, status_code=status)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    def back(self, path: str) -> RedirectResponse:
+        """After a POST: see the page again (303, so a reload does not post twice)."""
+        response = RedirectResponse(PREFIX + path, status_code=303)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    async def audit(self, who: Operator | str, command: str, args: str, result: str, bot: str = "*") -> None:
+        actor = who if isinstance(who, str) else who.id
+        await self.host.audit.record(
+            bot=bot, actor=actor, channel="web", command=command[:64], args=args, result=result[:255]
+        )

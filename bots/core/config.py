@@ -232,6 +232,17 @@ class WebConfig(StrictModel):
         return value
 
 
+class ScaleConfig(StrictModel):
+    """The gateway/worker split over Redis Streams (``bots gateway`` and ``bots worker``; ``bots
+    run`` ignores it). Every gateway and worker must use the same ``prefix`` and ``shards``."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"  # $BOTS_REDIS_URL wins (it may hold a password)
+    prefix: str = Field("bots", pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # of every Redis key
+    shards: int = Field(16, ge=1, le=4096)  # inbound streams; a chat always goes to one
+    lease_s: float = Field(5.0, ge=1, le=300)  # a dead worker's shards are taken over after this
+    concurrency: int = Field(32, ge=1, le=10_000)  # messages one worker handles at once
+
+
 class BotConfig(StrictModel):
     name: str
     persona: str
@@ -266,6 +277,7 @@ class AppConfig(StrictModel):
     knowledge: KnowledgeConfig = KnowledgeConfig()
     rate_limits: RateLimitConfig = RateLimitConfig()
     web: WebConfig = WebConfig()
+    scale: ScaleConfig = ScaleConfig()
     roles: RolesConfig = RolesConfig()
     muted: list[str] = []  # canonical chat ids the bots stay silent in
     identities: dict[str, list[str]] = {}  # person -> their canonical ids on every platform

@@ -198,6 +198,58 @@ def api_key_revoke(name: str, config: ConfigOption = None) -> None:
     out.print(f"{name}: key revoked")
 
 
+# -- gateway / worker (the split over Redis Streams; README "Growing past one machine") -----------
+@app.command()
+def gateway(
+    config: ConfigOption = None,
+    bot: Annotated[
+        list[str] | None, typer.Option("--bot", help="Hold this bot's channels (repeat) [default: every bot]")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="This gateway's name [default: gateway-HOST-PID]")] = None,
+) -> None:
+    """Hold the platform connections: record each message, publish it for the workers, send
+    what they hand back."""
+    from redis.exceptions import RedisError
+
+    from bots.scale.serve import serve_until_stopped
+    from bots.scale_assembly import build_gateway
+
+    cfg = _load(config)
+    secrets = _secrets(config)
+    setup_logging(EnvSettings().log_level or cfg.log_level, lambda: secrets.handed_out)
+    try:
+        service = build_gateway(cfg, secrets, bots=bot or (), name=name)
+        asyncio.run(serve_until_stopped(service))
+    except (ConfigError, ConnectionError, RuntimeError, RedisError) as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command()
+def worker(
+    config: ConfigOption = None,
+    name: Annotated[str | None, typer.Option(help="This worker's name [default: worker-HOST-PID]")] = None,
+    scheduler: Annotated[
+        bool, typer.Option(help="Also run the scheduled posts (give this to one worker).")
+    ] = False,
+) -> None:
+    """Run the bots' pipelines (agent, memory, outbox) for the messages the gateways publish."""
+    from redis.exceptions import RedisError
+
+    from bots.scale.serve import serve_until_stopped
+    from bots.scale_assembly import build_worker
+
+    cfg = _load(config)
+    secrets = _secrets(config)
+    setup_logging(EnvSettings().log_level or cfg.log_level, lambda: secrets.handed_out)
+    if not cfg.bots:
+        raise _fail("the config has no [[bots]]; add one (see README.md)")
+    try:
+        service = build_worker(cfg, secrets, name=name, scheduler=scheduler)
+        asyncio.run(serve_until_stopped(service))
+    except (ConfigError, ConnectionError, RuntimeError, RedisError) as exc:
+        raise _fail(str(exc)) from None
+
+
 # -- chat ----------------------------------------------------------------------------------------
 @app.command()
 def chat(

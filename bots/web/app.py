@@ -2,8 +2,8 @@
 
 Routes: ``GET /health``; the OpenAI-compatible chat channel under ``/v1`` (the bots that have a
 channel of type ``openai``; :mod:`bots.adapters.openai_compat`); Prometheus ``GET /metrics``
-(``[web] metrics``; :mod:`bots.web.metrics`); the operators' console, mounted by
-:func:`_mount_console` from :mod:`bots.web.console` (its ``mount(app, ctx)``).
+(``[web] metrics``; :mod:`bots.web.metrics`); the operators' console under ``/console``
+(:mod:`bots.web.console`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from fastapi.responses import Response
 
 from bots.adapters.openai_compat import ApiKeys, OpenAIChannel, openai_router
 from bots.core.config import ConfigError
+from bots.web.console import mount as mount_console
 from bots.web.context import WebContext
 from bots.web.metrics import exposition, registry_for
 
@@ -40,7 +41,7 @@ def create_app(ctx: WebContext) -> FastAPI:
             body, content_type = exposition(app.state.registry)
             return Response(body, media_type=content_type)
 
-    _mount_console(app, ctx)
+    mount_console(app, ctx)
     return app
 
 
@@ -58,17 +59,3 @@ def openai_channels(ctx: WebContext) -> dict[str, OpenAIChannel]:
                     )
                 channels[model] = adapter
     return channels
-
-
-def _mount_console(app: FastAPI, ctx: WebContext) -> None:
-    """The operators' console (pages, login, CSRF) lives in :mod:`bots.web.console`, which
-    provides ``mount(app: FastAPI, ctx: WebContext) -> None``."""
-    try:
-        from bots.web import console
-    except ImportError as exc:
-        if exc.name != "bots.web.console":  # a broken console is an error, not a missing one
-            raise
-        return
-    mount = getattr(console, "mount", None)
-    if mount is not None:
-        mount(app, ctx)

@@ -31,3 +31,28 @@ def embedder():
     model = SentenceTransformerEmbedder()
     model.embed(["warm up"])
     return model
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each storage test runs on both engines: SQLite in tmp_path, and a fresh PostgreSQL database
+    (the test kit's throwaway cluster; skipped without PostgreSQL, failed in CI)."""
+    if request.param == "sqlite":
+        from bots.core.storage import sqlite_url
+
+        return sqlite_url(tmp_path)
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+async def harness(request: pytest.FixtureRequest, tmp_path: Path):
+    """The test kit's harness; a test that uses ``database_url`` (``usefixtures``) gets hosts on
+    that engine, so it runs on SQLite and PostgreSQL."""
+    from bots.testing.harness import HarnessFactory
+
+    url = request.getfixturevalue("database_url") if "database_url" in request.fixturenames else None
+    factory = HarnessFactory(tmp_path, url)
+    try:
+        yield factory
+    finally:
+        await factory.close()

@@ -8,6 +8,7 @@ import json
 from dataclasses import fields
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import select, update
 
 from bots.core.events import (
@@ -26,6 +27,8 @@ from bots.core.events import (
 from bots.core.storage import InboxEntry, OutboxEntry
 from bots.testing import FakeAdapter, FakeLLM
 from bots.testing.harness import BOT
+
+pytestmark = pytest.mark.usefixtures("database_url")  # SQLite and PostgreSQL
 
 
 async def _crash(h) -> None:

@@ -11,14 +11,14 @@ from bots.agent.memory import ConversationMemory, Turn
 from bots.core.storage import Database
 
 
-async def _db(tmp_path) -> Database:
-    db = Database.in_data_dir(tmp_path)
+async def _db(url: str) -> Database:
+    db = Database(url)
     await db.start()
     return db
 
 
-async def test_turns_survive_close_and_reopen(tmp_path):
-    db = await _db(tmp_path)
+async def test_turns_survive_close_and_reopen(database_url):
+    db = await _db(database_url)
     memory = ConversationMemory(db, "bot")
     await memory.start()
     assert await memory.recent("s1") == []
@@ -35,8 +35,8 @@ async def test_turns_survive_close_and_reopen(tmp_path):
     await db.close()
 
 
-async def test_evicted_session_with_unsaved_turns_is_read_back_whole(tmp_path):
-    db = await _db(tmp_path)
+async def test_evicted_session_with_unsaved_turns_is_read_back_whole(database_url):
+    db = await _db(database_url)
     memory = ConversationMemory(db, "bot", cached_sessions=1)
     await memory.start()
     for i in range(3):
@@ -49,15 +49,15 @@ async def test_evicted_session_with_unsaved_turns_is_read_back_whole(tmp_path):
     await db.close()
 
 
-async def test_write_through_when_not_started(tmp_path):
-    db = await _db(tmp_path)
+async def test_write_through_when_not_started(database_url):
+    db = await _db(database_url)
     await ConversationMemory(db, "bot").add_exchange("s", "u", "U", "q", "a")
     assert [t.content for t in await ConversationMemory(db, "bot").recent("s")] == ["q", "a"]
     await db.close()
 
 
-async def test_concurrent_writes_are_all_saved_in_order(tmp_path):
-    db = await _db(tmp_path)
+async def test_concurrent_writes_are_all_saved_in_order(database_url):
+    db = await _db(database_url)
     memory = ConversationMemory(db, "bot")  # not started: every call writes through
     await asyncio.gather(*(memory.add_exchange("s", "u", "U", f"q{i}", f"a{i}") for i in range(5)))
     fresh = ConversationMemory(db, "bot")
@@ -65,8 +65,8 @@ async def test_concurrent_writes_are_all_saved_in_order(tmp_path):
     await db.close()
 
 
-async def test_a_failed_commit_is_retried_not_lost(tmp_path, caplog):
-    db = await _db(tmp_path)
+async def test_a_failed_commit_is_retried_not_lost(database_url, caplog):
+    db = await _db(database_url)
     real_begin = db.engine.begin
     failures = iter([True])
 

@@ -76,6 +76,7 @@ async def test_cron_fires_at_local_time_across_a_dst_change(harness, tmp_path):
         assert len(posted(h)) == 2
 
 
+@pytest.mark.usefixtures("database_url")  # SQLite and PostgreSQL
 async def test_pause_and_resume(harness, tmp_path):
     with time_machine.travel(at(2026, 5, 4, 6, 0), tick=True) as clock:
         h = await start(harness, tmp_path / "var", MORNING)
@@ -113,6 +114,7 @@ async def test_runs_missed_while_the_host_was_down(harness, tmp_path, missed, do
         assert states <= {"posted", "missed"} and ("missed" in states) == (not expected)
 
 
+@pytest.mark.usefixtures("database_url")  # SQLite and PostgreSQL
 async def test_a_restart_before_the_fire_time_keeps_the_schedule(harness, tmp_path):
     with time_machine.travel(at(2026, 5, 4, 6, 0), tick=True) as clock:
         first = await start(harness, tmp_path / "var", MORNING)
@@ -127,6 +129,7 @@ async def test_a_restart_before_the_fire_time_keeps_the_schedule(harness, tmp_pa
         assert len(posted(second)) == 1
 
 
+@pytest.mark.usefixtures("database_url")  # SQLite and PostgreSQL
 async def test_two_hosts_on_one_database_post_a_period_once(harness, tmp_path):
     with time_machine.travel(at(2026, 5, 4, 6, 0), tick=True) as clock:
         one = await start(harness, tmp_path / "var", MORNING)
@@ -141,6 +144,27 @@ async def test_two_hosts_on_one_database_post_a_period_once(harness, tmp_path):
         assert sorted(results) == ["already", "already", "already", "posted"]
         assert len(posted(one)) + len(posted(two)) == 1
         assert await ledger(one) == [("2026-05-04T07:00:00+00:00", "posted")]
+
+
+async def test_a_host_starting_while_another_posts_leaves_that_period_alone(harness, postgres_url):
+    """On one PostgreSQL, a period claimed by a live host is not an interrupted one to take over."""
+    slow = {**MORNING, "job": "bots.testing.jobs:ask_the_model", "options": {"prompt": "news?"}}
+    one = await start(harness, None, slow, database_url=postgres_url, llm=FakeLLM(default="news", delay_s=2))
+    run = datetime.now(UTC).replace(microsecond=0)
+    posting = asyncio.create_task(one.host.control.scheduling.run(JOB, _job_kwargs(one), run))
+    for _ in range(500):  # until the first host has claimed the period and is writing the post
+        if await ledger(one):
+            break
+        await asyncio.sleep(0.01)
+    assert await ledger(one) == [(run.isoformat(), "claimed")], "the first host never claimed the period"
+    two = await start(harness, None, slow, database_url=postgres_url, llm=FakeLLM(default="news again"))
+    await two.host.control.scheduling.idle()  # its start looked at the periods left claimed
+    assert await posting == "posted"
+    await one.drain()
+    await two.drain()
+    assert posted(one) == ["news"]
+    assert posted(two) == []
+    assert await ledger(one) == [(run.isoformat(), "posted")]
 
 
 def _job_kwargs(h: Any) -> dict[str, Any]:
@@ -158,6 +182,7 @@ async def reviewed_host(harness: Any, tmp_path: Any, clock: Any, **schedule: Any
     return h
 
 
+@pytest.mark.usefixtures("database_url")  # SQLite and PostgreSQL
 async def test_review_approve_posts_only_the_approved_text(harness, tmp_path):
     with time_machine.travel(at(2026, 5, 4, 6, 0), tick=True) as clock:
         h = await reviewed_host(harness, tmp_path, clock)
@@ -234,6 +259,7 @@ async def _interrupt(harness: Any, data_dir: Any, period: str, *, recorded: bool
     await h.host.stop()
 
 
+@pytest.mark.usefixtures("database_url")  # SQLite and PostgreSQL
 async def test_an_interrupted_period_is_written_again_at_start(harness, tmp_path):
     period = "2026-05-04T07:00:00+00:00"
     with time_machine.travel(at(2026, 5, 4, 7, 1), tick=True):
@@ -245,6 +271,7 @@ async def test_an_interrupted_period_is_written_again_at_start(harness, tmp_path
         assert await ledger(again) == [(period, "posted")]
 
 
+@pytest.mark.usefixtures("database_url")  # SQLite and PostgreSQL
 async def test_an_interrupted_half_sent_post_is_finished_not_rewritten(harness, tmp_path):
     period = "2026-05-04T07:00:00+00:00"
     with time_machine.travel(at(2026, 5, 4, 7, 1), tick=True):
@@ -318,6 +345,7 @@ async def test_a_new_time_zone_moves_the_job(harness, tmp_path):
         assert tokyo.host.control.scheduling.scheduler.get_job(JOB).next_run_time == at(2026, 5, 5, 0, 0)
 
 
+@pytest.mark.usefixtures("database_url")  # SQLite and PostgreSQL
 async def test_approval_racing_the_tick_posts_once(harness, tmp_path):
     with time_machine.travel(at(2026, 5, 4, 6, 0), tick=True) as clock:
         h = await reviewed_host(harness, tmp_path, clock)

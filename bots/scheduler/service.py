@@ -330,9 +330,23 @@ class SchedulerService:
         Returns what happened: posted, review, skipped, failed, or already (another run has it).
         ``again``: the period was claimed by a run that died; take it over.
         """
-        bot = kwargs["bot"]
         period = period_key(run_time)
-        if not again and not await self.ledger.claim(job_id, period, bot):
+        async with self.ledger.hold(job_id, period) as held:
+            if not held:
+                log.info("job %s: period %s is being handled by another host", job_id, period)
+                return "already"
+            return await self._run_held(job_id, kwargs, run_time, period, again)
+
+    async def _run_held(
+        self, job_id: str, kwargs: dict[str, Any], run_time: datetime, period: str, again: bool
+    ) -> str:
+        bot = kwargs["bot"]
+        if again:  # taking over: unless its runner finished it meanwhile
+            state = await self.ledger.state(job_id, period)
+            if state != "claimed":
+                log.info("job %s: period %s was finished meanwhile (%s)", job_id, period, state)
+                return "already"
+        elif not await self.ledger.claim(job_id, period, bot):
             state = await self.ledger.state(job_id, period)
             log.info("job %s: period %s already handled (%s)", job_id, period, state)
             return "already"
@@ -428,6 +442,9 @@ class SchedulerService:
         """Periods a dead run left claimed: finished by the outbox when the post was recorded
         (the host resent what was left at start), else written and posted again, within a day."""
         for entry in await self.ledger.unfinished(within=timedelta(hours=24)):
+            async with self.ledger.hold(entry.job_id, entry.period) as held:
+                if not held:  # another host is running it now: not interrupted
+                    continue
             if await self.host.outbox.recorded(f"post:{entry.job_id}:{entry.period}"):
                 await self.ledger.mark(entry.job_id, entry.period, "posted", "finished after a restart")
                 continue

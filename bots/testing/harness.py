@@ -56,8 +56,9 @@ class Harness:
 class HarnessFactory:
     """``await harness(...)`` builds and starts a host; all are stopped when the test ends."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, database_url: str | None = None) -> None:
         self.tmp_path = tmp_path
+        self.database_url = database_url  # every host's state store (None: SQLite in its data_dir)
         self._hosts: list[Host] = []
 
     async def __call__(
@@ -85,6 +86,7 @@ class HarnessFactory:
                 "data_dir": data_dir or self.tmp_path / "var",
                 "llm": {"provider": "fake", **(llm_settings or {})},
                 "plugins": plugin_config or {},
+                "database_url": self.database_url,
                 **config,
                 "bots": [{"name": BOT, "persona": "test", **(bot or {})}],
             }

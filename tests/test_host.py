@@ -10,6 +10,7 @@ import pytest
 
 from bots.adapters.console import ConsoleAdapter
 from bots.assembly import build_host
+from bots.core import gate
 from bots.core.adapter import NotAccepted
 from bots.core.config import AppConfig, Secrets
 from bots.plugins import Plugin
@@ -112,3 +113,18 @@ async def test_a_failed_start_undoes_what_had_started(tmp_path):
     assert Lifecycle.events == ["setup", "teardown"]
     memory = host.bots["b"].pipeline.responder.memory
     assert memory._writer is None  # the memory writer is not left running
+
+
+class GateWatchingAdapter(FakeAdapter):
+    """Notes whether the quality gate's tables were loaded when the host started it."""
+
+    async def start(self, sink) -> None:
+        self.gate_ready = gate._common_characters.cache_info().currsize == 1
+        await super().start(sink)
+
+
+async def test_the_gate_tables_load_off_the_loop_before_any_channel_starts(harness):
+    """Loading them (a second or more of CPU) at the first message stalled every chat."""
+    gate._common_characters.cache_clear()
+    h = await harness(adapter=GateWatchingAdapter())
+    assert h.adapter.gate_ready

@@ -9,6 +9,7 @@ from typing import Any
 from langchain_core.messages import BaseMessage
 from sqlalchemy import select
 
+from bots.core.config import Secrets
 from bots.core.events import ChannelKind, ChannelRef, Outbound, SentRef
 from bots.core.ordering import ChatOrder
 from bots.core.storage import InboxEntry
@@ -207,7 +208,7 @@ async def test_messages_waiting_behind_a_slow_chat_survive_many_restarts(harness
         states = dict((await session.execute(select(InboxEntry.event_id, InboxEntry.state))).all())
     assert states == {events[0].id: "abandoned", events[1].id: "done", events[2].id: "done"}
     assert "messages abandoned, never answered (last 3 days): 1" in last.host.control.status()
-    [check] = _delivery(last.config)  # bots doctor says so too
+    [check] = _delivery(last.config, Secrets())  # bots doctor says so too
     assert check.status == "warn" and "1 message(s) abandoned" in check.detail
 
 
@@ -215,5 +216,5 @@ async def test_doctor_finds_nothing_to_say_about_a_clean_delivery_record(harness
     h = await harness()
     await h.ask("hello")
     await h.host.stop()
-    [check] = _delivery(h.config)
+    [check] = _delivery(h.config, Secrets())
     assert check.status == "ok"

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from bots.core import gate
 from bots.core.adapter import Adapter, EventSink, NotAccepted
 from bots.core.audit import AuditLog
 from bots.core.control import HostControl
@@ -114,6 +115,9 @@ class Host:
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         """Start storage, plugins and channels; if any part fails, undo what started."""
+        # the quality gate's tables load in a thread meanwhile: at the first message they
+        # would stall every chat for a second or more
+        gate_tables = asyncio.create_task(asyncio.to_thread(gate.warm_up), name="gate warm-up")
         await self.db.start()
         await self.writes.start()
         await self.permissions.load(self.db)
@@ -134,6 +138,7 @@ class Host:
                 name: await self._leftovers(bot) if self.replays_at_start else []
                 for name, bot in self.bots.items()
             }
+            await gate_tables
             for bot in self.bots.values():
                 for adapter in bot.adapters:
                     await adapter.start(self._sink(bot, adapter))

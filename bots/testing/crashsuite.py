@@ -108,6 +108,7 @@ class Reply:
     chat: str
     reply_to: str | None
     text: str
+    at: float | None = None  # time.monotonic() when the platform got it (where the emulator says)
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ class Tally:
     duplicated: int
     order_violations: int
     unthreaded: int  # bot messages that thread to no trigger (busy notices, strays)
+    first_copies: tuple[Reply, ...] = ()  # for each duplicate, the copy the platform got first
 
 
 @dataclass
@@ -138,6 +140,9 @@ class SoakResult:
     rss_warm_mib: float | None = None
     rss_end_mib: float | None = None
     loop_lag_ms: list[float] = field(default_factory=list)  # samples after warm-up (empty: no hook)
+    # for each duplicate whose first copy has a time: how long before the next kill it arrived
+    # (the window in which a part the platform took still had no "sent" mark on disk)
+    duplicate_lead_ms: list[float] = field(default_factory=list)
     log_path: Path | None = None
 
     def line(self) -> str:
@@ -147,8 +152,14 @@ class SoakResult:
             f"{p.channel} seed={p.seed} messages={p.messages} chats={p.chats} kills={self.kills} "
             f"sent={self.sent} acknowledged={self.acknowledged} answered={self.answered} lost={self.lost} "
             f"duplicated={self.duplicated} order_violations={self.order_violations} "
-            f"wall={self.wall_s:.1f}s"
+            f"wall={self.wall_s:.1f}s{self._lead()}"
         )
+
+    def _lead(self) -> str:
+        lead = self.duplicate_lead_ms
+        if not lead:
+            return ""
+        return f" duplicates_sent_before_kill_ms=p50:{percentile(lead, 50):.0f},max:{max(lead):.0f}"
 
     def flood_line(self) -> str:
         """RSS growth after warm-up and loop lag p95 (``n/a`` where not measured)."""
@@ -197,6 +208,16 @@ def thread_parts(
     return threaded
 
 
+def lead_before_kills(first_copies: Sequence[Reply], kills: Sequence[float]) -> list[float]:
+    """For each first copy with a time, milliseconds from its arrival to the next kill."""
+    lead = []
+    for reply in first_copies:
+        later = [k for k in kills if reply.at is not None and k >= reply.at]
+        if reply.at is not None and later:
+            lead.append((min(later) - reply.at) * 1000)
+    return lead
+
+
 def percentile(values: Sequence[float], pct: float) -> float:
     """The ``pct`` percentile of ``values`` (nearest rank)."""
     ordered = sorted(values)
@@ -208,7 +229,8 @@ def tally(triggers: Sequence[Trigger], acknowledged: set[tuple[str, str]], repli
     """Count answered, lost, duplicated and out-of-order replies (see the module docstring).
     ``acknowledged``: (chat, message id) of triggers; ``replies``: in the order the platform got them."""
     by_id = {(t.chat, t.message_id): t for t in triggers}
-    delivered: set[tuple[str, str, str]] = set()
+    delivered: dict[tuple[str, str, str], Reply] = {}
+    first_copies: list[Reply] = []
     answered: set[tuple[str, str]] = set()
     latest: dict[str, int] = {}  # chat -> the latest trigger answered there so far
     duplicated = violations = unthreaded = 0
@@ -220,8 +242,9 @@ def tally(triggers: Sequence[Trigger], acknowledged: set[tuple[str, str]], repli
         part = (trigger.chat, trigger.message_id, reply.text)
         if part in delivered:
             duplicated += 1
+            first_copies.append(delivered[part])
             continue
-        delivered.add(part)
+        delivered[part] = reply
         answered.add((trigger.chat, trigger.message_id))
         if trigger.ordinal < latest.get(trigger.chat, -1):
             violations += 1
@@ -231,7 +254,7 @@ def tally(triggers: Sequence[Trigger], acknowledged: set[tuple[str, str]], repli
         for t in triggers
         if (t.chat, t.message_id) in acknowledged and (t.chat, t.message_id) not in answered
     )
-    return Tally(len(answered), lost, duplicated, violations, unthreaded)
+    return Tally(len(answered), lost, duplicated, violations, unthreaded, tuple(first_copies))
 
 
 # -- the platforms ------------------------------------------------------------------------------
@@ -303,8 +326,9 @@ class TelegramPlatform:
                 str(m["chat"]["id"]),
                 str(m["reply_to_message"]["message_id"]) if "reply_to_message" in m else None,
                 m.get("text", ""),
+                at,
             )
-            for m in self.server.sent
+            for m, at in zip(self.server.sent, self.server.default.sent_at, strict=False)
         ]
 
     async def wait_for(self, ready: Callable[[], bool], timeout: float, what: str) -> None:
@@ -578,6 +602,7 @@ class _Driver:
         self.by_number: dict[int, Trigger] = {}  # the number in a mention's question -> the mention
         self.posted = 0
         self.kills = 0
+        self.kill_times: list[float] = []  # time.monotonic() of each SIGKILL
         self.warm_at_wall: float | None = None  # time.time() when warm-up ended
         self.rss: list[tuple[float, float]] = []
         self.rss_warm: float | None = None
@@ -593,6 +618,7 @@ class _Driver:
                 await self._wait_answering(sender)
                 await self._sleep_or_fail(self.kill_rng.uniform(*plan.kill_after), sender)
                 self.up.clear()
+                self.kill_times.append(time.monotonic())
                 await self.host.kill()
                 self.kills += 1
                 self.say(
@@ -628,6 +654,7 @@ class _Driver:
             rss_mib=self.rss,
             rss_warm_mib=self.rss_warm,
             rss_end_mib=rss_end,
+            duplicate_lead_ms=lead_before_kills(counts.first_copies, self.kill_times),
         )
 
     async def _start_host(self) -> None:

@@ -158,6 +158,7 @@ class BotAccount:
         self.privacy_mode = privacy_mode  # groups deliver only commands, mentions and replies to the bot
         self.bot_to_bot = bot_to_bot  # Bot-to-Bot Communication Mode: other bots' messages reach it
         self.sent: list[JSON] = []  # messages this bot sent, in order
+        self.sent_at: list[float] = []  # time.monotonic() when each of `sent` arrived
         self.calls: list[tuple[str, JSON]] = []  # every method call (canonical name, decoded params)
         self.chat_actions: list[JSON] = []
         self.edits: list[JSON] = []
@@ -845,6 +846,7 @@ class TelegramServer:
             raise _bad_request("message thread not found")
         message = self._new_message(chat, account.user, plain, reply_to=reply_to, thread=thread)
         account.sent.append(message)
+        account.sent_at.append(time.monotonic())
         self.all_sent.append(message)
         account._sent_queue.put_nowait(message)
         if chat["id"] in self._group_members:

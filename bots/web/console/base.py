@@ -96,7 +96,8 @@ class Console:
             raise Refused(401, "Not logged in. Run `bots console-link` on the host and open the link.")
         if who.role < need:
             await self.audit(who, what or f"view {request.url.path}", "", "refused")
-            raise Refused(403, f"{who.id} is a {who.role.name.lower()}; this needs {need.name.lower()}.")
+            role, needed = who.role.name.lower(), need.name.lower()
+            raise Refused(403, f"{who.id} has the role {role}: this needs {needed} rights.")
         return who
 
     async def acting(self, request: Request, what: str, need: Role = Role.OPERATOR) -> tuple[Operator, Any]:

@@ -162,6 +162,7 @@ def _personas_page(console: Console, request: Request, who: Operator, bot: str, 
     runtime = _runtime(console)
     live = runtime.bots[bot]
     evals = [t for t in console.tasks.recent("eval") if t.title.startswith(f"{bot}/")][:3]
+    latest = next((t for t in evals if t.state == "done"), None)
     return console.page(
         request,
         who,
@@ -173,15 +174,15 @@ def _personas_page(console: Console, request: Request, who: Operator, bot: str, 
         summary=runtime.persona_show(bot),
         others=runtime.library.ids(),
         evals=evals,
-        tables=[rich_table(t) for t in _eval_tables(evals)],
+        tables=[rich_table(t) for t in _eval_tables(latest)],
+        notes=latest.result.notes if latest else [],
         **extra,
     )
 
 
-def _eval_tables(evals: list[Task]) -> list[Any]:
+def _eval_tables(latest: Task | None) -> list[Any]:
     from bots.evaluation import tables
 
-    latest = next((t for t in evals if t.state == "done"), None)
     return tables(latest.result) if latest is not None else []
 
 

@@ -132,6 +132,8 @@ def _run_host(config: Path | None, *, web: bool | None, listen: dict[str, Any] |
             from bots.web import web_service
 
             web_service(host, cfg, secrets)
+        elif any(a.platform == "openai" for bot in host.bots.values() for a in bot.adapters):
+            raise ConfigError("an openai channel needs the web app: [web] enabled = true, or bots serve")
     except ConfigError as exc:
         raise _fail(str(exc)) from None
     for bot in host.bots.values():

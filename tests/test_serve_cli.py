@@ -1,0 +1,120 @@
+"""`bots serve` and `bots api-key` as an operator runs them: real processes, real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import openai
+from fixtures.configs import write_bot_config
+from typer.testing import CliRunner
+
+from bots.cli import app
+
+ANSWER = "The lamp is lit at dusk."
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_config(tmp_path: Path, port: int, web: str = "") -> Path:
+    config = write_bot_config(tmp_path, 'plugins = ["basics"]\n[[bots.channels]]\ntype = "openai"\n')
+    text = config.read_text(encoding="utf-8").replace(
+        'provider = "fake"', f'provider = "fake"\nmodel = "{ANSWER}"\n[web]\nport = {port}\n{web}'
+    )
+    config.write_text(text, encoding="utf-8")
+    return config
+
+
+async def wait_until_up(base: str, proc: asyncio.subprocess.Process, limit_s: float = 60) -> None:
+    async with httpx.AsyncClient() as http:
+        for _ in range(int(limit_s * 10)):
+            if proc.returncode is not None:
+                output = (await proc.stdout.read()).decode() if proc.stdout else ""
+                raise AssertionError(f"bots serve exited with {proc.returncode}:\n{output}")
+            try:
+                if (await http.get(f"{base}/health")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"bots serve did not answer GET {base}/health within {limit_s} s")
+
+
+async def test_serve_answers_with_a_key_from_the_cli_and_stops_on_sigterm(tmp_path):
+    port = free_port()
+    config = write_config(tmp_path, port)
+    runner = CliRunner()  # in a thread: the commands run their own event loop
+    created = await asyncio.to_thread(
+        runner.invoke, app, ["api-key", "create", "ops", "--config", str(config)]
+    )
+    assert created.exit_code == 0, created.output
+    key = created.stdout.strip().splitlines()[0]
+    assert key.startswith("sk-bots-")
+    listed = await asyncio.to_thread(runner.invoke, app, ["api-key", "list", "--config", str(config)])
+    assert "ops" in listed.stdout and key not in listed.stdout
+    env = {**os.environ, "BOTS_LOG_LEVEL": "INFO"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bots", "serve", "--config", str(config),
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await wait_until_up(base, proc)
+        async with openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0) as client:
+            reply = await client.chat.completions.create(
+                model="tester", messages=[{"role": "user", "content": "When is the lamp lit?"}]
+            )
+        assert reply.choices[0].message.content == ANSWER
+        async with httpx.AsyncClient() as http:
+            metrics = (await http.get(f"{base}/metrics")).text
+        assert 'bots_messages_received_total{bot="tester",platform="openai"} 1.0' in metrics
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(proc.communicate(), timeout=60)
+    text = output.decode()
+    assert proc.returncode == 0, text
+    assert key not in text and key[8:] not in text  # keys never reach the log
+    assert "web: serving on" in text
+
+
+def test_run_refuses_an_openai_channel_without_the_web_app(tmp_path):
+    config = write_config(tmp_path, free_port(), web="enabled = false\n")
+    result = CliRunner().invoke(app, ["run", "--config", str(config)])
+    assert result.exit_code == 1
+    assert "an openai channel needs the web app" in result.output
+
+
+def test_serve_names_a_port_in_use(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(tmp_path, port)
+        result = subprocess.run(
+            [sys.executable, "-m", "bots", "serve", "--config", str(config)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"[web]: cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_revoke_and_unknown_names(tmp_path):
+    config = write_config(tmp_path, free_port())
+    runner = CliRunner()
+    assert runner.invoke(app, ["api-key", "create", "a b", "--config", str(config)]).exit_code == 1
+    assert runner.invoke(app, ["api-key", "create", "ops", "--config", str(config)]).exit_code == 0
+    assert runner.invoke(app, ["api-key", "revoke", "ops", "--config", str(config)]).exit_code == 0
+    again = runner.invoke(app, ["api-key", "revoke", "ops", "--config", str(config)])
+    assert again.exit_code == 1 and "no key named 'ops'" in again.output

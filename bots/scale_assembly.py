@@ -6,6 +6,7 @@ import os
 import socket
 from collections.abc import Sequence
 
+from langchain_core.language_models import BaseChatModel
 from redis.asyncio import Redis
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -78,16 +79,21 @@ def build_gateway(
 
 
 def build_worker(
-    config: AppConfig, secrets: Secrets, *, name: str | None = None, scheduler: bool = False
+    config: AppConfig,
+    secrets: Secrets,
+    *,
+    name: str | None = None,
+    scheduler: bool = False,
+    llm: BaseChatModel | None = None,
 ) -> Worker:
     """A worker for every bot of the config. ``scheduler``: this worker also runs the scheduled
-    posts (give that to one worker)."""
+    posts (give that to one worker); ``llm`` replaces the configured model (tests)."""
     bus = bus_for(config, secrets)
     channels = {
         bot.name: [RemoteChannel(bot.name, ch.name or ch.type, bus.hand_over) for ch in bot.channels]
         for bot in config.bots
     }
-    host = build_host(config, secrets, adapters=channels, scheduler=scheduler)
+    host = build_host(config, secrets, adapters=channels, scheduler=scheduler, llm=llm)
     outbox = HandOverOutbox(host.db, host.writes, bus.hand_over)  # replies go to the gateways
     host.outbox = outbox
     for bot in host.bots.values():

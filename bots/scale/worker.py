@@ -97,6 +97,12 @@ class Worker:
             asyncio.create_task(self._maintain(), name="worker-leases"),
             asyncio.create_task(self._read(), name="worker-read"),
         ]
+        log.info(
+            "worker started: %s holds shards %s of %d",
+            self.name,
+            ", ".join(map(str, sorted(self.owned))) or "none yet",
+            self.bus.shards,
+        )
 
     async def stop(self) -> None:
         """Stop reading, finish (within the host's grace) what was read, give the shards back."""

@@ -11,6 +11,7 @@ import pytest_asyncio
 from bots.testing.fakes import FakeAdapter, FakeLLM
 from bots.testing.harness import HarnessFactory
 from bots.testing.postgres import PG_BIN_CANDIDATES, PostgresCluster, postgres_cluster
+from bots.testing.redis_server import redis_server
 from bots.testing.servers import require_program
 
 
@@ -46,3 +47,11 @@ def postgres_server() -> Iterator[PostgresCluster]:
 def postgres_url(postgres_server: PostgresCluster) -> str:
     """The ``postgresql+asyncpg://`` URL of a fresh, empty database of its own for each test."""
     return postgres_server.new_database()
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A Redis server of its own for the test (``redis://127.0.0.1:PORT/0``, nothing saved), stopped
+    after it. Skips without ``redis-server``; fails instead in CI (``BOTS_REQUIRE_SERVERS=1``)."""
+    with redis_server(require_program("redis-server")) as url:
+        yield url

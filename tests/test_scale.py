@@ -1,0 +1,306 @@
+"""The gateway/worker split over Redis Streams (issue 19 item 2): the codec, leases, and gateways and
+workers in this process on the Telegram emulator, a real Redis and the OpenAI-compatible stub.
+The subprocess test (2 gateways, 3 workers, a worker killed with SIGKILL) is in test_scale_suite.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from bots.core.config import AppConfig, Secrets, load_config
+from bots.core.events import ChannelKind, ChannelRef, Mention, MessageEvent, Outbound, ReplyTo, UserRef
+from bots.scale.bus import WORKERS_GROUP, Keys, shard_of
+from bots.scale.codec import (
+    HandOver,
+    Inbound,
+    MalformedEntry,
+    decode_hand_over,
+    decode_inbound,
+    encode_hand_over,
+    encode_inbound,
+)
+from bots.scale.lease import Leases
+from bots.scale_assembly import build_gateway, build_worker
+from bots.testing.crashsuite import LLM_KEY_ENV, question
+from bots.testing.openai_stub import OpenAIStub
+from bots.testing.scalesuite import bot_token, token_env, write_scale_config
+from bots.testing.telegram_server import TelegramServer
+
+WAIT_S = 30.0  # generous limits: these wait on conditions, never on the clock
+
+
+def sample_event() -> MessageEvent:
+    return MessageEvent(
+        platform="telegram",
+        message_id="42",
+        author=UserRef("telegram", "7", name="Ann", username="ann"),
+        channel=ChannelRef("telegram", "-100", ChannelKind.GROUP, name="Harbour"),
+        text="@keeper_bot 灯塔还亮吗?",
+        self_id="700100",
+        self_name="keeper_bot",
+        segments=(Mention("700100", "keeper_bot"), ReplyTo("41", "700100")),
+        to_me=False,
+        timestamp=datetime(2026, 12, 3, 12, 0, tzinfo=UTC),
+    )
+
+
+# -- the codec --------------------------------------------------------------------------------------
+def test_inbound_entries_round_trip():
+    entry = Inbound("keeper", "tg", sample_event(), again=True, accepted_at=datetime(2026, 12, 3, tzinfo=UTC))
+    back = decode_inbound(encode_inbound(entry))
+    assert back == entry
+    assert back.event.mentions_me and back.event.replies_to_me
+
+
+def test_hand_overs_round_trip():
+    target = ChannelRef("telegram", "-100", ChannelKind.GROUP)
+    key = HandOver("key", "keeper", "tg", target, key="keeper|telegram:-100:42|0")
+    assert decode_hand_over(encode_hand_over(key)) == key
+    post = HandOver("post", "keeper", "tg", target, outbound=Outbound(target, "hi", "42", "markdown", "k#0"))
+    assert decode_hand_over(encode_hand_over(post)) == post
+
+
+@pytest.mark.parametrize(
+    ("fields", "why"),
+    [
+        ({}, "no field"),
+        ({"m": "{not json"}, "not JSON"),
+        ({"m": "[1, 2]"}, "not a JSON object"),
+        ({"m": json.dumps({"v": 2, "bot": "keeper"})}, "version 2"),
+        ({"m": json.dumps({"v": 1, "bot": "keeper", "channel": "tg"})}, "not an inbound message"),
+        ({"m": json.dumps({"v": 1, "bot": "", "channel": "tg", "event": {}})}, "not an inbound message"),
+    ],
+)
+def test_malformed_inbound_entries_are_refused_with_a_reason(fields, why):
+    with pytest.raises(MalformedEntry, match=why):
+        decode_inbound(fields)
+
+
+def test_a_hand_over_of_an_unknown_kind_is_refused():
+    fields = {"m": json.dumps({"v": 1, "kind": "teleport", "bot": "b", "channel": "c", "target": {}})}
+    with pytest.raises(MalformedEntry):
+        decode_hand_over(fields)
+
+
+def test_a_chat_always_maps_to_the_same_shard_and_chats_spread_over_all():
+    chat = ("keeper", "tg", "telegram:-100")
+    assert shard_of(chat, 16) == shard_of(tuple(chat), 16) == 7  # crc32: the same in every process
+    assert len({shard_of(("keeper", "tg", f"telegram:{n}"), 16) for n in range(200)}) == 16
+
+
+# -- leases -----------------------------------------------------------------------------------------
+async def test_a_lease_is_held_by_one_worker_and_taken_over_when_it_lapses(redis_url):
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    try:
+        keys = Keys("t")
+        first, second = Leases(redis, keys, "w1", 300), Leases(redis, keys, "w2", 300)
+        assert await first.acquire(3)
+        assert not await second.acquire(3)
+        assert await first.renew([3]) == set()  # still its own
+        await asyncio.sleep(0.2)
+        assert await first.renew([3]) == set()  # renewed: does not lapse at the first ttl
+        await asyncio.sleep(0.2)
+        assert not await second.acquire(3)
+        deadline = asyncio.get_running_loop().time() + WAIT_S
+        while not await second.acquire(3):  # w1 stopped renewing: the lease lapses
+            assert asyncio.get_running_loop().time() < deadline, "waited for w1's lease to lapse"
+            await asyncio.sleep(0.05)
+        assert await first.renew([3]) == {3}  # w1 learns it lost the shard
+        await first.release(3)  # and cannot free what is not its own
+        assert await second.owners(4) == [None, None, None, "w2"]
+        await second.release(3)
+        assert await second.owners(4) == [None, None, None, None]
+    finally:
+        await redis.aclose()
+
+
+# -- gateways and workers in this process --------------------------------------------------------------
+@dataclass
+class Scene:
+    tg: TelegramServer
+    llm: OpenAIStub
+    config: AppConfig
+    redis: Redis
+    group: dict
+    users: list[dict]
+
+    def secrets(self) -> Secrets:
+        return Secrets()
+
+    def post(self, number: int, group: dict | None = None) -> dict:
+        text = question(__import__("random").Random(number), number)
+        return self.tg.group_message(group or self.group, self.users[number % 3], text, mention_bot=True)
+
+    def replies_to(self, update: dict) -> list[dict]:
+        wanted = update["message"]["message_id"]
+        return [
+            m
+            for m in self.tg.sent
+            if m.get("reply_to_message", {}).get("message_id") == wanted
+            and m["chat"]["id"] == update["message"]["chat"]["id"]
+        ]
+
+
+@pytest.fixture
+async def scene(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Scene]:
+    monkeypatch.setenv(token_env(0), bot_token(0))
+    monkeypatch.setenv(LLM_KEY_ENV, "sk-test")
+    async with OpenAIStub(latency=(0.0, 0.02)) as llm, TelegramServer(token=bot_token(0)) as tg:
+        path = write_scale_config(
+            tmp_path, telegram_url=tg.base_url, llm_url=llm.base_url, redis_url=redis_url, shards=4, lease_s=1
+        )
+        redis = Redis.from_url(redis_url, decode_responses=True)
+        try:
+            users = [tg.user(f"Visitor{n}", f"visitor_{n}") for n in range(3)]
+            yield Scene(tg, llm, load_config(path), redis, tg.group("Harbour"), users)
+        finally:
+            await redis.aclose()
+
+
+async def test_messages_go_through_gateway_and_worker_answered_once_in_order(scene):
+    gateway = build_gateway(scene.config, scene.secrets(), name="g")
+    worker = build_worker(scene.config, scene.secrets(), name="w")
+    other = scene.tg.group("Pier")
+    async with gateway, worker:
+        updates = [scene.post(n, scene.group if n % 2 else other) for n in range(12)]
+        await scene.tg.wait_sent(12, timeout=WAIT_S)
+        await scene.tg.wait_all_confirmed(timeout=WAIT_S)
+    for update in updates:
+        assert len(scene.replies_to(update)) == 1
+    for chat in (scene.group, other):
+        answered = [
+            m["reply_to_message"]["message_id"] for m in scene.tg.sent if m["chat"]["id"] == chat["id"]
+        ]
+        assert answered == sorted(answered)  # each chat's replies in the order of its messages
+    assert scene.llm.count == 12
+    assert gateway.published == 12 and worker.handled == 12
+    assert await scene.redis.xlen(Keys().inbound(0)) == 0  # finished entries are dropped
+
+
+async def test_a_pending_entry_redelivered_to_another_worker_is_answered_once(scene):
+    """A worker read two messages and died: one answered and recorded, one not begun. Whoever
+    takes the shard next claims both; the answered one is not asked or sent again."""
+    gateway = build_gateway(scene.config, scene.secrets(), name="g")
+    async with gateway:
+        first = build_worker(scene.config, scene.secrets(), name="w1")
+        async with first:
+            answered = scene.post(1)
+            await scene.tg.wait_sent(1, timeout=WAIT_S)
+        event_id = f"telegram:{scene.group['id']}:{answered['message']['message_id']}"
+        assert await first.host.outbox.recorded(f"keeper0|{event_id}|0")
+        # the same entries again, read by a worker that then died ("ghost"): pending, never acknowledged
+        chat = ("keeper0", "tg", f"telegram:{scene.group['id']}")
+        stream = Keys().inbound(shard_of(chat, 4))
+        replay = Inbound("keeper0", "tg", _event_of(scene, answered))
+        await scene.redis.xadd(stream, encode_inbound(replay))
+        unanswered = scene.tg.group_message(
+            scene.group, scene.users[2], "Is the lamp lit, visit 2?", mention_bot=True
+        )
+        await scene.tg.wait_all_confirmed(timeout=WAIT_S)  # published: nobody reads the shard now
+        await scene.redis.xreadgroup(WORKERS_GROUP, "ghost", {stream: ">"})
+        assert (await scene.redis.xpending(stream, WORKERS_GROUP))["pending"] == 2
+        second = build_worker(scene.config, scene.secrets(), name="w2")
+        async with second:
+            await scene.tg.wait_for(lambda: len(scene.replies_to(unanswered)) == 1, WAIT_S, what="the reply")
+            await _until(lambda: second.claimed == 2 and second.handled == 2, "w2 to handle both claimed")
+    assert len(scene.replies_to(answered)) == 1  # not sent again
+    assert len(scene.replies_to(unanswered)) == 1
+    assert scene.llm.count == 2  # the recorded answer was not asked for again
+    assert (await scene.redis.xpending(stream, WORKERS_GROUP))["pending"] == 0
+
+
+async def test_a_dead_workers_shards_are_taken_over_and_everything_answered_once(scene):
+    gateway = build_gateway(scene.config, scene.secrets(), name="g")
+    async with gateway:
+        doomed = build_worker(scene.config, scene.secrets(), name="doomed")
+        await doomed.start()
+        assert len(doomed.owned) == 4  # alone: every shard
+        scene.llm.latency = (5.0, 5.0)  # it reads and is stuck in the model when it dies
+        stuck = [scene.post(n) for n in range(3)]
+        await _until(lambda: scene.llm.count >= 1, "the doomed worker to ask the model")
+        _crash(doomed)  # no clean stop: leases and entries stay as they are
+        scene.llm.latency = (0.0, 0.02)
+        survivor = build_worker(scene.config, scene.secrets(), name="survivor")
+        async with survivor:
+            later = scene.post(10)
+            await scene.tg.wait_for(
+                lambda: all(len(scene.replies_to(u)) >= 1 for u in [*stuck, later]),
+                WAIT_S,
+                what="every reply",
+            )
+            assert len(survivor.owned) == 4
+            assert survivor.claimed >= 1  # what the doomed worker had read
+        await _close_crashed(doomed)
+    for update in [*stuck, later]:
+        assert len(scene.replies_to(update)) == 1
+    answered = [m["reply_to_message"]["message_id"] for m in scene.tg.sent]
+    assert answered == sorted(answered)
+
+
+async def test_a_malformed_entry_is_moved_aside_and_the_worker_goes_on(scene, caplog):
+    gateway = build_gateway(scene.config, scene.secrets(), name="g")
+    worker = build_worker(scene.config, scene.secrets(), name="w")
+    async with gateway, worker:
+        await scene.redis.xadd(Keys().inbound(1), {"m": "{broken"})
+        await scene.redis.xadd(Keys().inbound(2), {"m": json.dumps({"v": 1, "bot": "nobody", "channel": "tg",
+                                                                    "event": {}})})  # fmt: skip
+        update = scene.post(5)
+        await scene.tg.wait_for(lambda: len(scene.replies_to(update)) == 1, WAIT_S, what="the reply")
+        await _until(lambda: scene.redis.xlen(Keys().dead), "both bad entries in the dead-letter stream", 2)
+    dead = await scene.redis.xrange(Keys().dead)
+    assert {d[1]["from"] for d in dead} == {Keys().inbound(1), Keys().inbound(2)}
+    assert "refused" in caplog.text
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+def _event_of(scene: Scene, update: dict) -> MessageEvent:
+    message = update["message"]
+    bot = scene.tg.bot
+    return MessageEvent(
+        platform="telegram",
+        message_id=str(message["message_id"]),
+        author=UserRef("telegram", str(message["from"]["id"]), name=message["from"]["first_name"]),
+        channel=ChannelRef("telegram", str(message["chat"]["id"]), ChannelKind.GROUP),
+        text=message["text"],
+        self_id=str(bot["id"]),
+        self_name=bot["username"],
+        segments=(Mention(str(bot["id"]), bot["username"]),),
+    )
+
+
+async def _until(ready, what: str, expected: object = True) -> None:
+    """Wait until ``ready()`` (or what it returns when awaited) equals ``expected``."""
+    deadline = asyncio.get_running_loop().time() + WAIT_S
+    while True:
+        value = ready()
+        if inspect.isawaitable(value):
+            value = await value
+        if value == expected:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"waited {WAIT_S:g}s for {what} (last: {value!r})")
+        await asyncio.sleep(0.05)
+
+
+def _crash(worker) -> None:
+    """As kill -9 would leave it: nothing released, nothing acknowledged, nothing more done."""
+    worker._running = False
+    for task in [*worker._tasks, *worker._jobs]:
+        task.cancel()
+
+
+async def _close_crashed(worker) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.gather(*worker._tasks, *worker._jobs, return_exceptions=True)
+        await worker.host.stop()
+        await worker.bus.close()

@@ -44,6 +44,8 @@ api_key_app = typer.Typer(
     help="Keys of the OpenAI-compatible endpoint (bots serve): create, list, revoke.", no_args_is_help=True
 )
 app.add_typer(api_key_app, name="api-key")
+db_app = typer.Typer(help="The state database: migrate it to this version's schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
 out = Console()
 err = Console(stderr=True)
 
@@ -752,6 +754,34 @@ def embed_server(
         )  # fmt: skip
     except EmbedderError as exc:
         raise _fail(str(exc)) from None
+
+
+# -- database ----------------------------------------------------------------------------------
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOption = None) -> None:
+    """Create or migrate the database (SQLite in data_dir, or database_url) to the newest schema.
+    `bots run` does this at start too; run it alone before starting several hosts on a new version."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from bots.core.migrations import current
+    from bots.core.storage import Database, masked
+
+    cfg = _load(config, required=False)
+    db = Database.for_config(cfg, _secrets(config))
+
+    async def upgrade() -> str | None:
+        try:
+            await db.start()
+            async with db.engine.connect() as conn:
+                return await conn.run_sync(current)
+        finally:
+            await db.close()
+
+    try:
+        revision = asyncio.run(upgrade())
+    except (SQLAlchemyError, OSError, ValueError) as exc:
+        raise _fail(f"the database could not be migrated: {type(exc).__name__}: {exc}") from None
+    out.print(f"{masked(db.url)}: at revision {revision} (the newest)")
 
 
 # -- audit -------------------------------------------------------------------------------------

@@ -102,7 +102,9 @@ class ConversationMemory:
         self, session_id: str, author_id: str, author_name: str, question: str, answer: str
     ) -> None:
         common = {"bot": self._bot, "session_id": session_id, "created_at": datetime.now(UTC)}
-        human = {"role": "human", "author_id": author_id, "author_name": author_name, "content": question}
+        # ids and names cut to the columns' sizes: the same on every engine
+        who = {"author_id": author_id[:255], "author_name": author_name[:255]}
+        human = {"role": "human", **who, "content": question}
         ai = {"role": "ai", "author_id": "", "author_name": "", "content": answer}
         rows = [{**common, **human}, {**common, **ai}]
         cached = self._cache.get(session_id)

@@ -35,13 +35,13 @@ class AuditLog:
     async def record(
         self, *, bot: str, actor: str, channel: str, command: str, args: str, result: str
     ) -> None:
-        entry = AuditEntry(
-            bot=bot,
-            actor=actor,
-            channel=channel,
-            command=command,
+        entry = AuditEntry(  # cut to the columns' sizes: the same on every engine
+            bot=bot[:64],
+            actor=actor[:255],
+            channel=channel[:255],
+            command=command[:64],
             args=self.redact(args)[:2000],
-            result=result,
+            result=self.redact(result)[:255],
         )
         async with self._db.session() as session, session.begin():
             session.add(entry)

@@ -3,6 +3,7 @@ runtime grants owners make. Display names never grant anything."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from enum import IntEnum
 
 from sqlalchemy import delete, select
@@ -91,10 +92,10 @@ class Permissions:
     async def grant(self, canonical_id: str, role: Role, by: str) -> None:
         self._granted[canonical_id] = role
         if self._db is not None:
-            async with self._db.session() as session, session.begin():
-                await session.merge(
-                    RoleGrant(canonical_id=canonical_id, role=role.name.lower(), granted_by=by)
-                )
+            row = {"canonical_id": canonical_id, "role": role.name.lower(), "granted_by": by}
+            await self._db.upsert(
+                RoleGrant.__table__, row | {"granted_at": datetime.now(UTC)}, ["canonical_id"]
+            )
 
     async def revoke(self, canonical_id: str) -> None:
         """Drop a runtime grant; what the config says stays."""
@@ -106,5 +107,5 @@ class Permissions:
     async def link(self, canonical_id: str, person: str) -> None:
         self._remember_link(canonical_id, person)
         if self._db is not None:
-            async with self._db.session() as session, session.begin():
-                await session.merge(IdentityLink(canonical_id=canonical_id, person=person))
+            row = {"canonical_id": canonical_id, "person": person}
+            await self._db.upsert(IdentityLink.__table__, row, ["canonical_id"])

@@ -294,6 +294,15 @@ class Database:
         """The dialect's ``INSERT`` (with ``on_conflict_do_nothing`` / ``on_conflict_do_update``)."""
         return (sqlite if self.dialect == "sqlite" else postgresql).insert(table)
 
+    async def upsert(self, table: Any, row: dict[str, Any], keys: list[str]) -> None:
+        """Insert ``row``, or update the row with its ``keys`` to the other values: one statement,
+        so two hosts writing the same row at once never collide."""
+        statement = self.insert(table)
+        changed = {name: statement.excluded[name] for name in row if name not in keys}
+        upsert = statement.values(row).on_conflict_do_update(index_elements=keys, set_=changed)
+        async with self.session() as session, session.begin():
+            await session.execute(upsert)
+
     async def start(self) -> None:
         """Create the schema or migrate it to the newest revision (``bots db upgrade`` does the same)."""
         from bots.core.migrations import upgrade
@@ -352,15 +361,8 @@ class KeyValueStore:
         json.dumps(value)  # fail here, with the caller's key in the traceback, not at commit
         if len(key) > KEY_CHARS:
             raise ValueError(f"plugin storage keys are at most {KEY_CHARS} characters; got {len(key)}")
-        table = PluginValue.__table__
-        statement = self._db.insert(table)
         row = {"namespace": self.namespace, "key": key, "value": value, "updated_at": _now()}
-        upsert = statement.values(row).on_conflict_do_update(  # one statement: no race between hosts
-            index_elements=["namespace", "key"],
-            set_={"value": statement.excluded.value, "updated_at": statement.excluded.updated_at},
-        )
-        async with self._db.session() as session, session.begin():
-            await session.execute(upsert)
+        await self._db.upsert(PluginValue.__table__, row, ["namespace", "key"])
 
     async def delete(self, key: str) -> None:
         async with self._db.session() as session, session.begin():

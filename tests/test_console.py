@@ -18,6 +18,7 @@ from bots.core.permissions import Role
 from bots.knowledge.collection import Collection
 from bots.knowledge.uploads import UploadError, accept_upload
 from bots.web import WebContext, create_app
+from bots.web.console.status import Rates
 
 PAGES = ["/", "/review", "/jobs", "/audit", "/knowledge", "/personas", "/roles"]
 POSTS = [
@@ -336,3 +337,28 @@ async def _consume(data_dir: Path, token: str) -> str | None:
         return await LoginLinks(db).consume(token)
     finally:
         await db.close()
+
+
+async def test_the_status_page_shows_the_numbers_metrics_exports(console):
+    console.h.llm.queue("Hello back.")
+    await console.h.ask("hello", user="someone")  # a DM: one message in, one model call, one reply
+    async with console.client() as client:
+        await console.login(client, "fake:op")
+        page = (await client.get("/console/")).text
+        exported = (await client.get("/metrics")).text
+    assert re.search(r'bots_messages_received_total\{bot="testbot",platform="fake"\} 1\.0', exported)
+    for name in ("messages received", "messages sent", "model calls"):
+        assert re.search(rf"<th>{name}</th><td>1</td><td>[\d.]+</td>", page), name
+    assert re.search(r"<th>model call errors</th><td>0</td>", page)
+    assert re.search(r"<td>testbot</td><td>fake</td><td>fake</td>\s*<td class=\"up\">up</td>", page)
+
+
+def test_rates_are_over_the_last_hour_once_a_reading_is_that_old():
+    rates = Rates(started=0.0)
+    early, label = rates.per_hour({"m": 10.0}, now=1800.0)  # half an hour after start
+    assert early == {"m": 20.0} and label == "average over the 30 min since start"
+    rates.per_hour({"m": 30.0}, now=3000.0)
+    later, label = rates.per_hour({"m": 100.0}, now=1800.0 + 3600.0)
+    assert label == "last hour" and later == {"m": 90.0}  # 100 now, 10 an hour ago
+    rates.per_hour({"m": 130.0}, now=3000.0 + 3600.0 + 60.0)
+    assert [t for t, _ in rates.readings] == [3000.0, 5400.0, 6660.0]  # older readings dropped

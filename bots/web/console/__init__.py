@@ -30,8 +30,17 @@ def mount(app: FastAPI, ctx: Any, *, upload_limit: int | None = None) -> Console
 
     web = getattr(ctx.config, "web", None)
     limit = upload_limit or int(getattr(web, "upload_max_mb", 0) * 2**20) or DEFAULT_MAX_UPLOAD_BYTES
+    registry = getattr(app.state, "registry", None)
+    if registry is None:  # an app without /metrics: the same collector over the same host
+        from bots.web.metrics import registry_for
+
+        registry = registry_for(ctx.host)
     console = Console(
-        host=ctx.host, config=ctx.config, secrets=getattr(ctx, "secrets", None), upload_limit=limit
+        host=ctx.host,
+        config=ctx.config,
+        secrets=getattr(ctx, "secrets", None),
+        upload_limit=limit,
+        registry=registry,
     )
     for module in (login, operations, content):
         app.include_router(module.routes(console), prefix=PREFIX, include_in_schema=False)

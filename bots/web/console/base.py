@@ -15,6 +15,7 @@ from bots.core.config import AppConfig
 from bots.core.host import Host
 from bots.core.permissions import Role
 from bots.web.console.auth import COOKIE, LoginLinks, Session, Sessions
+from bots.web.console.status import Rates
 from bots.web.console.tasks import Tasks
 
 PREFIX = "/console"
@@ -68,9 +69,11 @@ class Console:
     config: AppConfig
     secrets: Any
     upload_limit: int
+    registry: Any  # what /metrics serves: the status page shows the same numbers
     links: LoginLinks = field(init=False)
     sessions: Sessions = field(init=False)
     tasks: Tasks = field(default_factory=Tasks)
+    rates: Rates = field(default_factory=Rates)
     templates: Jinja2Templates = field(init=False)
     _flash: dict[str, str] = field(default_factory=dict)
 

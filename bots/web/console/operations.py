@@ -39,7 +39,11 @@ def routes(console: Console) -> APIRouter:
     async def status(request: Request) -> Response:
         who = await console.operator(request)
         return console.page(
-            request, who, "status.html", title="Status", status_data=await host_status(console.host)
+            request,
+            who,
+            "status.html",
+            title="Status",
+            status_data=await host_status(console.host, console.registry, console.rates),
         )
 
     # -- review queue --------------------------------------------------------------------------

@@ -31,8 +31,8 @@ import discord
 import yarl
 from discord.gateway import DiscordWebSocket, ReconnectWebSocket, WebSocketClosure
 from discord.http import HTTPClient, Route
-from discord.state import ConnectionState
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
+from discord.state import AutoShardedConnectionState, ConnectionState
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from bots.core.adapter import Capabilities, EventSink
 from bots.core.config import ConfigError, channel_options
@@ -84,6 +84,21 @@ class DiscordOptions(BaseModel):
     api_base_url: str | None = None
     # a gateway proxy, for the first connection (RESUMEs go where READY's resume_gateway_url says)
     gateway_url: str | None = None
+    # sharding (a bot in more than 2,500 servers): the bot's total shards, and those this process
+    # runs (default: all). Guild events arrive on shard (guild_id >> 22) % shard_count, DMs on 0.
+    shard_count: int | None = Field(None, ge=1)
+    shard_ids: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _shards(self) -> DiscordOptions:
+        if self.shard_ids is None:
+            return self
+        if self.shard_count is None:
+            raise ValueError("shard_ids needs shard_count (the bot's total number of shards)")
+        wrong = [i for i in self.shard_ids if not 0 <= i < self.shard_count]
+        if wrong or not self.shard_ids or len(set(self.shard_ids)) != len(self.shard_ids):
+            raise ValueError(f"shard_ids must be distinct ids from 0 to {self.shard_count - 1}")
+        return self
 
     @field_validator("api_base_url", "gateway_url")
     @classmethod
@@ -132,9 +147,12 @@ class _RoutedHTTPClient(HTTPClient):
         return await super().ws_connect(url, compress=compress)
 
 
-class _GuardedState(ConnectionState):
+class _Guarded:
     """discord.py's client state, with every event parser guarded: an event it cannot read is
-    skipped with one log line (and no traceback) instead of ending the client."""
+    skipped with one log line (and no traceback) instead of ending the client. A mixin for
+    discord.py's state classes (one client, or every shard of an AutoShardedClient)."""
+
+    parsers: dict[str, Callable[[Any], None]]
 
     def __init__(self, channel_name: str, **options: Any) -> None:
         super().__init__(**options)
@@ -161,8 +179,16 @@ class _GuardedState(ConnectionState):
     def _update_references(self, ws: DiscordWebSocket) -> None:
         # discord.py calls this with each new gateway socket, before its first frame is read;
         # the socket class is discord.py's choice (Client.connect), so guard this one instance
-        super()._update_references(ws)
+        super()._update_references(ws)  # type: ignore[misc]
         ws.__class__ = _GuardedSocket
+
+
+class _GuardedState(_Guarded, ConnectionState):
+    pass
+
+
+class _GuardedShardedState(_Guarded, AutoShardedConnectionState):
+    pass
 
 
 class _GuardedSocket(DiscordWebSocket):
@@ -198,7 +224,8 @@ class _Client(discord.Client):
         self.http = _RoutedHTTPClient(
             self.loop, api_base_url=self._adapter.api_base_url, gateway_url=self._adapter.gateway_url
         )
-        return _GuardedState(
+        state = _GuardedShardedState if isinstance(self, discord.AutoShardedClient) else _GuardedState
+        return state(
             self._adapter.name,
             dispatch=self.dispatch,
             handlers=self._handlers,
@@ -228,6 +255,10 @@ class _Client(discord.Client):
         await self._adapter._on_message(self, message)
 
 
+class _ShardedClient(_Client, discord.AutoShardedClient):
+    """The same, running several shards over one connection each (``on_ready``: all are READY)."""
+
+
 class DiscordAdapter:
     """A Discord bot account in the servers it was invited to and in its DMs."""
 
@@ -246,10 +277,16 @@ class DiscordAdapter:
         intents: discord.Intents | None = None,
         api_base_url: str | None = None,  # REST base, e.g. a rate-limit proxy (None: Discord)
         gateway_url: str | None = None,  # first gateway connection (None: Discord's)
+        shard_count: int | None = None,  # sharded: the bot's total shards (AutoShardedClient)
+        shard_ids: list[int] | None = None,  # the shards this process runs (None: all)
     ) -> None:
         self.name = name
         self.api_base_url = api_base_url
         self.gateway_url = gateway_url
+        if shard_ids is not None and shard_count is None:
+            raise ValueError("shard_ids needs shard_count")
+        self.shard_count = shard_count
+        self.shard_ids = shard_ids
         self._token = token if isinstance(token, SecretStr) else SecretStr(token)
         self.token_env = token_env
         self.ready_timeout = ready_timeout
@@ -283,6 +320,8 @@ class DiscordAdapter:
             ready_timeout=settings.ready_timeout,
             api_base_url=settings.api_base_url,
             gateway_url=settings.gateway_url,
+            shard_count=settings.shard_count,
+            shard_ids=settings.shard_ids,
         )
 
     @property
@@ -373,13 +412,16 @@ class DiscordAdapter:
             await asyncio.sleep(min(self.restart_delay_cap, self.restart_delay * 2 ** max(failures - 1, 0)))
 
     def _new_client(self) -> discord.Client:
-        client = _Client(
-            self,
-            intents=self.intents,
-            guild_ready_timeout=self.guild_ready_timeout,
-            chunk_guilds_at_startup=False,
-            allowed_mentions=discord.AllowedMentions.none(),
-        )
+        options: dict[str, Any] = {
+            "intents": self.intents,
+            "guild_ready_timeout": self.guild_ready_timeout,
+            "chunk_guilds_at_startup": False,
+            "allowed_mentions": discord.AllowedMentions.none(),
+        }
+        if self.shard_count is None:
+            client: discord.Client = _Client(self, **options)
+        else:
+            client = _ShardedClient(self, shard_count=self.shard_count, shard_ids=self.shard_ids, **options)
         self.client = client
         return client
 

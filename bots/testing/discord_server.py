@@ -47,6 +47,15 @@ the users Discord would ping: ``<@id>`` in the content under the request's ``all
 their bot (``dm(..., bot=)``). Several clients (one per token) share one emulator, whether each
 is given :meth:`~DiscordServer.channel_options` or :func:`patch_discord_py` points every
 discord.py client in the process there.
+
+Shards
+------
+A client may IDENTIFY with ``shard: [id, count]`` (discord.py's ``AutoShardedClient``): each
+shard is a session of its own, READY carries its ``shard`` and lists, like GUILD_CREATE after it,
+only the guilds of that shard, ``(guild_id >> 22) % count``. A guild message goes to the session
+of its guild's shard; DMs only to shard 0 (as on Discord). :meth:`DiscordServer.add_guild` makes
+another server (``shard=(id, count)`` picks an id on that shard); :attr:`BotAccount.shards` holds a
+bot's sessions by shard id.
 """
 
 from __future__ import annotations
@@ -89,9 +98,17 @@ class Snowflakes:
     def __init__(self) -> None:
         self._counter = itertools.count()
 
-    def __call__(self) -> str:
+    def __call__(self, shard: tuple[int, int] | None = None) -> str:
+        """A fresh id; with ``shard=(id, count)`` one whose ``(id >> 22) % count`` is that shard."""
         ms = int(time.time() * 1000) - DISCORD_EPOCH_MS
+        if shard is not None:
+            ms += (shard[0] - ms) % shard[1]  # a moment a little ahead: the shard's formula holds
         return str((ms << 22) | (1 << 17) | (next(self._counter) % 4096))
+
+
+def shard_of(guild_id: str | int, shard_count: int) -> int:
+    """The shard Discord delivers a guild's events on."""
+    return (int(guild_id) >> 22) % shard_count
 
 
 @dataclass
@@ -268,6 +285,8 @@ class _Session:
     ws: web.WebSocketResponse | None = None
     valid: bool = True
     replay_from: int | None = None  # on the next RESUME, replay from here even if the client had it
+    shard: int = 0  # IDENTIFY's shard [id, count]
+    shard_count: int = 1
 
 
 class BotAccount:
@@ -289,7 +308,8 @@ class BotAccount:
         self.seq_by_message: dict[str, int] = {}  # message id -> sequence of its last MESSAGE_CREATE
         self.intents: int | None = None  # from its last IDENTIFY
         self.dm_channels: dict[str, Channel] = {}  # user id -> DM channel with this bot
-        self.session: _Session | None = None  # its current gateway session (None before IDENTIFY)
+        self.session: _Session | None = None  # its session on shard 0 (None before IDENTIFY)
+        self.shards: dict[int, _Session] = {}  # every shard's session, by shard id
         self._failures: list[_Failure] = []
         self._sent_queue: asyncio.Queue[SentMessage] = asyncio.Queue()
 
@@ -338,6 +358,7 @@ class DiscordServer:
         self.alice = self.user("alice", global_name="Alice")
         self.bob = self.user("bob", global_name="Bob")
         self.guild = self._make_guild(bot)
+        self.guilds = [self.guild]  # "Test Server" first; add_guild makes more
         self.general = self.guild.channels[0]
         self.thread = self.guild.threads[0]
         role_id = next(r["id"] for r in self.guild.roles if r.get("tags", {}).get("bot_id") == bot.id)
@@ -366,6 +387,35 @@ class DiscordServer:
         self.guild.member_roles[user.id] = [role["id"]]
         self.accounts[token] = BotAccount(token, user, role["id"])
         return user
+
+    def add_guild(self, name: str, *, shard: tuple[int, int] | None = None) -> Guild:
+        """Another server with a ``general`` channel, every served bot (with a managed role of its
+        own there) and the members owner, alice and bob; ``shard=(id, count)``: its id is on that
+        shard. Add it before the clients connect (GUILD_CREATE is sent at IDENTIFY)."""
+        guild_id = self.snowflake(shard)
+        bots = [account.user for account in self.accounts.values()]
+        roles = [_role(guild_id, "@everyone", MEMBER_PERMISSIONS, position=0)]
+        member_roles = {}
+        for bot in bots:
+            role = _role(self.snowflake(), bot.username, ALL_PERMISSIONS, position=1, managed=True)
+            role["tags"] = {"bot_id": bot.id}
+            roles.append(role)
+            member_roles[bot.id] = [role["id"]]
+        guild = Guild(
+            id=guild_id,
+            name=name,
+            owner=self.owner,
+            members=[*bots, self.owner, self.alice, self.bob],
+            channels=[Channel(self.snowflake(), "general", TEXT, guild_id=guild_id)],
+            threads=[],
+            roles=roles,
+            member_roles=member_roles,
+        )
+        self.guilds.append(guild)
+        return guild
+
+    def _guild(self, guild_id: str | None) -> Guild:
+        return next((g for g in self.guilds if g.id == guild_id), self.guild)
 
     def account(self, bot: BotRef | None = None) -> BotAccount:
         """The served bot ``bot`` names (its User, token, user id or username); None: the default bot."""
@@ -544,7 +594,7 @@ class DiscordServer:
 
     def channel(self, channel_id: str) -> Channel | None:
         dms = [c for account in self.accounts.values() for c in account.dm_channels.values()]
-        every = [*self.guild.channels, *self.guild.threads, *dms]
+        every = [c for g in self.guilds for c in (*g.channels, *g.threads)] + dms
         return next((c for c in every if c.id == channel_id), None)
 
     def _may_use(self, account: BotAccount, channel: Channel) -> bool:
@@ -585,7 +635,7 @@ class DiscordServer:
         }
         if in_guild:
             data["guild_id"] = channel.guild_id
-            data["member"] = self.guild.member(author)
+            data["member"] = self._guild(channel.guild_id).member(author)
         if reply_to is not None:
             data["type"] = 19
             data["message_reference"] = {
@@ -691,11 +741,14 @@ class DiscordServer:
         }
 
     # -- gateway control -----------------------------------------------------------------------
-    async def dispatch_raw(self, event_type: str, data: Any, *, bot: BotRef | None = None) -> int:
-        """Dispatch ``data`` as event ``event_type`` on ``bot``'s current session, as is (malformed
-        payloads welcome); buffered for RESUME while the client is away. Returns the sequence."""
+    async def dispatch_raw(
+        self, event_type: str, data: Any, *, bot: BotRef | None = None, shard: int = 0
+    ) -> int:
+        """Dispatch ``data`` as event ``event_type`` on ``bot``'s current session of ``shard``, as
+        is (malformed payloads welcome); buffered for RESUME while the client is away. Returns the
+        sequence."""
         account = self.account(bot)
-        session = account.session
+        session = account.shards.get(shard)
         if session is None:
             raise RuntimeError(
                 f"no gateway session of {account.user.username} yet: start the client before dispatching"
@@ -712,13 +765,16 @@ class DiscordServer:
         """MESSAGE_CREATE for a guild message to every served bot with a session: Discord delivers
         other bots' messages; its own only with ``echo_own_messages``."""
         author_id = message["author"]["id"]
-        receivers = [a for a in self.accounts.values() if a.session is not None]
+        receivers = [a for a in self.accounts.values() if a.shards]
         if not receivers and sender is None:
             raise RuntimeError("no gateway session yet: start a client before dispatching")
         for account in receivers:
             if account.user.id == author_id and not self.echo_own_messages:
                 continue
-            await self.dispatch_raw("MESSAGE_CREATE", message, bot=account)
+            count = next(iter(account.shards.values())).shard_count
+            shard = shard_of(message["guild_id"], count)
+            if shard in account.shards:  # a shard nobody connected gets nothing
+                await self.dispatch_raw("MESSAGE_CREATE", message, bot=account, shard=shard)
 
     async def send_raw_frame(self, frame: str | bytes, *, bot: BotRef | None = None) -> None:
         """Send ``frame`` as one websocket frame (text, or binary for bytes: what a compressed
@@ -826,13 +882,21 @@ class DiscordServer:
         if account.intents & INTENT_MESSAGE_CONTENT and not self.message_content_intent:
             await ws.close(code=4014, message=b"Disallowed intent(s).")
             return None
-        session = _Session(uuid.uuid4().hex, account, ws=ws)
+        shard, count = _shard_field(data.get("shard"))
+        if not 0 <= shard < count:
+            await ws.close(code=4010, message=b"Invalid shard.")
+            return None
+        session = _Session(uuid.uuid4().hex, account, ws=ws, shard=shard, shard_count=count)
         self._sessions[session.id] = session
-        account.session = session
+        account.shards[shard] = session
+        if shard == 0:
+            account.session = session
+        guilds = [g for g in self.guilds if shard_of(g.id, count) == shard]
         ready = {
             "v": 10,
             "user": {**account.user.payload(), "verified": True, "mfa_enabled": False, "flags": 0},
-            "guilds": [{"id": self.guild.id, "unavailable": True}],
+            "guilds": [{"id": g.id, "unavailable": True} for g in guilds],
+            "shard": [shard, count],
             "session_id": session.id,
             "session_type": "normal",
             "resume_gateway_url": self.gateway_url,
@@ -842,8 +906,9 @@ class DiscordServer:
             "application": {"id": account.application_id, "flags": self._application_flags()},
             "_trace": ["emulator"],
         }
-        await self.dispatch_raw("READY", ready, bot=account)
-        await self.dispatch_raw("GUILD_CREATE", self.guild.payload(), bot=account)
+        await self.dispatch_raw("READY", ready, bot=account, shard=shard)
+        for guild in guilds:
+            await self.dispatch_raw("GUILD_CREATE", guild.payload(), bot=account, shard=shard)
         account.identify_count += 1
         await self._notify()
         return session
@@ -867,8 +932,10 @@ class DiscordServer:
             if seq > after:
                 account.replayed.append(seq)
                 await self._send(ws, frame)
-        account.session = session
-        await self.dispatch_raw("RESUMED", {"_trace": ["emulator"]}, bot=account)
+        account.shards[session.shard] = session
+        if session.shard == 0:
+            account.session = session
+        await self.dispatch_raw("RESUMED", {"_trace": ["emulator"]}, bot=account, shard=session.shard)
         account.resume_count += 1
         await self._notify()
         return session
@@ -1039,7 +1106,7 @@ class DiscordServer:
             self._nonces[nonce] = message
         event = dict(message)
         if channel.guild_id is not None:
-            event["member"] = self.guild.member(account.user)
+            event["member"] = self._guild(channel.guild_id).member(account.user)
             await self._dispatch_to_guild(event, sender=account)  # the other bots see it too
         elif self.echo_own_messages and account.session is not None:
             await self.dispatch_raw("MESSAGE_CREATE", event, bot=account)
@@ -1214,3 +1281,14 @@ __all__ = [
     "discord_emulator",
     "patch_discord_py",
 ]
+
+
+def _shard_field(value: Any) -> tuple[int, int]:
+    """IDENTIFY's ``shard`` as (id, count); (0, 1) when absent, (-1, 0) when unreadable (refused)."""
+    if value is None:
+        return 0, 1
+    try:
+        shard, count = (int(part) for part in value)
+    except (TypeError, ValueError):
+        return -1, 0
+    return shard, count

@@ -75,6 +75,7 @@ async def console(harness, tmp_path: Path) -> Console:
         plugins=["basics", "admin"],
         roles={"owners": ["fake:boss"], "operators": ["fake:op"], "banned": ["fake:troll"]},
         knowledge_dir=knowledge,
+        web={"upload_max_mb": 1},
         bot={"knowledge": ["notes"], "schedules": [EVENING]},
     )
     return Console(h, create_app(WebContext(h.host, h.config)))
@@ -279,6 +280,9 @@ async def test_uploads_are_checked_before_they_land(console, tmp_path):
         big = b"word " * (console.app.state.console.upload_limit // 5 + 1)
         assert "MiB limit" in await upload("huge.txt", big)
         assert "does not use a collection" in await upload("x.md", b"# x", "secrets")
+        form = {"csrf": csrf, "collection": "notes"}
+        huge = await client.post("/console/knowledge/upload", data=form, files={"file": ("x.txt", big * 2)})
+        assert huge.status_code == 413 and "over the 1 MiB upload limit" in huge.text  # refused unread
     assert sorted(p.name for p in folder.iterdir()) == []  # nothing landed, no staging file left
     entries, _ = await console.h.host.audit.search(command="kb upload")
     assert len(entries) == 5 and all(e.result.startswith("refused: ") for e in entries)

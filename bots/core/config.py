@@ -222,6 +222,7 @@ class WebConfig(StrictModel):
     metrics: bool = True  # GET /metrics (Prometheus)
     max_body_kb: int = Field(256, ge=1)  # larger request bodies: 413
     key_rate: str = "60/minute"  # requests per OpenAI API key (`limits` notation); over: 429
+    upload_max_mb: int = Field(20, ge=1, le=200)  # files operators upload in the console
 
     @field_validator("key_rate")
     @classmethod

@@ -17,7 +17,6 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from bots.core.permissions import Role
-from bots.knowledge.uploads import DEFAULT_MAX_UPLOAD_BYTES
 from bots.web.console.base import HERE, PREFIX, Console, Refused
 
 __all__ = ["Console", "mount"]
@@ -28,8 +27,7 @@ def mount(app: FastAPI, ctx: Any, *, upload_limit: int | None = None) -> Console
     and ``secrets`` (the web app's shared context)."""
     from bots.web.console import content, login, operations
 
-    web = getattr(ctx.config, "web", None)
-    limit = upload_limit or int(getattr(web, "upload_max_mb", 0) * 2**20) or DEFAULT_MAX_UPLOAD_BYTES
+    limit = upload_limit or ctx.config.web.upload_max_mb * 2**20
     registry = getattr(app.state, "registry", None)
     if registry is None:  # an app without /metrics: the same collector over the same host
         from bots.web.metrics import registry_for

@@ -20,6 +20,7 @@ from bots.web.console.tasks import Tasks
 
 PREFIX = "/console"
 HERE = Path(__file__).parent
+FORM_ALLOWANCE = 64 * 1024  # a form's fields besides an uploaded file
 PAGES = [  # (path, title): the navigation bar
     ("/", "Status"),
     ("/review", "Review"),
@@ -106,7 +107,10 @@ class Console:
     async def acting(self, request: Request, what: str, need: Role = Role.OPERATOR) -> tuple[Operator, Any]:
         """For a POST: the operator (as :meth:`operator`) and the form, after its CSRF token was
         checked (403 without it, audited)."""
-        form = await request.form()
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.upload_limit + FORM_ALLOWANCE:
+            raise Refused(413, f"The request is over the {self.upload_limit // 2**20} MiB upload limit.")
+        form = await request.form(max_files=1, max_fields=20)
         who = await self.current(request)
         if who is not None and not who.session.csrf_ok(str(form.get("csrf") or "")):
             await self.audit(who, what, "", "refused: no CSRF token")

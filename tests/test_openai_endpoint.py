@@ -4,6 +4,7 @@ FakeLLM: the subject here is the channel, not the model."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import ClassVar
 
@@ -52,10 +53,12 @@ class Served:
 async def served(harness):
     made: list[Served] = []
 
-    async def serve(*, web: dict | None = None, llm: FakeLLM | None = None, **config) -> Served:
+    async def serve(
+        *, web: dict | None = None, llm: FakeLLM | None = None, channel: OpenAIChannel | None = None, **config
+    ) -> Served:
         Witness.seen = []
         h = await harness(
-            adapter=OpenAIChannel("api"),
+            adapter=channel or OpenAIChannel("api"),
             llm=llm or FakeLLM(default=ANSWER),
             plugins=["basics", "admin", Witness],
             start=False,
@@ -127,6 +130,41 @@ async def test_the_requests_earlier_messages_are_the_conversation(served):
     # a new conversation of the same client does not see Ada (history comes from the request)
     await chat.ainvoke([HumanMessage("Who am I?")])
     assert not any("Ada" in m.content for m in s.h.llm.last_prompt)
+
+
+class EchoLLM(FakeLLM):
+    """Answers with what it was asked (after the speaker tag), a little later."""
+
+    def _next(self, messages):
+        self.prompts.append(list(messages))
+        return f"You said: {str(messages[-1].content).split('] ', 1)[-1]}."
+
+
+async def test_concurrent_requests_each_get_their_own_answer(served):
+    s = await served(llm=EchoLLM(delay_s=0.05))
+    client = s.client()
+
+    async def ask(conversation: int, turn: int) -> tuple[str, str | None]:
+        question = f"question {turn} of conversation {conversation}"
+        messages = [{"role": "user", "content": f"I am conversation {conversation}"}]
+        messages += [{"role": "assistant", "content": "Go on."}, {"role": "user", "content": question}]
+        reply = await client.chat.completions.create(model=BOT, messages=messages)
+        return question, reply.choices[0].message.content
+
+    answers = await asyncio.gather(*(ask(c, t) for c in range(4) for t in range(3)))
+    assert [answer for _, answer in answers] == [f"You said: {question}." for question, _ in answers]
+
+
+async def test_a_slow_answer_times_out_with_504(served):
+    s = await served(llm=FakeLLM(default=ANSWER, delay_s=3), channel=OpenAIChannel("api", timeout_s=0.2))
+    with pytest.raises(openai.APIStatusError) as late:
+        await s.client().chat.completions.create(model=BOT, messages=[{"role": "user", "content": "hi"}])
+    assert late.value.status_code == 504
+    stream = await s.client().chat.completions.create(
+        model=BOT, messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    with pytest.raises(openai.APIError, match="did not answer in time"):  # an error event ends it
+        _ = [chunk async for chunk in stream]
 
 
 async def test_models_lists_the_bot(served):

@@ -472,9 +472,12 @@ def _finish(text: str) -> str:
 
 
 async def _pieces(exchange: _Exchange, timeout_s: float) -> AsyncIterator[str]:
-    async with asyncio.timeout(timeout_s):
-        while (piece := await exchange.pieces.get()) is not None:
-            yield piece
+    """What the bot sends, until handling is over; TimeoutError past ``timeout_s`` in all (each
+    wait is bounded on its own, so a slow reader of the stream is never cancelled midway)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while (piece := await asyncio.wait_for(exchange.pieces.get(), deadline - loop.time())) is not None:
+        yield piece
 
 
 async def _collect(exchange: _Exchange, timeout_s: float) -> str:
@@ -500,7 +503,10 @@ async def _sse(exchange: _Exchange, completion: str, model: str, timeout_s: floa
         async for piece in _pieces(exchange, timeout_s):
             said += piece
             yield chunk({"content": piece})
-    except TimeoutError:
-        log.warning("openai: a streamed answer did not finish within %.0fs; ended", timeout_s)
+    except TimeoutError:  # the status is sent already: an error event, as OpenAI's API sends one
+        log.warning("openai: a streamed answer did not finish within %.0fs", timeout_s)
+        error = {"message": "the bot did not answer in time", "type": "server_error", "code": "timeout"}
+        yield f"data: {json.dumps({'error': {**error, 'param': None}})}\n\n"
+        return
     yield chunk({}, _finish(said))
     yield "data: [DONE]\n\n"

@@ -25,6 +25,7 @@ from bots.core.pipeline import Pipeline, PipelineSettings
 from bots.core.quota import Quotas, QuotaStore
 from bots.core.routing import Dispatch
 from bots.core.storage import Database
+from bots.knowledge.factory import build_knowledge
 from bots.plugins.api import Plugin
 from bots.plugins.jobs import PersonaView, Source
 from bots.plugins.manager import discover, load_plugins
@@ -47,31 +48,6 @@ def build_adapter(bot: str, channel: ChannelConfig, secrets: Secrets) -> Adapter
         )
     adapter_cls: AdapterFactory = next(iter(matches)).load()
     return adapter_cls.from_config(channel.name or channel.type, channel.options, secrets)
-
-
-def build_knowledge(config: AppConfig, secrets: Secrets | None = None) -> KnowledgeBase:
-    """The host's knowledge base (imports the heavy retrieval stack only when called)."""
-    from bots.knowledge.embeddings import Embedder, HttpEmbedder, make_embedder
-    from bots.knowledge.store import FusionWeights, KnowledgeBase
-
-    settings = config.knowledge
-    embedder: Embedder
-    if settings.embedding_url:
-        key = (secrets or Secrets()).get(settings.embedding_api_key_env)
-        embedder = HttpEmbedder(
-            settings.embedding_url,
-            model=settings.embedding_model,
-            api_key=key.get_secret_value() if key else None,
-        )
-    else:
-        embedder = make_embedder(settings.embedding_model, device=settings.device)
-    weights = FusionWeights(
-        dense_latin=settings.dense_weight_latin,
-        dense_cjk=settings.dense_weight_cjk,
-        entities=settings.entity_weight,
-        cross_slots=settings.cross_slots,
-    )
-    return KnowledgeBase(config.knowledge_dir, config.data_dir, embedder, weights)
 
 
 def build_retriever(config: AppConfig, secrets: Secrets) -> Retriever:

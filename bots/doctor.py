@@ -37,6 +37,7 @@ def run_checks(config_path: Path, secrets: Secrets) -> list[Check]:
     results += _personas(config)
     results += _llm(config, secrets)
     results += _channels(config, secrets)
+    results += _openai_endpoint(config, secrets)
     results.append(_plugins(config))
     results += _embedding_model(config)
     results += _knowledge(config, secrets)
@@ -163,6 +164,45 @@ def _channels(config: AppConfig, secrets: Secrets) -> list[Check]:
                     Check("fail", name, f"type {channel.type!r} is not installed "
                           f"(installed: {', '.join(sorted(installed))}); install its extra")
                 )  # fmt: skip
+    return results
+
+
+def _openai_endpoint(config: AppConfig, secrets: Secrets) -> list[Check]:
+    """Bots behind the OpenAI-compatible endpoint: served, and with keys to call them."""
+    from sqlalchemy import func, select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from bots.adapters.openai_compat import ApiKeys
+    from bots.core.storage import Database, PluginValue
+
+    served = [bot.name for bot in config.bots if any(c.type == "openai" for c in bot.channels)]
+    if not served:
+        return []
+    where = f"{config.web.host}:{config.web.port}"
+    results = [Check("ok", "openai endpoint", f"models {', '.join(served)} at http://{where}/v1")]
+    if not config.web.enabled:
+        results[0] = Check(
+            "warn", "openai endpoint", "[web] enabled is false: `bots run` does not serve it\n"
+            "fix: set [web] enabled = true, or start the host with `bots serve`",
+        )  # fmt: skip
+    db = Database.for_config(config, secrets)
+    keys = 0
+    if db.dialect != "sqlite" or Path(db.url.database or "").exists():
+        engine = db.sync_engine()
+        try:
+            with engine.connect() as conn:
+                count = select(func.count()).where(PluginValue.namespace == ApiKeys.NAMESPACE)
+                keys = conn.scalar(count.select_from(PluginValue)) or 0
+        except SQLAlchemyError:
+            keys = 0
+        finally:
+            engine.dispose()
+    if not keys:
+        results.append(
+            Check("warn", "openai keys", "no API keys: every request gets 401\nfix: bots api-key create NAME")
+        )
+    else:
+        results.append(Check("ok", "openai keys", f"{keys} client key(s) (bots api-key list)"))
     return results
 
 

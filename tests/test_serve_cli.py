@@ -118,3 +118,21 @@ def test_revoke_and_unknown_names(tmp_path):
     assert runner.invoke(app, ["api-key", "revoke", "ops", "--config", str(config)]).exit_code == 0
     again = runner.invoke(app, ["api-key", "revoke", "ops", "--config", str(config)])
     assert again.exit_code == 1 and "no key named 'ops'" in again.output
+
+
+def test_doctor_says_when_the_endpoint_is_not_served_or_has_no_keys(tmp_path):
+    from bots.core.config import Secrets
+    from bots.doctor import run_checks
+
+    config = write_config(tmp_path, 8700, web="enabled = false\n")
+    checks = {c.name: c for c in run_checks(config, Secrets())}
+    assert checks["openai endpoint"].status == "warn" and "bots serve" in checks["openai endpoint"].detail
+    assert checks["openai keys"].status == "warn"
+    assert CliRunner().invoke(app, ["api-key", "create", "ops", "--config", str(config)]).exit_code == 0
+    config.write_text(config.read_text(encoding="utf-8").replace("enabled = false", "enabled = true"))
+    checks = {c.name: c for c in run_checks(config, Secrets())}
+    assert checks["openai endpoint"].status == "ok" and "models tester" in checks["openai endpoint"].detail
+    assert (checks["openai keys"].status, checks["openai keys"].detail) == (
+        "ok",
+        "1 client key(s) (bots api-key list)",
+    )

@@ -44,3 +44,10 @@ async def test_two_apps_do_not_share_a_registry(harness, tmp_path):
     two = generate_latest(registry_for(second.host)).decode()
     assert f'bots_messages_received_total{{bot="{BOT}",platform="fake"}} 1.0' in one
     assert "bots_messages_received_total{" not in two
+
+
+async def test_status_shows_the_same_numbers(harness):
+    h = await harness(plugins=["basics", "admin"], roles={"operators": ["fake:op"]})
+    await h.ask("hello", user="op")
+    status = (await h.ask("/status", user="op"))[0].text
+    assert "since start: 2 messages in, 1 out; model calls 1 ok, 0 failed" in status  # /status is in

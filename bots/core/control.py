@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from bots.core.events import ChannelKind, ChannelRef, Outbound
@@ -28,6 +29,12 @@ class HostControl:
             if bot.pipeline.loops.stops:
                 lines.append(f"  bot-to-bot loops stopped: {bot.pipeline.loops.stops}")
         lines.append(f"events in flight: {self._host.in_flight}; muted chats: {len(self._host.muted)}")
+        m = self._host.metrics  # the numbers /metrics exports
+        calls = sum((stats.calls for stats in m.models.values()), Counter())
+        lines.append(
+            f"since start: {m.received.total()} messages in, {m.sent.total()} out; "
+            f"model calls {calls['ok']} ok, {calls['error']} failed"
+        )
         inbox = self._host.inbox
         if inbox.abandoned:
             days = inbox.keep.days

@@ -295,3 +295,15 @@ def test_a_transcript_survives_the_inbox_round_trip():
     again = event_from_dict(json.loads(json.dumps(event_to_dict(event))))
     assert again.transcript == Transcript((("human", "first"), ("ai", "answer")))
     assert again.channel == event.channel and again.author == event.author
+
+
+async def test_a_post_into_another_chat_is_not_part_of_the_answer(served):
+    s = await served(roles={"operators": ["openai:tester/ops"]})
+    reply = await s.client().chat.completions.create(
+        model=BOT,
+        messages=[{"role": "user", "content": "/say openai:tester/c-elsewhere the fog lifts"}],
+        user="ops",
+    )
+    text = reply.choices[0].message.content
+    assert text and text != NOT_ALLOWED
+    assert "the fog lifts" not in text  # /say's post went to its own chat, not into this response

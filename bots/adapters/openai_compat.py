@@ -73,7 +73,8 @@ class OpenAIOptions(BaseModel):
 class _Exchange:
     """One request's answer as the pipeline sends it to the chat: whole messages or stream pieces."""
 
-    def __init__(self, stream: bool) -> None:
+    def __init__(self, chat: str, stream: bool) -> None:
+        self.chat = chat  # the request's chat id: what goes elsewhere is not part of the answer
         self.stream = stream
         self.pieces: asyncio.Queue[str | None] = asyncio.Queue()  # None: handling is over
         self.messages = 0
@@ -143,19 +144,22 @@ class OpenAIChannel:
         exchange = _EXCHANGE.get()
         return Capabilities(max_length=None, streaming=exchange is not None and exchange.stream)
 
-    @property
-    def running(self) -> bool:
-        return self._sink is not None
-
     async def start(self, sink: EventSink) -> None:
         self._sink = sink
 
     async def stop(self) -> None:
         self._sink = None
 
-    async def send(self, outbound: Outbound) -> SentRef:
+    @staticmethod
+    def _exchange(chat: ChannelRef) -> _Exchange | None:
+        """The request waiting for what is sent to ``chat`` (none for a replay after a restart, or
+        a post a plugin makes into another conversation)."""
         exchange = _EXCHANGE.get()
-        if exchange is None:  # a replay after a restart, or a post: no request waits for it
+        return exchange if exchange is not None and exchange.chat == chat.id else None
+
+    async def send(self, outbound: Outbound) -> SentRef:
+        exchange = self._exchange(outbound.target)
+        if exchange is None:
             log.info(
                 "channel %s: a message to %s with no request waiting; dropped", self.name, outbound.target.id
             )
@@ -167,7 +171,7 @@ class OpenAIChannel:
     async def send_stream(
         self, target: ChannelRef, chunks: AsyncIterator[str], reply_to: str | None = None
     ) -> SentRef:
-        exchange = _EXCHANGE.get()
+        exchange = self._exchange(target)
         if exchange is not None:
             exchange.begin_message()
         async for chunk in chunks:
@@ -199,10 +203,11 @@ class OpenAIChannel:
         (a None piece) when the event has been handled. Raises NotAccepted when the host stops."""
         if self._sink is None:
             raise NotAccepted(f"channel {self.name} is not running")
-        exchange = _Exchange(stream)
+        event = self.event(conversation)
+        exchange = _Exchange(event.channel.id, stream)
         token = _EXCHANGE.set(exchange)
         try:
-            handled = await self._sink(self.event(conversation))
+            handled = await self._sink(event)
         finally:
             _EXCHANGE.reset(token)
         if handled is None:  # a duplicate: cannot happen with fresh ids, but never hang on it

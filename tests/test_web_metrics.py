@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from langchain_core.messages import AIMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
 from prometheus_client import generate_latest
 
 from bots.core.gate import Verdict
@@ -51,3 +53,20 @@ async def test_status_shows_the_same_numbers(harness):
     await h.ask("hello", user="op")
     status = (await h.ask("/status", user="op"))[0].text
     assert "since start: 2 messages in, 1 out; model calls 1 ok, 0 failed" in status  # /status is in
+
+
+class CountingLLM(FakeLLM):
+    """Reports token usage, as OpenAI-compatible providers do."""
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+        usage = {"input_tokens": 12, "output_tokens": 5, "total_tokens": 17}
+        message = AIMessage(self._next(messages), usage_metadata=usage)
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+async def test_tokens_are_counted_where_the_model_reports_them(harness):
+    h = await harness(llm=CountingLLM(default="Twelve in, five out."))
+    await h.ask("count them")
+    text = generate_latest(registry_for(h.host)).decode()
+    assert f'bots_model_tokens_total{{bot="{BOT}",kind="prompt"}} 12.0' in text
+    assert f'bots_model_tokens_total{{bot="{BOT}",kind="completion"}} 5.0' in text

@@ -58,10 +58,17 @@ class Console:
         base = "https://console.test" if https else "http://console.test"
         return httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url=base)
 
+    async def open_link(self, client: httpx.AsyncClient, token: str) -> httpx.Response:
+        """Open a login link and press its button, as a person does."""
+        page = await client.get("/console/login", params={"token": token})
+        assert page.status_code == 200 and 'id="login"' in page.text
+        fields = dict(re.findall(r'name="(token|csrf)" value="([^"]*)"', page.text))
+        return await client.post("/console/login", data=fields)
+
     async def login(self, client: httpx.AsyncClient, who: str) -> str:
         """Log ``client`` in as ``who``; returns the session's CSRF token ("" for a member)."""
-        response = await client.get("/console/login", params={"token": await self.links.create(who)})
-        assert response.status_code == 200, response.text
+        response = await self.open_link(client, await self.links.create(who))
+        assert response.status_code == 303, response.text
         page = await client.get("/console/roles")
         found = re.search(r'name="csrf" value="([^"]+)"', page.text)
         return found.group(1) if found else ""
@@ -90,24 +97,35 @@ async def draft(c: Console, *answers: str) -> int:
 async def test_a_login_link_works_once_and_sets_a_strict_httponly_cookie(console):
     token = await console.links.create("fake:op")
     async with console.client(https=True) as client:
-        first = await client.get("/console/login", params={"token": token})
-        assert first.status_code == 200 and "Logged in as <strong>fake:op</strong>" in first.text
-        cookie = first.headers["set-cookie"]
+        for _preview in range(2):  # a chat app fetching the link for a preview spends nothing
+            page = await client.get("/console/login", params={"token": token})
+            assert page.status_code == 200 and "Log in to the console" in page.text
+            assert "default-src 'self'" in page.headers["content-security-policy"]
+        forged = await client.post("/console/login", data={"token": token})  # no CSRF token: refused
+        assert forged.status_code == 403
+        first = await console.open_link(client, token)
+        assert first.status_code == 303 and first.headers["location"] == "/console/"
+        cookie = next(c for c in first.headers.get_list("set-cookie") if c.startswith("bots_console="))
         for flag in ("HttpOnly", "SameSite=strict", "Secure", "Path=/console"):
             assert flag in cookie
-        assert "default-src 'self'" in first.headers["content-security-policy"]
-        again = await client.get("/console/login", params={"token": token})
+        again = await console.open_link(client, token)
         assert again.status_code == 401 and "unknown, used or expired" in again.text
-        assert (await client.get("/console/")).status_code == 200  # the session from the first use
+        assert "fake:op (operator)" in (await client.get("/console/")).text  # the session of the first use
     async with console.client() as client:
-        plain = await client.get("/console/login", params={"token": await console.links.create("fake:op")})
+        plain = await console.open_link(client, await console.links.create("fake:op"))
         assert "Secure" not in plain.headers["set-cookie"]  # http: a Secure cookie would be dropped
         expired = await console.links.create("fake:op", ttl=timedelta(seconds=-1))
-        assert (await client.get("/console/login", params={"token": expired})).status_code == 401
-        assert (await client.get("/console/login", params={"token": "made-up"})).status_code == 401
+        assert (await console.open_link(client, expired)).status_code == 401
+        assert (await console.open_link(client, "made-up")).status_code == 401
     entries, _ = await console.h.host.audit.search(command="console login")
-    assert [e.result for e in entries].count("ok") == 2
-    assert "refused: unknown, used or expired link" in {e.result for e in entries}
+    assert sorted(e.result for e in entries) == [
+        "ok",
+        "ok",
+        "refused: no CSRF token",
+        "refused: unknown, used or expired link",
+        "refused: unknown, used or expired link",
+        "refused: unknown, used or expired link",
+    ]
 
 
 async def test_only_the_hash_of_a_link_is_stored(console):

@@ -148,6 +148,8 @@ async def test_console_in_a_real_browser(harness, tmp_path, screenshots, capsys)
         # -- log in with a one-time link ---------------------------------------------------------
         link = f"{server.url}/console/login?token={await console.links.create('fake:op')}"
         await browser.open(link)
+        await browser.shot("login")
+        await browser.click("#login button")
         await browser.until("the status page after login", lambda d: "/console/" in d.current_url
                             and d.find_elements("id", "channels"))  # fmt: skip
         assert "fake:op (operator)" in await browser.text("#operator")
@@ -156,6 +158,8 @@ async def test_console_in_a_real_browser(harness, tmp_path, screenshots, capsys)
         assert cookie["httpOnly"] is True and cookie["sameSite"] == "Strict"
         await browser.shot("status")
         await browser.open(link)  # the link works once
+        await browser.click("#login button")
+        await browser.until("the refusal of a used link", lambda d: d.find_elements("id", "problem"))
         assert "unknown, used or expired" in await browser.text("#problem")
 
         # -- approve the draft: it is posted once ------------------------------------------------
@@ -236,6 +240,7 @@ async def test_console_in_a_real_browser(harness, tmp_path, screenshots, capsys)
         # -- a member sees nothing ---------------------------------------------------------------
         await browser.call(browser.driver.delete_all_cookies)
         await browser.open(f"{server.url}/console/login?token={await console.links.create('fake:visitor')}")
+        await browser.click("#login button")
         await browser.until("the member's refusal", lambda d: d.find_elements("id", "problem"))
         refusal = await browser.text("#problem")
         assert refusal == "fake:visitor has the role member: this needs operator rights."

@@ -25,6 +25,7 @@ SESSION_NAMESPACE = "console/sessions"
 LOGIN_TTL = timedelta(minutes=15)
 SESSION_TTL = timedelta(hours=12)
 COOKIE = "bots_console"
+LOGIN_COOKIE = "bots_console_login"  # the login form's CSRF token, before there is a session
 
 
 def _digest(token: str) -> str:

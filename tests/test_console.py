@@ -384,3 +384,9 @@ def test_rates_are_over_the_last_hour_once_a_reading_is_that_old():
     assert label == "last hour" and later == {"m": 90.0}  # 100 now, 10 an hour ago
     rates.per_hour({"m": 130.0}, now=3000.0 + 3600.0 + 60.0)
     assert [t for t, _ in rates.readings] == [3000.0, 5400.0, 6660.0]  # older readings dropped
+
+
+async def test_two_uses_of_one_link_at_once_log_in_only_one(console):
+    token = await console.links.create("fake:op")
+    results = await asyncio.gather(*(console.links.consume(token) for _ in range(4)))
+    assert results.count("fake:op") == 1 and results.count(None) == 3

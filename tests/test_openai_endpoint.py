@@ -156,12 +156,13 @@ async def test_concurrent_requests_each_get_their_own_answer(served):
 
 
 async def test_a_slow_answer_times_out_with_504(served):
-    s = await served(llm=FakeLLM(default=ANSWER, delay_s=3), channel=OpenAIChannel("api", timeout_s=0.2))
+    # the answer takes 1 s and the request waits 0.2 s from before the model is asked: always late
+    s = await served(llm=FakeLLM(default=ANSWER, delay_s=1), channel=OpenAIChannel("api", timeout_s=0.2))
     with pytest.raises(openai.APIStatusError) as late:
         await s.client().chat.completions.create(model=BOT, messages=[{"role": "user", "content": "hi"}])
     assert late.value.status_code == 504
     stream = await s.client().chat.completions.create(
-        model=BOT, messages=[{"role": "user", "content": "hi"}], stream=True
+        model=BOT, messages=[{"role": "user", "content": "hello"}], stream=True
     )
     with pytest.raises(openai.APIError, match="did not answer in time"):  # an error event ends it
         _ = [chunk async for chunk in stream]

@@ -12,10 +12,13 @@ from pathlib import Path
 
 import httpx
 import openai
+import pytest
 from fixtures.configs import write_bot_config
 from typer.testing import CliRunner
 
 from bots.cli import app
+from bots.core.config import ConfigError
+from bots.web import web_service
 
 ANSWER = "The lamp is lit at dusk."
 
@@ -95,19 +98,15 @@ def test_run_refuses_an_openai_channel_without_the_web_app(tmp_path):
     assert "an openai channel needs the web app" in result.output
 
 
-def test_serve_names_a_port_in_use(tmp_path):
+async def test_a_port_in_use_is_named(harness):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        config = write_config(tmp_path, port)
-        result = subprocess.run(
-            [sys.executable, "-m", "bots", "serve", "--config", str(config)],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert f"[web]: cannot listen on 127.0.0.1:{port}" in result.stderr
-    assert "Traceback" not in result.stderr
+        h = await harness(start=False, web={"port": port})
+        web_service(h.host, h.config)
+        with pytest.raises(ConfigError, match=rf"\[web\]: cannot listen on 127.0.0.1:{port}"):
+            await h.host.start()
 
 
 def test_revoke_and_unknown_names(tmp_path):

@@ -93,6 +93,9 @@ class KnowledgeConfig(StrictModel):
     # an OpenAI-compatible embedding service (`bots embed-server`) instead of in-process models
     embedding_url: str | None = None
     embedding_api_key_env: str = "BOTS_EMBED_API_KEY"
+    # a Chroma server (`chroma run`) every worker shares, instead of the index in data_dir
+    chroma_url: str | None = Field(None, pattern=r"^https?://[^/\s]+/?$")
+    chroma_token_env: str = "BOTS_CHROMA_TOKEN"  # sent as a Bearer token when set
     top_k: int = Field(4, ge=1, le=20)  # passages put in the prompt
     min_similarity: float = Field(0.35, ge=0, le=1)  # dense-only hits below this are dropped
     # weight of the dense ranking against keyword (1.0) in the fusion, by the query's script

@@ -34,4 +34,13 @@ def build_knowledge(config: AppConfig, secrets: Secrets | None = None) -> Knowle
         entities=settings.entity_weight,
         cross_slots=settings.cross_slots,
     )
-    return KnowledgeBase(config.knowledge_dir, config.data_dir, embedder, weights)
+    token = (secrets or Secrets()).get(settings.chroma_token_env) if settings.chroma_url else None
+    headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else None
+    return KnowledgeBase(
+        config.knowledge_dir,
+        config.data_dir,
+        embedder,
+        weights,
+        chroma_url=settings.chroma_url,
+        chroma_headers=headers,
+    )

@@ -8,6 +8,15 @@ dictionary and the USE model in forms that open at once).
 
 A search opens chromadb only for a collection larger than ``EXACT_LIMIT`` whose dense ranking it
 needs, and loads the embedding model only when the plan has a dense or cross-lingual part.
+
+Shared by many workers: with ``chroma_url`` the collections live in a Chroma server (``chroma
+run``, reached with ``chromadb.HttpClient``) instead of ``chroma/``. The server then holds
+everything the index is made of (chunk texts, citations, vectors), and each collection's metadata
+carries a ``revision`` that every ingest which changed something renews. A worker's search folder
+(BM25 and the rest, in its own ``data_dir``) is built from the server at first use and again when
+the server's revision differs from the one it was built from (looked up at most every
+``revision_check_s``), so every worker reads the same keyword index without a shared disk. The
+manifest (which files are indexed) stays with whoever runs ``bots ingest``.
 """
 
 from __future__ import annotations
@@ -15,14 +24,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -172,10 +184,22 @@ Progress = Callable[[str, int], None]  # (what: "files" | "chunks", how many mor
 
 
 class KnowledgeBase:
+    revision_check_s = 10.0  # with a Chroma server: how often a search asks whether an ingest ran
+
     def __init__(
-        self, knowledge_dir: Path, data_dir: Path, embedder: Embedder, weights: FusionWeights | None = None
+        self,
+        knowledge_dir: Path,
+        data_dir: Path,
+        embedder: Embedder,
+        weights: FusionWeights | None = None,
+        *,
+        chroma_url: str | None = None,  # a Chroma server ("http://127.0.0.1:8000"); None: on disk
+        chroma_headers: dict[str, str] | None = None,  # e.g. its auth token
     ) -> None:
         self.root = knowledge_dir
+        self.chroma_url = chroma_url
+        self._chroma_headers = chroma_headers or {}
+        self._revision_checked: dict[str, float] = {}  # collection -> when the server was last asked
         self.index_dir = data_dir / "knowledge"
         self.embedder = embedder
         self.weights = weights or FusionWeights()
@@ -198,9 +222,26 @@ class KnowledgeBase:
                 from chromadb.config import Settings
 
                 self.index_dir.mkdir(parents=True, exist_ok=True)
-                self._client = chromadb.PersistentClient(
-                    path=str(self.index_dir / "chroma"), settings=Settings(anonymized_telemetry=False)
-                )
+                settings = Settings(anonymized_telemetry=False)
+                if self.chroma_url:
+                    url = urlsplit(self.chroma_url)
+                    try:
+                        self._client = chromadb.HttpClient(
+                            host=url.hostname or "127.0.0.1",
+                            port=url.port or (443 if url.scheme == "https" else 8000),
+                            ssl=url.scheme == "https",
+                            headers=self._chroma_headers,
+                            settings=settings,
+                        )
+                    except Exception as exc:  # chromadb checks the server at once
+                        raise KnowledgeError(
+                            f"the Chroma server at {self.chroma_url} cannot be reached ({exc}); is `chroma "
+                            "run` up, and [knowledge] chroma_url right?"
+                        ) from None
+                else:
+                    self._client = chromadb.PersistentClient(
+                        path=str(self.index_dir / "chroma"), settings=settings
+                    )
             return self._client
 
     @staticmethod
@@ -292,6 +333,8 @@ class KnowledgeBase:
             finally:  # whatever happened, the manifest and the keyword index follow what is stored
                 self._write_manifest(name, manifest)
                 changed = report.added or report.changed or report.removed or report.chunks_removed
+                if changed and self.chroma_url:  # the other workers' search folders are stale now
+                    stored = self._new_revision(stored)
                 if changed or not self._keyword_path(name).is_dir():
                     self._rebuild_keyword_index(name, stored, manifest)
         report.seconds = time.perf_counter() - started
@@ -396,16 +439,27 @@ class KnowledgeBase:
     def _keyword_path(self, name: str) -> Path:
         return self.index_dir / "keyword" / name
 
-    def _rebuild_keyword_index(self, name: str, stored: Any, manifest: dict[str, dict[str, Any]]) -> None:
-        """Write the collection's search folder (snapshot.py) from what chromadb holds."""
+    def _new_revision(self, stored: Any) -> Any:
+        """Mark the server's collection as changed (a fresh ``revision`` in its metadata)."""
+        meta = {k: v for k, v in (stored.metadata or {}).items() if not k.startswith("hnsw:")}
+        stored.modify(metadata=meta | {"revision": uuid.uuid4().hex})  # the distance stays as created
+        return self._chroma_client().get_collection(stored.name, embedding_function=None)
+
+    def _rebuild_keyword_index(
+        self, name: str, stored: Any, manifest: dict[str, dict[str, Any]] | None
+    ) -> None:
+        """Write the collection's search folder (snapshot.py) from what chromadb holds. With the
+        ``manifest`` (the ingesting side), chunks of files it does not list are deleted first;
+        without it (a worker reading a Chroma server), the folder takes what the server holds."""
         exact = stored.count() <= EXACT_LIMIT
         include = ["metadatas", "documents"] + (["embeddings"] if exact else [])
         rows = list(_all_rows(stored, include))
-        orphans = [row["id"] for row in rows if row["metadata"]["source"] not in manifest]
-        for start in range(0, len(orphans), CHROMA_BATCH):
-            # chunks of a file whose ingest was interrupted before it was recorded
-            stored.delete(ids=orphans[start : start + CHROMA_BATCH])
-        kept = [row for row in rows if row["metadata"]["source"] in manifest]
+        if manifest is not None:
+            orphans = [row["id"] for row in rows if row["metadata"]["source"] not in manifest]
+            for start in range(0, len(orphans), CHROMA_BATCH):
+                # chunks of a file whose ingest was interrupted before it was recorded
+                stored.delete(ids=orphans[start : start + CHROMA_BATCH])
+        kept = [row for row in rows if manifest is None or row["metadata"]["source"] in manifest]
         vectors = None
         if exact and kept:
             vectors = np.asarray([row["embedding"] for row in kept], dtype=np.float32)
@@ -416,7 +470,11 @@ class KnowledgeBase:
             [row["metadata"] for row in kept],
             [row["document"] for row in kept],
             vectors,
-            {"embedding_model": stamp.get("embedding_model"), "pipeline": stamp.get("pipeline")},
+            {
+                "embedding_model": stamp.get("embedding_model"),
+                "pipeline": stamp.get("pipeline"),
+                "revision": stamp.get("revision"),
+            },
         )
         self._snapshots[name] = Snapshot(self._keyword_path(name))
         try:  # questions are then cut without loading jieba's whole dictionary
@@ -436,7 +494,9 @@ class KnowledgeBase:
                     self._snapshots[name] = Snapshot(path)
                 else:
                     stored = self._require(name)
-                    self._rebuild_keyword_index(name, stored, self._read_manifest(name))
+                    self._rebuild_keyword_index(name, stored, self._manifest_here(name))
+            if self.chroma_url:
+                self._follow_server(name)
             snapshot = self._snapshots[name]
         meta = snapshot.meta
         if meta.get("pipeline") != PIPELINE_VERSION:
@@ -451,6 +511,25 @@ class KnowledgeBase:
                 f"`bots ingest {name} --rebuild`"
             )
         return snapshot
+
+    def _manifest_here(self, name: str) -> dict[str, dict[str, Any]] | None:
+        """The manifest, where this side ingests (always on disk; with a server, if it has one)."""
+        if self.chroma_url and not self._manifest_path(name).is_file():
+            return None  # a worker: it never deletes what an ingest elsewhere wrote
+        return self._read_manifest(name)
+
+    def _follow_server(self, name: str) -> None:
+        """Rebuild the search folder when the server's collection changed since it was built
+        (asked at most every ``revision_check_s``)."""
+        now = time.monotonic()
+        if now - self._revision_checked.get(name, -math.inf) < self.revision_check_s:
+            return
+        stored = self._require(name)
+        self._revision_checked[name] = now
+        revision = (stored.metadata or {}).get("revision")
+        if revision != self._snapshots[name].meta.get("revision"):
+            log.info("collection %s: changed on the Chroma server; rebuilding its search folder", name)
+            self._rebuild_keyword_index(name, stored, self._manifest_here(name))
 
     # -- search --------------------------------------------------------------------------------
     def search(

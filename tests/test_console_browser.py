@@ -182,7 +182,7 @@ async def test_console_in_a_real_browser(harness, tmp_path, screenshots, capsys)
         await browser.shot("jobs")
         await browser.open("/console/audit?command=review")
         audit = await browser.text("#audit")
-        assert "* fake:op web review approve #1 version 1 ok" in audit
+        assert "testbot fake:op web review approve #1 version 1 ok" in audit
         await browser.shot("audit")
 
         # -- upload a file; it is indexed (progress) and found by search -------------------------

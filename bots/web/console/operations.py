@@ -61,8 +61,9 @@ def routes(console: Console) -> APIRouter:
         who, form = await console.acting(request, f"review {action}")
         draft_id = _draft_id(draft)
         scheduling = _scheduling(console)
-        args = f"#{draft_id}"
+        args, bot = f"#{draft_id}", "*"
         try:
+            bot = (await scheduling.review.get(draft_id)).bot
             if action == "approve":
                 raw = str(form.get("version") or "")
                 version = int(raw) if raw.isdigit() else None
@@ -83,10 +84,10 @@ def routes(console: Console) -> APIRouter:
                 await scheduling.regenerate(draft_id, who.id)
                 message = f"Draft #{draft_id}: the job wrote another version."
         except (LookupError, ValueError) as exc:
-            await console.audit(who, f"review {action}", args, f"error: {exc}")
+            await console.audit(who, f"review {action}", args, f"error: {exc}", bot=bot)
             console.flash(who, str(exc).strip("'\""))
             return console.back("/review")
-        await console.audit(who, f"review {action}", args, "ok")
+        await console.audit(who, f"review {action}", args, "ok", bot=bot)
         console.flash(who, message)
         return console.back("/review")
 

@@ -373,6 +373,11 @@ async def test_the_status_page_shows_the_numbers_metrics_exports(console):
         assert re.search(rf"<th>{name}</th><td>1</td><td>[\d.]+</td>", page), name
     assert re.search(r"<th>model call errors</th><td>0</td>", page)
     assert re.search(r"<td>testbot</td><td>fake</td><td>fake</td>\s*<td class=\"up\">up</td>", page)
+    console.h.adapter.connected = False  # a channel that reports its connection (OneBot) lost it
+    async with console.client() as client:
+        await console.login(client, "fake:op")
+        page = (await client.get("/console/")).text
+    assert re.search(r"<td>testbot</td><td>fake</td><td>fake</td>\s*<td class=\"down\">down</td>", page)
 
 
 def test_rates_are_over_the_last_hour_once_a_reading_is_that_old():

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 import time_machine
-from sqlalchemy import select
+from sqlalchemy import create_engine, select, text
 
 from bots.core.adapter import Capabilities
 from bots.core.config import ScheduleConfig
 from bots.core.events import ChannelKind, ChannelRef, Outbound
-from bots.core.storage import LedgerEntry
+from bots.core.migrations import TABLES_LOCK
+from bots.core.storage import Database, LedgerEntry
 from bots.plugins import Plugin
 from bots.plugins.api import scheduled
 from bots.plugins.jobs import JobContext
 from bots.scheduler.review import ReviewError
+from bots.scheduler.service import job_store
 from bots.testing import FakeAdapter, FakeLLM
 
 MORNING = {
@@ -165,6 +168,29 @@ async def test_a_host_starting_while_another_posts_leaves_that_period_alone(harn
     assert posted(one) == ["news"]
     assert posted(two) == []
     assert await ledger(one) == [(run.isoformat(), "posted")]
+
+
+async def test_hosts_starting_together_create_the_job_tables_one_at_a_time(postgres_url):
+    """APScheduler makes its tables at start; on one PostgreSQL a host waits for the other's."""
+    db = Database(postgres_url)
+    other = create_engine(db.sync_url).connect()  # another host, creating its tables right now
+    other.execute(text("SELECT pg_advisory_lock(:key)"), {"key": TABLES_LOCK})
+    other.commit()
+    released = threading.Event()
+
+    def done_creating() -> None:
+        released.set()
+        other.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": TABLES_LOCK})
+        other.commit()
+
+    threading.Timer(0.3, done_creating).start()
+    try:
+        async with job_store(db, ["testbot"]) as scheduler:
+            assert released.is_set(), "the job store was created while another host held the lock"
+            assert scheduler.get_jobs(jobstore="testbot") == []
+    finally:
+        other.close()
+        await db.close()
 
 
 def _job_kwargs(h: Any) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -38,6 +38,7 @@ from langchain_core.language_models import BaseChatModel
 from bots.core.config import ScheduleConfig, SchedulerConfig
 from bots.core.events import ChannelKind, ChannelRef, Outbound
 from bots.core.host import Host
+from bots.core.migrations import schema_lock
 from bots.core.storage import Database, ReviewDraft, as_utc
 from bots.plugins.api import SCHEDULED_TAG, Plugin, ScheduledSpec
 from bots.plugins.jobs import JobContext, LoggedMessage, PersonaView, Source
@@ -106,6 +107,17 @@ def make_scheduler(
     )
 
 
+@contextlib.contextmanager
+def _creating_tables(db: Database) -> Iterator[None]:
+    """APScheduler creates its job tables at start: one host at a time on a shared PostgreSQL."""
+    engine = db.sync_engine()
+    try:
+        with schema_lock(engine):
+            yield
+    finally:
+        engine.dispose()
+
+
 def store_of(job_id: str) -> str:
     """Job ids are ``<bot>:<id>``; each bot's jobs live in that bot's store."""
     return job_id.partition(":")[0]
@@ -116,7 +128,8 @@ async def job_store(db: Database, bots: Sequence[str]) -> AsyncIterator[AsyncIOS
     """The jobs of these bots, to list and change without running them (the CLI)."""
     await db.start()
     scheduler = make_scheduler(db, bots)
-    scheduler.start(paused=True)
+    with _creating_tables(db):
+        scheduler.start(paused=True)
     try:
         yield scheduler
     finally:
@@ -218,8 +231,9 @@ class SchedulerService:
     async def start(self) -> None:
         """Load and reconcile the jobs, paused: nothing fires before the channels are up."""
         scheduler = self._scheduler = make_scheduler(self.host.db, list(self.bots), _PostExecutor(self))
-        scheduler.start(paused=True)
-        self.reconcile()
+        with _creating_tables(self.host.db):  # another host may be starting on the same database
+            scheduler.start(paused=True)
+            self.reconcile()
         scheduler.add_job(
             self._tick_tracked,
             IntervalTrigger(seconds=self.config.tick_seconds),

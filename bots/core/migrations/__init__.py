@@ -10,16 +10,19 @@ revision --autogenerate -m "what changed"`` against a database at head.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Engine, text
 
 HERE = Path(__file__).resolve().parent
 _LOCK = 0x626F7473_6D696772  # pg_advisory_xact_lock key: "botsmigr"
+TABLES_LOCK = 0x626F7473_7461626C  # schema_lock's key: "botstabl"
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -50,3 +53,21 @@ def upgrade(connection: Connection) -> None:
     if current(connection) == head():
         return  # the usual start: nothing to load or run
     command.upgrade(alembic_config(connection), "head")
+
+
+@contextlib.contextmanager
+def schema_lock(engine: Engine) -> Iterator[None]:
+    """Hold a lock (PostgreSQL; nothing elsewhere) while tables outside the migrations are
+    made, such as APScheduler's job stores: hosts that start together on a new database then
+    create them one after the other instead of colliding."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": TABLES_LOCK})
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": TABLES_LOCK})
+            conn.commit()

@@ -995,7 +995,7 @@ def console_link(
     base = (url or f"http://{cfg.web.host}:{cfg.web.port}").rstrip("/")
 
     async def make() -> str:
-        db = Database.in_data_dir(cfg.data_dir)
+        db = Database.for_config(cfg, _secrets(config))
         await db.start()
         try:
             roles = cfg.roles

@@ -19,6 +19,7 @@ from bots.knowledge.collection import Collection
 from bots.knowledge.uploads import UploadError, accept_upload
 from bots.web import WebContext, create_app
 from bots.web.console.status import Rates
+from bots.web.console.tasks import Tasks
 
 PAGES = ["/", "/review", "/jobs", "/audit", "/knowledge", "/personas", "/roles"]
 POSTS = [
@@ -395,3 +396,37 @@ async def test_two_uses_of_one_link_at_once_log_in_only_one(console):
     token = await console.links.create("fake:op")
     results = await asyncio.gather(*(console.links.consume(token) for _ in range(4)))
     assert results.count("fake:op") == 1 and results.count(None) == 3
+
+
+async def test_background_tasks_report_progress_and_end_with_the_host():
+    tasks, ended = Tasks(), []
+    release = asyncio.Event()
+
+    async def work(task) -> str:
+        task.total, task.done = 2, 1
+        await release.wait()
+        return "all done"
+
+    one_ended = asyncio.Event()
+
+    async def record(task) -> None:
+        ended.append(task.state)
+        one_ended.set()
+
+    finishing = tasks.start("ingest", "testbot/notes", "fake:op", work, on_end=record)
+    stuck = tasks.start("eval", "testbot/test", "fake:op", lambda task: asyncio.Event().wait(), on_end=record)
+    await asyncio.sleep(0)
+    assert finishing.as_json() | {"id": 0} == {
+        "id": 0, "kind": "ingest", "title": "testbot/notes", "state": "running",
+        "total": 2, "done": 1, "chunks": 0, "message": "",
+    }  # fmt: skip
+    release.set()
+    try:
+        await asyncio.wait_for(one_ended.wait(), 30)
+    except TimeoutError:
+        pytest.fail("the released task was still running after 30 s")
+    assert (finishing.state, finishing.message) == ("done", "all done")
+    await tasks.stop()  # the host stops
+    assert (stuck.state, stuck.message) == ("failed", "stopped with the host")
+    assert ended == ["done"]  # a task cut off by the stop records nothing more
+    assert [t.id for t in tasks.recent("eval")] == [stuck.id]

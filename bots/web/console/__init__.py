@@ -60,4 +60,21 @@ def mount(app: FastAPI, ctx: Any, *, upload_limit: int | None = None) -> Console
 
     app.add_exception_handler(Refused, refused)
     app.state.console = console
+    ctx.host.services.append(_Lifetime(console))  # a host that starts later also stops its tasks
     return console
+
+
+class _Lifetime:
+    """A host Service: at the host's stop, the console's background tasks (an eval) end too."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    async def start(self) -> None:
+        """Nothing to load."""
+
+    async def ready(self) -> None:
+        """Nothing to start."""
+
+    async def stop(self) -> None:
+        await self.console.tasks.stop()

@@ -71,6 +71,9 @@ class Tasks:
             try:
                 task.message = await work(task)
                 task.state = "done"
+            except asyncio.CancelledError:
+                task.state, task.message = "failed", "stopped with the host"
+                raise
             except Exception as exc:
                 log.warning("console %s %r failed: %s", kind, title, exc)
                 task.message = str(exc).strip("'\"") or type(exc).__name__

@@ -178,6 +178,7 @@ class PackagedEmbedder:
         self.name = name
         self.device = "cpu"
         self.cache_dir = cache_dir
+        self.threads = min(4, os.cpu_count() or 1)
         self._model: Any = None
         self._lock = threading.Lock()
 
@@ -201,7 +202,7 @@ class PackagedEmbedder:
                 else:
                     from bots.knowledge.fastload import load_use
 
-                    self._model = load_use(min(4, os.cpu_count() or 1), self.cache_dir)
+                    self._model = load_use(self.threads, self.cache_dir)
             except ImportError as exc:
                 raise EmbedderError(
                     f"embedding model {self.name!r} needs the package {package!r}: "
@@ -221,6 +222,9 @@ class PackagedEmbedder:
                     from bots.knowledge.fastload import keep_in_memory
 
                     keep_in_memory(model)
+                # a question or two: one BLAS thread (its matrices are small; on a busy 2-core box
+                # a second thread made a query several times slower); passages: all of them
+                model._model.threads = 1 if is_query and len(texts) <= 4 else self.threads
                 vectors = model.encode(texts)
         vectors = np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)

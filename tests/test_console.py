@@ -430,3 +430,17 @@ async def test_background_tasks_report_progress_and_end_with_the_host():
     assert (stuck.state, stuck.message) == ("failed", "stopped with the host")
     assert ended == ["done"]  # a task cut off by the stop records nothing more
     assert [t.id for t in tasks.recent("eval")] == [stuck.id]
+
+
+async def test_what_chats_and_models_wrote_is_shown_as_text_never_markup(console):
+    await draft(console, '<script>alert("x")</script><img src=x onerror=alert(1)>')
+    await console.h.host.audit.record(
+        bot="testbot", actor="fake:<b>eve</b>", channel="fake", command="say", args="<i>hi</i>", result="ok"
+    )
+    async with console.client() as client:
+        await console.login(client, "fake:op")
+        review = (await client.get("/console/review")).text
+        audit = (await client.get("/console/audit")).text
+    assert "<script>alert" not in review and "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in review
+    assert "<img src=x" not in review
+    assert "fake:&lt;b&gt;eve&lt;/b&gt;" in audit and "<i>hi</i>" not in audit

@@ -204,6 +204,15 @@ async def test_console_in_a_real_browser(harness, tmp_path, screenshots, capsys)
         await browser.until("search hits", lambda d: d.find_elements("id", "hits"))
         assert (await browser.text("#hits")).startswith("foghorn.md")
         await browser.shot("knowledge-search")
+        await browser.click("#collections button")  # re-ingest: nothing changed since
+        await browser.until(
+            "the re-ingest to finish",
+            lambda d: (
+                (boxes := d.find_elements("css selector", ".task"))
+                and boxes[0].get_attribute("data-state") in ("done", "failed")
+            ),
+        )
+        assert "2 unchanged" in await browser.text(".task-message"), await browser.text(".task")
 
         # -- personas: try a message, run a tiny eval --------------------------------------------
         h.llm.queue("Hello from the tester.")

@@ -5,6 +5,7 @@ the config file and the logs."""
 from __future__ import annotations
 
 import logging
+import sys
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -210,8 +211,8 @@ def test_the_url_comes_from_the_environment_or_the_config_never_a_password_in_th
         load_config(toml)
     assert "in-the-file" not in str(caught.value)
     monkeypatch.delenv(DATABASE_URL_ENV)
-    toml.write_text('database_url = "mysql+aiomysql://bots@db/bots"\n')
-    with pytest.raises(ValueError, match="not supported"):
+    toml.write_text('database_url = "mysql+aiomysql://bots@db/bots"\n')  # not an engine of ours
+    with pytest.raises(ConfigError, match="not supported"):
         Database.for_config(load_config(toml), Secrets())
 
 
@@ -243,3 +244,9 @@ def test_the_sqlite_file_lives_in_the_data_dir_by_default(tmp_path: Path, monkey
     monkeypatch.delenv(DATABASE_URL_ENV, raising=False)
     db = Database.for_config(AppConfig(data_dir=tmp_path / "var"), Secrets())
     assert db.dialect == "sqlite" and db.url.database == str(tmp_path / "var" / "bots.db")
+
+
+def test_a_missing_driver_names_the_extra_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "asyncpg", None)  # as without the postgres extra
+    with pytest.raises(ConfigError, match=r"persona-bots\[postgres\]"):
+        Database("postgresql+asyncpg://bots@db/bots")

@@ -43,7 +43,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.dml import Insert
 
-from bots.core.config import AppConfig, Secrets
+from bots.core.config import AppConfig, ConfigError, Secrets
 
 log = logging.getLogger("bots.storage")
 DATABASE_URL_ENV = "BOTS_DATABASE_URL"  # a whole URL, password included (env or .env only)
@@ -253,7 +253,7 @@ class Database:
         self.url = make_url(url)  # str(self.url) hides the password; see sync_url
         self.dialect = self.url.get_dialect().name
         if self.dialect not in ("sqlite", "postgresql"):
-            raise ValueError(
+            raise ConfigError(
                 f"database {masked(self.url)}: the {self.dialect} database is not supported; "
                 "use SQLite (sqlite+aiosqlite://) or PostgreSQL (postgresql+asyncpg://)"
             )
@@ -261,7 +261,13 @@ class Database:
         if self.dialect == "postgresql":
             # every datetime in UTC on the wire, whatever the server's TimeZone
             options = {"pool_pre_ping": True, "connect_args": {"server_settings": {"timezone": "UTC"}}}
-        self.engine: AsyncEngine = create_async_engine(self.url, **options)
+        try:
+            self.engine: AsyncEngine = create_async_engine(self.url, **options)
+        except ImportError as exc:
+            raise ConfigError(
+                f"database {masked(self.url)}: its driver is not installed ({exc.name}); for PostgreSQL "
+                "install the postgres extra: pip install 'persona-bots[postgres]'"
+            ) from None
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.session: async_sessionmaker[AsyncSession] = async_sessionmaker(

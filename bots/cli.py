@@ -767,7 +767,10 @@ def db_upgrade(config: ConfigOption = None) -> None:
     from bots.core.storage import Database, masked
 
     cfg = _load(config, required=False)
-    db = Database.for_config(cfg, _secrets(config))
+    try:
+        db = Database.for_config(cfg, _secrets(config))
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
 
     async def upgrade() -> str | None:
         try:

@@ -250,3 +250,14 @@ def test_a_missing_driver_names_the_extra_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "asyncpg", None)  # as without the postgres extra
     with pytest.raises(ConfigError, match=r"persona-bots\[postgres\]"):
         Database("postgresql+asyncpg://bots@db/bots")
+
+
+def test_bots_db_upgrade_names_a_missing_driver(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "asyncpg", None)
+    monkeypatch.setenv(DATABASE_URL_ENV, "postgresql+asyncpg://bots:s3cr3t-pw@db.example/bots")
+    config = tmp_path / "bots.toml"
+    config.write_text(f'data_dir = "{tmp_path / "var"}"\n')
+    result = CliRunner().invoke(app, ["db", "upgrade", "--config", str(config)])
+    assert result.exit_code == 1
+    assert "persona-bots[postgres]" in result.output and "s3cr3t-pw" not in result.output
+    assert "bots:***@db.example" in result.output

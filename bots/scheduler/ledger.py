@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -18,6 +19,8 @@ from sqlalchemy import bindparam, select, text, update
 
 from bots.core.groupcommit import GroupCommit, insert_ignoring_duplicates
 from bots.core.storage import Database, LedgerEntry, as_utc
+
+log = logging.getLogger("bots.scheduler")
 
 
 def period_key(run_time: datetime) -> str:
@@ -58,8 +61,14 @@ class Ledger:
                 yield held
             finally:
                 if held:
-                    await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-                    await conn.commit()
+                    try:
+                        await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                        await conn.commit()
+                    except Exception as exc:  # never back to the pool holding the lock
+                        log.warning(
+                            "post ledger: releasing the lock of %s %s failed (%s)", job_id, period, exc
+                        )
+                        await conn.invalidate()
 
     async def mark(self, job_id: str, period: str, state: str, detail: str = "") -> None:
         row = {"b_job": job_id, "b_period": period, "b_state": state, "b_detail": detail[:500]}

@@ -139,6 +139,8 @@ def session_cookie(browser: Browser) -> dict[str, str]:
 
 
 async def test_console_in_a_real_browser(harness, tmp_path, screenshots, capsys):
+    require_program("chromium", "/usr/bin/chromium")  # skip (fail in CI) before starting anything
+    require_program("chromedriver", "/usr/bin/chromedriver")
     h, server = await served_host(harness, tmp_path)
     console = server.app.state.console
     scheduling = h.host.control.scheduling

@@ -227,9 +227,13 @@ class Gateway:
             return
         turn = self.outbound_order.turn((item.bot, item.channel, item.target.canonical))
         if item.kind == "key":
-            self._spawn(self._send_key(adapter, item.key, turn, (stream, entry_id)))
+            self._spawn(self._send_key(adapter, item.key, turn, (stream, entry_id))).add_done_callback(
+                lambda _t: turn.release()
+            )
         else:
-            self._spawn(self._send_post(adapter, item, turn, (stream, entry_id)))
+            self._spawn(self._send_post(adapter, item, turn, (stream, entry_id))).add_done_callback(
+                lambda _t: turn.release()
+            )
 
     async def _send_key(self, adapter: Adapter, key: str, turn: Turn, entry: tuple[str, str] | None) -> None:
         async with turn:
@@ -256,7 +260,7 @@ class Gateway:
         except (RedisError, OSError) as exc:  # still pending: sent again at the next start finds it sent
             log.error("hand-over %s on %s: acknowledging failed (%s)", entry_id, stream, exc)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
         self._jobs.add(task)
 
@@ -265,3 +269,4 @@ class Gateway:
             self._room.set()
 
         task.add_done_callback(finished)
+        return task

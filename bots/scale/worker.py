@@ -24,7 +24,7 @@ import logging
 import math
 import time
 import zlib
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,12 +89,14 @@ class Worker:
         self._running = True
         try:
             await self._refresh_channels()
-            await self._maintain_once()
+            await self._keep_alive_once()
+            await self._balance_once()
         except BaseException:
             await self.stop()
             raise
         self._tasks = [
-            asyncio.create_task(self._maintain(), name="worker-leases"),
+            asyncio.create_task(self._every_tick(self._keep_alive_once, "renewing the leases")),
+            asyncio.create_task(self._every_tick(self._balance_once, "taking its share of shards")),
             asyncio.create_task(self._read(), name="worker-read"),
         ]
         log.info(
@@ -136,25 +138,33 @@ class Worker:
         await self.stop()
 
     # -- leases --------------------------------------------------------------------------------
-    async def _maintain(self) -> None:
+    async def _every_tick(self, step: Callable[[], Awaitable[None]], what: str) -> None:
         while self._running:
             await asyncio.sleep(self.lease_ms / 3000)
             try:
-                await self._maintain_once()
+                await step()
             except (RedisError, OSError) as exc:
-                log.error("worker %s: keeping the leases failed (%s); trying again", self.name, exc)
+                log.error("worker %s: %s failed (%s); trying again", self.name, what, exc)
+            except Exception:
+                log.exception("worker %s: %s failed; trying again", self.name, what)
 
-    async def _maintain_once(self) -> None:
-        """Heartbeat, renew the leases (dropping lost shards), then move toward this worker's share."""
+    async def _keep_alive_once(self) -> None:
+        """Heartbeat and lease renewal (a loop of its own: nothing slow may delay it), dropping the
+        shards whose lease was lost."""
         redis, keys = self.bus.redis, self.bus.keys
         now = int(time.time() * 1000)
         async with redis.pipeline(transaction=False) as pipe:
             pipe.zadd(keys.workers, {self.name: now})
             pipe.zremrangebyscore(keys.workers, "-inf", now - 10 * self.lease_ms)
-            pipe.zcount(keys.workers, now - self.lease_ms, "+inf")
-            live = max(1, int((await pipe.execute())[2]))
+            await pipe.execute()
         for number in await self.leases.renew(list(self.owned)):
             self._lose(number)
+
+    async def _balance_once(self) -> None:
+        """Move toward this worker's share of the shards (shards / live workers), and take over
+        what a worker that lost a shard was still handed after losing it."""
+        now = int(time.time() * 1000)
+        live = max(1, int(await self.bus.redis.zcount(self.bus.keys.workers, now - self.lease_ms, "+inf")))
         share = math.ceil(self.bus.shards / live)
         keeping = [s for s in self.owned.values() if not s.leaving]
         if len(keeping) > share:
@@ -171,17 +181,51 @@ class Worker:
                     break
                 if owners[number] is None and number not in self.owned and await self.leases.acquire(number):
                     keeping.append(await self._take(number))
+        for shard in list(self.owned.values()):
+            if shard.reading:
+                await self._take_stragglers(shard)
         if any(not c.described for c in self.channels):
             await self._refresh_channels()
+
+    async def _take_stragglers(self, shard: Shard) -> None:
+        """Entries of an owned shard pending with another worker for two lease times: a worker
+        that froze past its lease can still be handed entries by a read it had started before (it
+        drops them once it sees the lease gone). Taken over and handled as replays."""
+        idle = 2 * self.lease_ms
+        pending = await self.bus.redis.xpending_range(shard.stream, WORKERS_GROUP, "-", "+", 200, idle=idle)
+        theirs = [p["message_id"] for p in pending if p["consumer"] != self.name]
+        if not theirs:
+            return
+        claimed = await self.bus.redis.xclaim(shard.stream, WORKERS_GROUP, self.name, idle, theirs)
+        for entry_id, fields in claimed:
+            if fields is None:
+                continue
+            item = self._decode(shard, (entry_id, fields))
+            if item is not None:
+                self._schedule(shard, entry_id, item, replay=True)
+        self.claimed += len(claimed)
+        log.warning(
+            "worker %s: shard %d: took over %d straggling entries", self.name, shard.number, len(claimed)
+        )
 
     async def _take(self, number: int) -> Shard:
         """A shard just leased: claim what its earlier owner left, queue it, then read new entries."""
         shard = self.owned[number] = Shard(number, self.bus.keys.inbound(number))
-        await self.bus.ensure_group(shard.stream, WORKERS_GROUP)
-        claimed = await self.bus.claim_all(shard.stream, WORKERS_GROUP, self.name)
+        try:
+            await self.bus.ensure_group(shard.stream, WORKERS_GROUP)
+            claimed = await self.bus.claim_all(shard.stream, WORKERS_GROUP, self.name)
+        except BaseException:
+            del self.owned[number]
+            with contextlib.suppress(RedisError, OSError):
+                await self.leases.release(number)
+            raise
         readable = [(entry, self._decode(shard, entry)) for entry in claimed]
         waiting = [(entry, item) for entry, item in readable if item is not None]
-        abandoned = await self._charge([item for _entry, item in waiting])
+        try:
+            abandoned = await self._charge([item for _entry, item in waiting])
+        except Exception:  # the database said no: replay them all rather than leave them pending
+            log.exception("worker %s: shard %d: charging the replays failed", self.name, number)
+            abandoned = {}
         for (entry_id, _fields), item in waiting:
             if item.event.id in abandoned.get(item.bot, set()):
                 self._spawn(shard, self._done(shard, entry_id))
@@ -282,7 +326,9 @@ class Worker:
         """Queue one message in its chat (synchronously: stream order is handling order)."""
         bot = self.host.bots[item.bot]
         turn = self.host.order.turn((item.bot, item.channel, item.event.channel.canonical))
-        self._spawn(shard, self._handle(shard, entry_id, bot, item, turn, replay))
+        task = self._spawn(shard, self._handle(shard, entry_id, bot, item, turn, replay))
+        # a job cancelled before it ran (a lost shard) never entered its turn: let the chat go on
+        task.add_done_callback(lambda _task: turn.release())
 
     async def _handle(
         self, shard: Shard, entry_id: str, bot: Bot, item: Inbound, turn: Turn, replay: bool
@@ -299,7 +345,7 @@ class Worker:
     async def _done(self, shard: Shard, entry_id: str) -> None:
         await self.bus.done(shard.stream, WORKERS_GROUP, entry_id)
 
-    def _spawn(self, shard: Shard, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, shard: Shard, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
         self._jobs.add(task)
         shard.jobs.add(task)
@@ -314,6 +360,7 @@ class Worker:
                 )
 
         task.add_done_callback(finished)
+        return task
 
     async def _refresh_channels(self) -> None:
         missing = describe_missing(self.channels, await self.bus.channels())

@@ -52,6 +52,7 @@ class ScalePlan:
     kill_worker_after: int | None = None  # replies sent when one worker gets SIGKILL (None: never)
     settle_s: float = 300.0  # overall limit for every mention to be answered
     ready_s: float = 120.0  # limit for the processes to start
+    log_level: str = "WARNING"  # the processes' (INFO logs every model call: CPU on a small box)
 
 
 @dataclass
@@ -127,7 +128,7 @@ type = "telegram"
 name = "tg"
 base_url = "{telegram_url}"
 token_env = "{token_env(n)}"
-poll_timeout = 10
+poll_timeout = 2
 """
         for n in range(bots)
     )
@@ -232,6 +233,7 @@ async def run_scale(
             shards=plan.shards,
             lease_s=plan.lease_s,
             concurrency=plan.concurrency,
+            log_level=plan.log_level,
         )
         env = {
             **os.environ,
@@ -264,15 +266,19 @@ async def run_scale(
         for proc in everyone:
             stack.push_async_callback(proc.kill)  # whatever happens, nothing outlives the driver
         driver = _Driver(plan, tg, accounts, gateways, workers, say)
-        for proc in gateways:  # the first start creates the tables: one process at a time
-            await proc.start()
+        await gateways[0].start()  # the first start creates the tables: alone
+        await driver.wait_polling(gateways[0])
+        await asyncio.gather(*(proc.start() for proc in [*gateways[1:], *workers]))
+        for proc in gateways[1:]:
             await driver.wait_polling(proc)
-        for proc in workers:
-            await proc.start()
-        await driver.wait_workers_up(workdir)
+        await driver.wait_balanced(redis_url)
+        say(
+            f"{plan.gateways} gateway(s), {plan.workers} worker(s) up after {time.monotonic() - started:.1f}s"
+        )
         result = await driver.run()
-        for proc in everyone:
-            await proc.stop()
+        stopping = time.monotonic()
+        await asyncio.gather(*(proc.stop() for proc in everyone))
+        say(f"stopped in {time.monotonic() - stopping:.1f}s")
         result.model_requests = llm.count
         result.logs = [p.log_path for p in everyone]
     result.wall_s = time.monotonic() - started
@@ -323,17 +329,30 @@ class _Driver:
         what = f"{gateway.log_path.stem} to poll Telegram for {', '.join(names)} (log: {gateway.log_path})"
         await self._until(lambda: all(self.tg.requests("getUpdates", bot=a) for a in wanted), what, [gateway])
 
-    async def wait_workers_up(self, workdir: Path) -> None:
-        """Until every worker logged that it started reading (it holds its share of shards)."""
+    async def wait_balanced(self, redis_url: str) -> None:
+        """Until every worker holds shards and every shard is held (the workers took their shares)."""
+        from redis.asyncio import Redis
 
-        def up() -> bool:
-            return all("worker started" in w.log_path.read_text(errors="replace") for w in self.workers)
+        from bots.scale.bus import Keys
 
-        await self._until(up, "every worker to start (their logs say 'worker started')", self.workers)
+        redis = Redis.from_url(redis_url, decode_responses=True)
+        names = {f"worker{w}" for w in range(self.plan.workers)}
+        owners: list[str | None] = []
 
-    async def _until(self, ready: Callable[[], bool], what: str, procs: list[Proc]) -> None:
+        async def balanced() -> bool:
+            nonlocal owners
+            owners = await redis.mget([Keys().lease(n) for n in range(self.plan.shards)])
+            return None not in owners and set(owners) == names
+
+        try:
+            what = f"every worker to hold its share of the {self.plan.shards} shards"
+            await self._until(balanced, what, self.workers)
+        finally:
+            await redis.aclose()
+
+    async def _until(self, ready: Callable[[], Any], what: str, procs: list[Proc]) -> None:
         deadline = time.monotonic() + self.plan.ready_s
-        while not ready():
+        while not (await ready() if asyncio.iscoroutinefunction(ready) else ready()):
             for proc in procs:
                 if proc.exited():
                     raise RuntimeError(

@@ -17,6 +17,7 @@ from bots.agent.citations import cited, sources_note, unverified_quotes, without
 from bots.agent.compose import compose, nearest, split_sentences, support
 from bots.agent.guard import LeakGuard
 from bots.agent.memory import ConversationMemory, Turn
+from bots.agent.modelcall import complete
 from bots.agent.persona import Persona
 from bots.agent.prompt import CHARACTER_RULES, FixedPrompt, build_messages, fact_passages
 from bots.agent.reply import Reply
@@ -93,6 +94,7 @@ class Agent:
         self.max_answer_chars = max_answer_chars
         self.model_stats = model_stats or ModelStats()  # calls (each try) and reported tokens
         self._instructions = _instructions(persona)
+        self._careful_llm: tuple[BaseChatModel, Runnable] | None = None
 
     def use_persona(self, persona: Persona, collections: list[str] | None = None) -> None:
         """Speak as ``persona`` from the next message on (an operator's ``/persona use``)."""
@@ -202,9 +204,9 @@ class Agent:
         except Exception as exc:
             log.error("event %s: no prompt: %s: %s", inv.event.id, type(exc).__name__, exc)
             return None, verdicts
-        for attempt, llm in enumerate((self.llm, self._careful())):
+        for attempt in range(2):
             try:
-                raw = await self._invoke(messages, llm)
+                raw = await self._invoke(messages, self.llm if attempt == 0 else self._careful())
             except Exception as exc:
                 log.error("event %s: no answer: %s: %s", inv.event.id, type(exc).__name__, exc)
                 break
@@ -321,8 +323,10 @@ class Agent:
             self.on_tokens(inv.event.author.canonical, spent)
 
     def _careful(self) -> Runnable:
-        """The model with safer sampling, for the second try."""
-        return self.llm.bind(temperature=CAREFUL_TEMPERATURE)
+        """The model with safer sampling, for the second try (bound once per model)."""
+        if self._careful_llm is None or self._careful_llm[0] is not self.llm:
+            self._careful_llm = (self.llm, self.llm.bind(temperature=CAREFUL_TEMPERATURE))
+        return self._careful_llm[1]
 
     async def _invoke(self, messages: list[BaseMessage], llm: Runnable | None = None) -> str:
         """The model's answer; failures worth it are retried after 0.5, 1, 2... s (8 s at most)."""
@@ -330,7 +334,7 @@ class Agent:
         async def call() -> str:
             try:
                 async with asyncio.timeout(self.timeout_s):
-                    result = await (llm or self.llm).ainvoke(messages)
+                    result = await complete(llm or self.llm, messages)
             except Exception:
                 self.model_stats.record(ok=False)
                 raise

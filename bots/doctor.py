@@ -33,7 +33,10 @@ def run_checks(config_path: Path, secrets: Secrets) -> list[Check]:
     except ConfigError as exc:
         return [Check("fail", "config", f"{exc}\nfix: correct the file, or run `bots init`")]
     results.append(_data_dir(config))
-    results += _delivery(config, secrets)
+    database = _database(config, secrets)
+    results.append(database)
+    if database.status != "fail":
+        results += _delivery(config, secrets)
     results += _personas(config)
     results += _llm(config, secrets)
     results += _channels(config, secrets)
@@ -52,6 +55,45 @@ def _data_dir(config: AppConfig) -> Check:
     except OSError as exc:
         return Check("fail", "data dir", f"{config.data_dir}: {exc}\nfix: make it writable or set data_dir")
     return Check("ok", "data dir", str(config.data_dir))
+
+
+def _database(config: AppConfig, secrets: Secrets) -> Check:
+    """The state database: reachable, and at this version's schema."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from bots.core.migrations import current, head
+    from bots.core.storage import Database, masked
+
+    try:
+        db = Database.for_config(config, secrets)
+        where = masked(db.url)
+        if db.dialect == "sqlite" and not Path(db.url.database or "").exists():
+            return Check("ok", "database", f"{where} (made at the first start)")
+        engine = db.sync_engine()
+    except (ConfigError, ImportError) as exc:
+        return Check(
+            "fail", "database", f"{exc}\nfix: pip install 'persona-bots[postgres]', or correct database_url"
+        )
+    try:
+        with engine.connect() as conn:
+            revision = current(conn)
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        return Check(
+            "fail", "database", f"{where}: cannot connect ({reason})\n"
+            "fix: check database_url, that the server is up, and BOTS_DATABASE_PASSWORD "
+            "(or BOTS_DATABASE_URL)",
+        )  # fmt: skip
+    finally:
+        engine.dispose()
+    newest = head()
+    if revision != newest:
+        schema = f"schema {revision}" if revision else "no schema, or one from before migrations"
+        return Check(
+            "warn", "database", f"{where}: {schema}; this version's is {newest}\n"
+            "fix: bots db upgrade (bots run does it at start too)",
+        )  # fmt: skip
+    return Check("ok", "database", f"{where} (schema {revision})")
 
 
 def _delivery(config: AppConfig, secrets: Secrets, days: int = 3) -> list[Check]:

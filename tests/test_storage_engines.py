@@ -261,3 +261,21 @@ def test_bots_db_upgrade_names_a_missing_driver(tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert "persona-bots[postgres]" in result.output and "s3cr3t-pw" not in result.output
     assert "bots:***@db.example" in result.output
+
+
+async def test_doctor_checks_the_database_is_reachable_and_current(database_url, tmp_path, monkeypatch):
+    from bots.doctor import _database
+    from bots.testing.postgres import free_port
+
+    monkeypatch.setenv(DATABASE_URL_ENV, database_url)
+    config = AppConfig(data_dir=tmp_path)
+    before = _database(config, Secrets())
+    assert before.status == ("ok" if database_url.startswith("sqlite") else "warn"), before
+    db = Database(database_url)
+    await db.start()
+    await db.close()
+    after = _database(config, Secrets())
+    assert (after.status, after.detail.endswith(f"(schema {head()})")) == ("ok", True), after
+    monkeypatch.setenv(DATABASE_URL_ENV, f"postgresql+asyncpg://bots:pw-x@127.0.0.1:{free_port()}/none")
+    down = _database(config, Secrets())
+    assert down.status == "fail" and "cannot connect" in down.detail and "pw-x" not in down.detail

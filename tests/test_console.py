@@ -444,3 +444,40 @@ async def test_what_chats_and_models_wrote_is_shown_as_text_never_markup(console
     assert "<script>alert" not in review and "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in review
     assert "<img src=x" not in review
     assert "fake:&lt;b&gt;eve&lt;/b&gt;" in audit and "<i>hi</i>" not in audit
+
+
+def _multipart(csrf: str, megabytes: int, read: list[int]):
+    """A multipart upload of ``megabytes`` MiB sent without a Content-Length (chunked); ``read``
+    counts the bytes the server took."""
+    boundary = "b0undary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="csrf"\r\n\r\n{csrf}\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="collection"\r\n\r\nnotes\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.txt"\r\n'
+        "Content-Type: text/plain\r\n\r\n"
+    ).encode()
+
+    async def body():
+        for piece in [head, *([b"word " * 13107] * (megabytes * 16)), f"\r\n--{boundary}--\r\n".encode()]:
+            read[0] += len(piece)
+            yield piece
+
+    return body(), {"content-type": f"multipart/form-data; boundary={boundary}"}
+
+
+async def test_a_chunked_upload_is_cut_off_at_the_limit_and_unread_without_a_session(console, tmp_path):
+    read = [0]
+    async with console.client() as client:
+        body, headers = _multipart("", 8, read)
+        anonymous = await client.post("/console/knowledge/upload", content=body, headers=headers)
+        assert anonymous.status_code == 401
+        assert read[0] < 2**20, f"{read[0]} bytes read from a request without a session"
+        csrf = await console.login(client, "fake:op")
+        read[0] = 0
+        body, headers = _multipart(csrf, 8, read)
+        huge = await client.post("/console/knowledge/upload", content=body, headers=headers)
+        assert huge.status_code == 413 and "over the 1 MiB upload limit" in huge.text
+        assert read[0] < 2 * 2**20, f"{read[0]} bytes read of an 8 MiB upload over a 1 MiB limit"
+        big_form = await client.post("/console/login", content=b"token=" + b"x" * 2**20 + b"&csrf=x")
+        assert big_form.status_code == 413
+    assert list((tmp_path / "knowledge" / "notes").iterdir()) == []

@@ -10,6 +10,8 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
+from starlette.datastructures import FormData
+from starlette.types import Message
 
 from bots.core.config import AppConfig
 from bots.core.host import Host
@@ -48,6 +50,35 @@ class Refused(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+class _TooLarge(Exception):
+    """The body went past its limit while it was read."""
+
+
+async def read_form(
+    request: Request, limit: int, what: str, *, max_files: int = 0, max_fields: int = 20
+) -> FormData:
+    """The request's form, refused (413) once its body is over ``limit`` bytes: by its declared
+    Content-Length before anything is read, else while it is read (a chunked body has none)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise Refused(413, f"The request is over the {what}.")
+    received = 0
+
+    async def receive() -> Message:
+        nonlocal received
+        message = await request.receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise _TooLarge
+        return message
+
+    try:  # a Request over the bounded receive: the form parser reads through it
+        return await Request(request.scope, receive).form(max_files=max_files, max_fields=max_fields)
+    except _TooLarge:
+        raise Refused(413, f"The request is over the {what}.") from None
 
 
 @dataclass
@@ -95,27 +126,32 @@ class Console:
     async def operator(self, request: Request, need: Role = Role.OPERATOR, what: str = "") -> Operator:
         """The logged-in operator, or :class:`Refused`: 401 without a session, 403 below ``need``
         (audited, with ``what`` they tried)."""
+        who = await self._session_holder(request)
+        await self._allow(who, need, what or f"view {request.url.path}")
+        return who
+
+    async def _session_holder(self, request: Request) -> Operator:
         who = await self.current(request)
         if who is None:
             raise Refused(401, "Not logged in. Run `bots console-link` on the host and open the link.")
+        return who
+
+    async def _allow(self, who: Operator, need: Role, what: str) -> None:
         if who.role < need:
-            await self.audit(who, what or f"view {request.url.path}", "", "refused")
+            await self.audit(who, what, "", "refused")
             role, needed = who.role.name.lower(), need.name.lower()
             raise Refused(403, f"{who.id} has the role {role}: this needs {needed} rights.")
-        return who
 
     async def acting(self, request: Request, what: str, need: Role = Role.OPERATOR) -> tuple[Operator, Any]:
         """For a POST: the operator (as :meth:`operator`) and the form, after its CSRF token was
-        checked (403 without it, audited)."""
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.upload_limit + FORM_ALLOWANCE:
-            raise Refused(413, f"The request is over the {self.upload_limit // 2**20} MiB upload limit.")
-        form = await request.form(max_files=1, max_fields=20)
-        who = await self.current(request)
-        if who is not None and not who.session.csrf_ok(str(form.get("csrf") or "")):
+        checked (403 without it, audited). Without a session nothing of the body is read (401)."""
+        who = await self._session_holder(request)
+        limit = f"{self.upload_limit // 2**20} MiB upload limit"
+        form = await read_form(request, self.upload_limit + FORM_ALLOWANCE, limit, max_files=1)
+        if not who.session.csrf_ok(str(form.get("csrf") or "")):
             await self.audit(who, what, "", "refused: no CSRF token")
             raise Refused(403, "This form has expired or did not come from the console (CSRF). Reload it.")
-        who = await self.operator(request, need, what)  # 401 without a session
+        await self._allow(who, need, what)
         return who, form
 
     # -- pages ---------------------------------------------------------------------------------

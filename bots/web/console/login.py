@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from bots.core.permissions import Role
 from bots.web.console.auth import COOKIE, LOGIN_COOKIE, SESSION_TTL
-from bots.web.console.base import PREFIX, SECURITY_HEADERS, Console, Refused
+from bots.web.console.base import FORM_ALLOWANCE, PREFIX, SECURITY_HEADERS, Console, Refused, read_form
 
 
 def routes(console: Console) -> APIRouter:
@@ -30,7 +30,7 @@ def routes(console: Console) -> APIRouter:
 
     @router.post("/login", response_class=HTMLResponse)
     async def login(request: Request) -> Response:
-        form = await request.form(max_files=0, max_fields=5)
+        form = await read_form(request, FORM_ALLOWANCE, "size of a login form", max_fields=5)
         check = request.cookies.get(LOGIN_COOKIE, "")
         sent = str(form.get("csrf") or "")
         if not (check and sent and hmac.compare_digest(check.encode(), sent.encode())):

@@ -192,7 +192,7 @@ async def test_model_output_never_pings(dc, harness):
 
 
 async def test_typing_indicator(dc, harness):
-    h = await start(harness, dc)
+    h = await start(harness, dc, FakeLLM(delay_s=0.2))  # a model that takes a moment to write
     dm = await dc.dm(dc.alice, "are you typing?")
     await dc.next_sent()
     assert dm["channel_id"] in dc.typing_calls  # shown while the model wrote

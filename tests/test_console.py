@@ -320,9 +320,17 @@ def test_accept_upload_keeps_files_inside_the_collection(tmp_path):
     (tmp_path / "notes" / "collection.toml").write_text('include = ["*.md"]\n')
     with pytest.raises(UploadError, match="include/exclude leave this file out"):
         accept_upload(Collection(tmp_path, "notes"), "b.txt", b"text")
+    # a file the collection leaves out is the operator's own: an upload of its name never replaces it
+    with pytest.raises(UploadError, match="include/exclude leave this file out"):
+        accept_upload(Collection(tmp_path, "notes"), "笔记.txt", b"an upload of the same name")
+    assert (tmp_path / "notes" / "笔记.txt").read_text(encoding="utf-8") == "灯还亮着。"
+    (tmp_path / "notes" / "sub.md").mkdir()
+    with pytest.raises(UploadError, match="a folder of that name"):
+        accept_upload(Collection(tmp_path, "notes"), "sub.md", b"# sub")
     assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == [
         "collection.toml",
         "passwd.md",
+        "sub.md",
         "笔记.txt",
     ]
 

@@ -55,18 +55,21 @@ class Collection:
         """Loadable files matching include and not exclude, sorted; never outside the folder."""
         chosen = []
         for path in sorted(self.folder.rglob("*")):
-            relative = path.relative_to(self.folder).as_posix()
-            if (
-                path.is_file()
-                and not path.is_symlink()
-                and path.name != SETTINGS_FILE
-                and not any(part.startswith(".") for part in path.relative_to(self.folder).parts)
-                and path.suffix.lower() in LOADERS
-                and any(fnmatch.fnmatch(relative, pattern) for pattern in self.settings.include)
-                and not any(fnmatch.fnmatch(relative, pattern) for pattern in self.settings.exclude)
-            ):
+            if path.is_file() and not path.is_symlink() and self.admits(path.relative_to(self.folder)):
                 chosen.append(path)
         return chosen
+
+    def admits(self, relative: Path) -> bool:
+        """Whether a file at ``relative`` (to the folder) is one of the collection's: a loadable
+        type, not hidden, not the settings file, matching include and not exclude."""
+        name = relative.as_posix()
+        return (
+            relative.name != SETTINGS_FILE
+            and not any(part.startswith(".") for part in relative.parts)
+            and relative.suffix.lower() in LOADERS
+            and any(fnmatch.fnmatch(name, pattern) for pattern in self.settings.include)
+            and not any(fnmatch.fnmatch(name, pattern) for pattern in self.settings.exclude)
+        )
 
 
 def collection_names(root: Path) -> list[str]:

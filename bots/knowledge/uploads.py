@@ -52,6 +52,10 @@ def accept_upload(
     if not data.strip():
         raise UploadError(f"{name}: the file is empty")
     folder = collection.folder
+    if not collection.admits(Path(name)):  # checked before anything is written or replaced
+        raise UploadError(f"{name}: {folder.name}/collection.toml's include/exclude leave this file out")
+    if (folder / name).is_dir():
+        raise UploadError(f"{name}: a folder of that name is in {folder.name}")
     handle, staging = tempfile.mkstemp(prefix=".upload-", suffix=suffix, dir=folder)  # hidden: never ingested
     try:
         with os.fdopen(handle, "wb") as out:
@@ -64,9 +68,6 @@ def accept_upload(
             raise UploadError(f"{name}: no text could be read from it")
         target = folder / name
         os.replace(staging, target)
-        if target not in collection.files():  # collection.toml's include/exclude leave it out
-            target.unlink()
-            raise UploadError(f"{name}: {folder.name}/collection.toml's include/exclude leave this file out")
         return target
     finally:
         if os.path.exists(staging):

@@ -232,8 +232,8 @@ class Worker:
             else:
                 self._schedule(shard, entry_id, item, replay=True)
         self.claimed += len(claimed)
-        if claimed:
-            log.info(
+        if claimed:  # a worker went away without finishing them (a clean stop leaves none)
+            log.warning(
                 "worker %s: shard %d taken over with %d pending entries", self.name, number, len(claimed)
             )
         shard.reading = True

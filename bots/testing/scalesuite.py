@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import sys
 import time
@@ -70,6 +71,8 @@ class ScaleResult:
     model_requests: int
     latencies_s: list[float] = field(default_factory=list)  # post -> first reply, per mention
     logs: list[Path] = field(default_factory=list)
+    cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds per process while posting
+    taken_over: int = 0  # entries a worker claimed from one that died (from the workers' logs)
 
     def line(self) -> str:
         p = self.plan
@@ -78,7 +81,8 @@ class ScaleResult:
             f"chats={p.chats} killed={self.killed} sent={self.sent} answered={self.answered} "
             f"lost={self.lost} "
             f"duplicated={self.duplicated} order_violations={self.order_violations} "
-            f"unthreaded={self.unthreaded} model_requests={self.model_requests} wall={self.wall_s:.1f}s"
+            f"unthreaded={self.unthreaded} model_requests={self.model_requests} taken_over={self.taken_over} "
+            f"wall={self.wall_s:.1f}s"
         )
 
 
@@ -182,6 +186,16 @@ class Proc:
     def exited(self) -> bool:
         return self.proc is None or self.proc.returncode is not None
 
+    def cpu_s(self) -> float:
+        """CPU seconds the process used so far (0 when it is gone)."""
+        import psutil
+
+        try:
+            times = psutil.Process(self.proc.pid).cpu_times() if self.proc else None
+        except psutil.Error:
+            return 0.0
+        return times.user + times.system if times else 0.0
+
     async def kill(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
             self.proc.send_signal(signal.SIGKILL)
@@ -275,11 +289,16 @@ async def run_scale(
         say(
             f"{plan.gateways} gateway(s), {plan.workers} worker(s) up after {time.monotonic() - started:.1f}s"
         )
+        cpu_before = {proc.log_path.stem: proc.cpu_s() for proc in everyone}
         result = await driver.run()
+        result.cpu_s = {
+            proc.log_path.stem: round(proc.cpu_s() - cpu_before[proc.log_path.stem], 2) for proc in everyone
+        }
         stopping = time.monotonic()
         await asyncio.gather(*(proc.stop() for proc in everyone))
         say(f"stopped in {time.monotonic() - stopping:.1f}s")
         result.model_requests = llm.count
+        result.taken_over = sum(_taken_over(proc.log_path) for proc in workers)
         result.logs = [p.log_path for p in everyone]
     result.wall_s = time.monotonic() - started
     return result
@@ -453,3 +472,11 @@ class _Driver:
             trigger = Trigger(str(group["id"]), str(message["message_id"]), ordinal=number)
             self.triggers.append(trigger)
             self.posted_at[(trigger.chat, trigger.message_id)] = time.monotonic()
+
+
+_TAKEN_OVER = re.compile(r"taken over with (\d+) pending entries")
+
+
+def _taken_over(log: Path) -> int:
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return sum(int(n) for n in _TAKEN_OVER.findall(" ".join(text.split())))

@@ -198,6 +198,22 @@ async def test_unknown_model_is_404_model_not_found(served):
     assert missing.value.body["param"] == "model"
 
 
+async def test_paths_and_methods_the_api_lacks_get_openai_shaped_errors(served):
+    s = await served()
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {s.key}"}) as http:
+        missing = await http.post(f"{s.base}/embeddings", json={"model": BOT, "input": "hi"})
+        wrong_method = await http.get(f"{s.base}/chat/completions")
+        console = await http.get(f"{s.service.url}/console/nowhere")
+    assert missing.status_code == 404
+    invalid_url = {"message": "Invalid URL (POST /v1/embeddings)", "type": "invalid_request_error"}
+    assert missing.json()["error"] == {**invalid_url, "code": None, "param": None}
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert wrong_method.json()["error"]["type"] == "invalid_request_error"
+    assert console.status_code == 404 and "error" not in console.json()  # only /v1 speaks OpenAI
+    with pytest.raises(openai.NotFoundError, match="Invalid URL"):
+        await s.client().embeddings.create(model=BOT, input="hi")
+
+
 async def test_oversize_malformed_and_invalid_requests(served):
     s = await served(web={"max_body_kb": 4})
     headers = {"Authorization": f"Bearer {s.key}"}

@@ -42,6 +42,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bots.core.adapter import Capabilities, EventSink, NotAccepted
 from bots.core.config import channel_options
@@ -293,6 +294,13 @@ class ApiError(Exception):
     def response(self) -> JSONResponse:
         body = {"error": {"message": self.message, "type": self.kind, "code": self.code, "param": self.param}}
         return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """A 404 or 405 the routing answers under ``/v1`` (an endpoint this server lacks), shaped as
+    OpenAI's API shapes it, so clients show the message instead of failing to read the body."""
+    message = f"Invalid URL ({request.method} {request.url.path})" if exc.status_code == 404 else exc.detail
+    return ApiError(exc.status_code, str(message), headers=exc.headers).response()
 
 
 class _Part(BaseModel):

@@ -8,10 +8,12 @@ channel of type ``openai``; :mod:`bots.adapters.openai_compat`); Prometheus ``GE
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bots.adapters.openai_compat import ApiKeys, OpenAIChannel, openai_router
+from bots.adapters.openai_compat import ApiKeys, OpenAIChannel, http_error, openai_router
 from bots.core.config import ConfigError
 from bots.web.console import mount as mount_console
 from bots.web.context import WebContext
@@ -33,6 +35,14 @@ def create_app(ctx: WebContext) -> FastAPI:
             openai_channels(ctx), app.state.api_keys, key_rate=web.key_rate, max_body=web.max_body_kb * 1024
         )
     )
+
+    async def routing_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if request.url.path == "/v1" or request.url.path.startswith("/v1/"):
+            return http_error(request, exc)
+        return await http_exception_handler(request, exc)
+
+    app.add_exception_handler(StarletteHTTPException, routing_error)
     app.state.registry = registry_for(ctx.host)
     if web.metrics:
 

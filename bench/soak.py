@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import shlex
 import sys
@@ -101,6 +102,8 @@ async def run_all(args: argparse.Namespace) -> list[SoakResult]:
             plan, workdir, host_command=shlex.split(args.host_command), host_env=env, progress=progress
         )
         print(result.line(), flush=True)
+        if keep and result.duplicates:
+            (keep / "duplicates.json").write_text(json.dumps(result.duplicates, indent=1, ensure_ascii=False))
         if args.flood:
             print(result.flood_line(), flush=True)
         progress(f"host log: {result.log_path}")

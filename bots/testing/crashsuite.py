@@ -118,7 +118,7 @@ class Tally:
     duplicated: int
     order_violations: int
     unthreaded: int  # bot messages that thread to no trigger (busy notices, strays)
-    first_copies: tuple[Reply, ...] = ()  # for each duplicate, the copy the platform got first
+    duplicates: tuple[tuple[Reply, Reply], ...] = ()  # (the copy the platform got first, again)
 
 
 @dataclass
@@ -143,6 +143,7 @@ class SoakResult:
     # for each duplicate whose first copy has a time: how long before the next kill it arrived
     # (the window in which a part the platform took still had no "sent" mark on disk)
     duplicate_lead_ms: list[float] = field(default_factory=list)
+    duplicates: list[dict[str, Any]] = field(default_factory=list)  # each one, for a closer look
     log_path: Path | None = None
 
     def line(self) -> str:
@@ -218,6 +219,28 @@ def lead_before_kills(first_copies: Sequence[Reply], kills: Sequence[float]) -> 
     return lead
 
 
+def describe_duplicates(
+    duplicates: Sequence[tuple[Reply, Reply]], kills: Sequence[float], t0: float
+) -> list[dict[str, Any]]:
+    """Each duplicate: its chat, trigger and text, when both copies arrived and the kills between
+    (seconds since the driver started; none between: resent within one run, not a replay)."""
+
+    def since(at: float | None) -> float | None:
+        return None if at is None else round(at - t0, 3)
+
+    return [
+        {
+            "chat": first.chat,
+            "reply_to": first.reply_to,
+            "text": first.text[:100],
+            "first_at": since(first.at),
+            "again_at": since(again.at),
+            "kills_between": [since(k) for k in kills if (first.at or 0) <= k <= (again.at or 0)],
+        }
+        for first, again in duplicates
+    ]
+
+
 def percentile(values: Sequence[float], pct: float) -> float:
     """The ``pct`` percentile of ``values`` (nearest rank)."""
     ordered = sorted(values)
@@ -230,7 +253,7 @@ def tally(triggers: Sequence[Trigger], acknowledged: set[tuple[str, str]], repli
     ``acknowledged``: (chat, message id) of triggers; ``replies``: in the order the platform got them."""
     by_id = {(t.chat, t.message_id): t for t in triggers}
     delivered: dict[tuple[str, str, str], Reply] = {}
-    first_copies: list[Reply] = []
+    duplicates: list[tuple[Reply, Reply]] = []
     answered: set[tuple[str, str]] = set()
     latest: dict[str, int] = {}  # chat -> the latest trigger answered there so far
     duplicated = violations = unthreaded = 0
@@ -242,7 +265,7 @@ def tally(triggers: Sequence[Trigger], acknowledged: set[tuple[str, str]], repli
         part = (trigger.chat, trigger.message_id, reply.text)
         if part in delivered:
             duplicated += 1
-            first_copies.append(delivered[part])
+            duplicates.append((delivered[part], reply))
             continue
         delivered[part] = reply
         answered.add((trigger.chat, trigger.message_id))
@@ -254,7 +277,7 @@ def tally(triggers: Sequence[Trigger], acknowledged: set[tuple[str, str]], repli
         for t in triggers
         if (t.chat, t.message_id) in acknowledged and (t.chat, t.message_id) not in answered
     )
-    return Tally(len(answered), lost, duplicated, violations, unthreaded, tuple(first_copies))
+    return Tally(len(answered), lost, duplicated, violations, unthreaded, tuple(duplicates))
 
 
 # -- the platforms ------------------------------------------------------------------------------
@@ -654,7 +677,8 @@ class _Driver:
             rss_mib=self.rss,
             rss_warm_mib=self.rss_warm,
             rss_end_mib=rss_end,
-            duplicate_lead_ms=lead_before_kills(counts.first_copies, self.kill_times),
+            duplicate_lead_ms=lead_before_kills([first for first, _ in counts.duplicates], self.kill_times),
+            duplicates=describe_duplicates(counts.duplicates, self.kill_times, self._t0),
         )
 
     async def _start_host(self) -> None:

@@ -16,6 +16,7 @@ from bots.web.console.base import Console, Refused
 from bots.web.console.status import host_status
 
 AUDIT_PAGE = 50
+LAST_AUDIT_PAGE = 10**6  # a page number past it is read as this one (the database's integers end)
 
 
 def _scheduling(console: Console) -> Any:
@@ -129,7 +130,7 @@ def routes(console: Console) -> APIRouter:
         request: Request, actor: str = "", command: str = "", bot: str = "", result: str = "", page: int = 1
     ) -> Response:
         who = await console.operator(request)
-        page = max(page, 1)
+        page = min(max(page, 1), LAST_AUDIT_PAGE)
         entries, total = await console.host.audit.search(
             actor=actor,
             command=command,

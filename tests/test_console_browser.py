@@ -206,11 +206,13 @@ async def test_console_in_a_real_browser(harness, tmp_path, screenshots, capsys)
         await browser.until("search hits", lambda d: d.find_elements("id", "hits"))
         assert (await browser.text("#hits")).startswith("foghorn.md")
         await browser.shot("knowledge-search")
+        upload_task = await browser.call((await browser.find(".task")).get_attribute, "data-task")
         await browser.click("#collections button")  # re-ingest: nothing changed since
-        await browser.until(
+        await browser.until(  # a task of its own (the upload's finished one is on the page before)
             "the re-ingest to finish",
             lambda d: (
                 (boxes := d.find_elements("css selector", ".task"))
+                and boxes[0].get_attribute("data-task") != upload_task
                 and boxes[0].get_attribute("data-state") in ("done", "failed")
             ),
         )

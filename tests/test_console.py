@@ -337,6 +337,18 @@ def test_accept_upload_keeps_files_inside_the_collection(tmp_path):
     ]
 
 
+async def test_logging_in_again_ends_the_session_it_replaces(console):
+    async with console.client() as client:
+        await console.login(client, "fake:visitor")
+        first = client.cookies["bots_console"]
+        await console.login(client, "fake:op")
+        assert client.cookies["bots_console"] != first
+        assert (await client.get("/console/")).status_code == 200
+    async with console.client() as replayed:
+        replayed.cookies.set("bots_console", first)
+        assert (await replayed.get("/console/")).status_code == 401
+
+
 async def test_logout_ends_the_session(console):
     async with console.client() as client:
         csrf = await console.login(client, "fake:op")

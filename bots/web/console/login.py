@@ -45,6 +45,7 @@ def routes(console: Console) -> APIRouter:
             await console.audit(operator, "console login", "", f"refused: {role.name.lower()}")
         else:
             await console.audit(operator, "console login", "", "ok")
+        await console.sessions.close(request.cookies.get(COOKIE))  # a session it replaces ends
         sid, _session = await console.sessions.open(operator)
         response = console.back("/")  # the console (a same-site redirect: the Strict cookie goes along)
         _cookie(response, request, COOKIE, sid, int(SESSION_TTL.total_seconds()), PREFIX)

@@ -224,6 +224,7 @@ async def test_oversize_malformed_and_invalid_requests(served):
             f"{s.base}/chat/completions", content=_kilobytes(6)
         )
         broken = await http.post(f"{s.base}/chat/completions", content=b'{"model": "testbot", "messa')
+        nested = await http.post(f"{s.base}/chat/completions", content=b"[" * 3000)
         no_user = await http.post(
             f"{s.base}/chat/completions",
             json={"model": BOT, "messages": [{"role": "assistant", "content": "hello"}]},
@@ -232,6 +233,7 @@ async def test_oversize_malformed_and_invalid_requests(served):
     assert (too_big.status_code, too_big.json()["error"]["code"]) == (413, "request_too_large")
     assert chunked.status_code == 413
     assert (broken.status_code, broken.json()["error"]["code"]) == (400, "invalid_json")
+    assert (nested.status_code, nested.json()["error"]["code"]) == (400, "invalid_json")
     assert no_user.status_code == 400 and no_user.json()["error"]["param"] == "messages"
     assert wrong_type.status_code == 400 and wrong_type.json()["error"]["param"] == "messages"
     assert all(r.json()["error"]["type"] == "invalid_request_error" for r in (too_big, broken, no_user))

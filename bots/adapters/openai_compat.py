@@ -392,6 +392,8 @@ def openai_router(
             data = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ApiError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from None
+        except RecursionError:  # "[[[[...": the decoder gives up; a 400, not a 500
+            raise ApiError(400, "the body's JSON is nested too deeply", code="invalid_json") from None
         try:
             return ChatRequest.model_validate(data)
         except ValidationError as exc:

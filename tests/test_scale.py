@@ -304,3 +304,29 @@ async def _close_crashed(worker) -> None:
         await asyncio.gather(*worker._tasks, *worker._jobs, return_exceptions=True)
         await worker.host.stop()
         await worker.bus.close()
+
+
+async def test_a_worker_that_loses_a_lease_drops_the_shards_work_and_it_is_answered_once(scene):
+    """Another process holds the lease now (the worker froze past it): the worker drops that
+    shard's work at once; when the lease is free again the shard's new owner answers it all once."""
+    gateway = build_gateway(scene.config, scene.secrets(), name="g")
+    async with gateway:
+        worker = build_worker(scene.config, scene.secrets(), name="w")
+        async with worker:
+            scene.llm.latency = (1.0, 1.0)
+            updates = [scene.post(n) for n in range(4)]  # one chat: handled one at a time
+            await _until(lambda: scene.llm.count >= 1, "the first message to reach the model")
+            shard = shard_of(("keeper0", "tg", f"telegram:{scene.group['id']}"), 4)
+            await scene.redis.set(Keys().lease(shard), "thief", px=2500)  # taken while w looks away
+            await _until(lambda: shard not in worker.owned, "w to see the lease gone")
+            scene.llm.latency = (0.0, 0.02)
+            await scene.tg.wait_for(
+                lambda: all(scene.replies_to(u) for u in updates),
+                WAIT_S,
+                what="every reply once the lease lapsed",
+            )
+            assert shard in worker.owned  # it took the shard back when the thief's lease lapsed
+    for update in updates:
+        assert len(scene.replies_to(update)) == 1
+    answered = [m["reply_to_message"]["message_id"] for m in scene.tg.sent]
+    assert answered == sorted(answered)

@@ -14,7 +14,7 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_openai import ChatOpenAI
 
-from bots.adapters.openai_compat import ApiKeys, Conversation, OpenAIChannel
+from bots.adapters.openai_compat import ApiKeys, ChatRequest, Conversation, OpenAIChannel, conversation_of
 from bots.core.events import Transcript, event_from_dict, event_to_dict
 from bots.core.permissions import NOT_ALLOWED
 from bots.plugins import Invocation, Plugin, on_message
@@ -326,3 +326,19 @@ async def test_a_post_into_another_chat_is_not_part_of_the_answer(served):
     text = reply.choices[0].message.content
     assert text and text != NOT_ALLOWED
     assert "the fog lifts" not in text  # /say's post went to its own chat, not into this response
+
+
+def test_a_conversation_is_named_by_its_first_user_message():
+    """Front ends (SillyTavern, Open WebUI) open every chat with the character's same greeting:
+    conversations that differ after it are different chats, and a conversation keeps its chat."""
+    channel, greeting = OpenAIChannel("api"), {"role": "assistant", "content": "Welcome aboard."}
+
+    def chat_of(*said: str) -> str:
+        messages = [greeting] + [
+            {"role": "user" if n % 2 == 0 else "assistant", "content": text} for n, text in enumerate(said)
+        ]
+        request = ChatRequest.model_validate({"model": BOT, "messages": messages})
+        return channel.event(conversation_of(request, "tester")).channel.id
+
+    assert chat_of("I am Ada.") != chat_of("I am Bob.")
+    assert chat_of("I am Ada.", "Hello, Ada.", "And now?") == chat_of("I am Ada.")

@@ -336,7 +336,8 @@ def conversation_of(request: ChatRequest, client: str) -> Conversation:
     if not text.strip():
         raise ApiError(400, "the last user message has no text", param="messages")
     earlier = tuple(("human" if m.role == "user" else "ai", m.plain()) for m in said[:-1])
-    return Conversation(client, text, earlier, first=said[0].plain(), user=request.user)
+    first = next(m for m in said if m.role == "user")  # not a greeting every chat of a front end opens with
+    return Conversation(client, text, earlier, first=first.plain(), user=request.user)
 
 
 class KeyLimiter:

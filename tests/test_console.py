@@ -33,6 +33,7 @@ POSTS = [
     ("/roles/grant", {"user": "fake:x", "role": "operator"}),
     ("/roles/revoke", {"user": "fake:op"}),
     ("/knowledge/ingest", {"collection": "notes"}),
+    ("/knowledge/upload", {"collection": "notes"}),
     ("/personas/try", {"text": "hi"}),
     ("/personas/eval", {"questions": '{"q": "hi"}'}),
     ("/logout", {}),
@@ -145,6 +146,17 @@ async def test_every_page_and_action_needs_a_session(console):
             assert "bots console-link" in response.text
         for path, data in POSTS:
             assert (await client.post("/console" + path, data=data)).status_code == 401, path
+
+
+def test_the_checks_below_cover_every_post_route(console):
+    from bots.web.console import content, login, operations
+
+    modules = (login, operations, content)  # what bots.web.console.mount includes
+    routes = [r for m in modules for r in m.routes(console.app.state.console).routes if "POST" in r.methods]
+    assert len(routes) > 5
+    for route in routes:
+        if route.path != "/login":  # before a session: its own CSRF cookie (tested above)
+            assert any(route.path_regex.match(path) for path, _ in POSTS), route.path
 
 
 async def test_every_post_without_the_csrf_token_is_refused_and_changes_nothing(console):

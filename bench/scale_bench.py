@@ -128,7 +128,6 @@ class Bench:
 
 
 async def throughput(bench: Bench, redis_url: str, config: Path) -> list[tuple[int, float, float]]:
-    args = bench.args
     rows = []
     await bench.start(["gateway", "--config", str(config), "--name", "gateway0"], "gateway0")
     await bench.polling()
@@ -139,22 +138,28 @@ async def throughput(bench: Bench, redis_url: str, config: Path) -> list[tuple[i
             await bench.start(["worker", "--config", str(config), "--name", name], name)
             names.add(name)
         await bench.balanced(redis_url, names)
-        chats = [bench.tg.group(f"Burst {workers}-{n}") for n in range(args.chats)]
-        warm = await bench.post(args.chats, 0, chats)  # every process has run each path once
-        await bench.answered(warm)
-        cpu_before = bench.cpu()
-        posted = await bench.post(args.messages, 0, chats)
-        began = posted[0][1]
-        await bench.answered(posted)
-        busy = max(bench.tg.account(None).sent_at) - began
-        rows.append((workers, args.messages / busy, (bench.cpu() - cpu_before) / args.messages))
-        print(f"{workers} worker(s): {args.messages / busy:.1f} msgs/s ({busy:.1f} s)", flush=True)
+        rate, cpu = await burst(bench, f"{workers} worker(s)")
+        rows.append((workers, rate, cpu))
     return rows
+
+
+async def burst(bench: Bench, label: str) -> tuple[float, float]:
+    """``--messages`` mentions at once over ``--chats`` new groups: messages per second from the
+    first post to the last reply, and CPU seconds per message of all the processes."""
+    args = bench.args
+    chats = [bench.tg.group(f"Burst {label} {n}") for n in range(args.chats)]
+    await bench.answered(await bench.post(args.chats, 0, chats))  # every process ran each path once
+    cpu_before = bench.cpu()
+    posted = await bench.post(args.messages, 0, chats)
+    await bench.answered(posted)
+    busy = max(bench.tg.account(None).sent_at) - posted[0][1]
+    print(f"{label}: {args.messages / busy:.1f} msgs/s ({busy:.1f} s)", flush=True)
+    return args.messages / busy, (bench.cpu() - cpu_before) / args.messages
 
 
 async def trickle(bench: Bench, chats: list[dict]) -> list[float]:
     args = bench.args
-    await bench.answered(await bench.post(4, 0, chats))  # warm-up
+    await bench.answered(await bench.post(8, 2.0, chats))  # warm-up: first calls of every path
     return await bench.answered(await bench.post(args.trickle, args.trickle_rate, chats))
 
 
@@ -205,6 +210,7 @@ async def main(args: argparse.Namespace) -> None:
                         await bench.polling()
                         chats = [tg.group(f"Trickle single {n}") for n in range(4)]
                         results["single"] = await trickle(bench, chats)
+                        results["single_burst"] = await burst(bench, "single")
                 finally:
                     await stop_all(bench)
                     if args.keep:
@@ -220,6 +226,8 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> None:
     print("workers  msgs/s  ratio to 1  CPU ms/msg (all processes)")
     for workers, rate, cpu in results["rows"]:
         print(f"{workers:>7}  {rate:6.1f}  {rate / base:10.2f}  {cpu * 1000:10.1f}")
+    rate, cpu = results["single_burst"]
+    print(f"bots run (one process, for reference): {rate:.1f} msgs/s, CPU {cpu * 1000:.1f} ms/msg")
     split, single = results["split"], results["single"]
     print(f"latency (post -> reply), {args.trickle} mentions at {args.trickle_rate:g}/s:")
     for name, values in (("bots run (one process)", single), ("gateway + worker", split)):

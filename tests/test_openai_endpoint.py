@@ -168,6 +168,23 @@ async def test_a_slow_answer_times_out_with_504(served):
         _ = [chunk async for chunk in stream]
 
 
+async def test_a_client_gone_mid_stream_leaves_nothing_behind(served):
+    s = await served(llm=FakeLLM(default=ANSWER, delay_s=0.3))
+    body = {"model": BOT, "messages": [{"role": "user", "content": "How often?"}], "stream": True}
+    headers = {"Authorization": f"Bearer {s.key}"}
+    async with (
+        httpx.AsyncClient(headers=headers, timeout=60) as http,
+        http.stream("POST", f"{s.base}/chat/completions", json=body) as response,
+    ):
+        async for line in response.aiter_lines():
+            assert line.startswith("data: ")
+            break  # the first chunk (the role), then the client hangs up
+    await s.h.host.drain(timeout=60)  # the bot still finishes its turn in that chat ...
+    assert (s.h.host.in_flight, s.h.host.order.busy_chats) == (0, 0)
+    again = await s.client().chat.completions.create(model=BOT, messages=body["messages"])
+    assert again.choices[0].message.content == ANSWER  # ... and the conversation goes on
+
+
 async def test_models_lists_the_bot(served):
     s = await served()
     models = await s.client().models.list()

@@ -6,7 +6,7 @@ keeps a heartbeat in ``{prefix}:workers`` and holds about ``shards / live worker
 shards up (after finishing what it read from them) while it holds more. A shard is read by its owner
 only, so a chat's messages (always on one shard) are seen in stream order; the worker queues each
 in its chat (:class:`~bots.core.ordering.ChatOrder`): one at a time per chat, chats concurrently, at
-most ``concurrency`` messages at once.
+most ``concurrency`` messages at once (and as many more read ahead, waiting).
 
 An entry is acknowledged (and dropped) after its replies were recorded in the outbox, handed over
 to the gateway, and the message marked finished. A worker that dies leaves its entries pending;
@@ -75,6 +75,7 @@ class Worker:
         self._running = False
         self._jobs: set[asyncio.Task[None]] = set()
         self._room = asyncio.Event()
+        self._slots = asyncio.Semaphore(concurrency)  # messages being handled at once
         self._changed = asyncio.Event()
         self._read_lock = asyncio.Lock()  # held while a read (which names the shards it reads) runs
         self._tasks: list[asyncio.Task[None]] = []
@@ -283,7 +284,7 @@ class Worker:
     async def _read(self) -> None:
         while self._running:
             streams = {s.stream: s for s in self.owned.values() if s.reading}
-            room = self.concurrency - len(self._jobs)
+            room = 2 * self.concurrency - len(self._jobs)  # read ahead: the next ones wait queued
             if not streams or room <= 0:
                 waiting_for = self._changed if not streams else self._room
                 waiting_for.clear()
@@ -293,7 +294,8 @@ class Worker:
             try:
                 async with self._read_lock:
                     streams = {s.stream: s for s in self.owned.values() if s.reading}
-                    found = await self.bus.read(WORKERS_GROUP, self.name, streams, room, READ_BLOCK_MS)
+                    count = max(1, room // len(streams))  # COUNT is per stream
+                    found = await self.bus.read(WORKERS_GROUP, self.name, streams, count, READ_BLOCK_MS)
                     for stream, (entry_id, fields) in found:
                         shard = streams[stream]
                         item = self._decode(shard, (entry_id, fields))
@@ -334,7 +336,7 @@ class Worker:
         self, shard: Shard, entry_id: str, bot: Bot, item: Inbound, turn: Turn, replay: bool
     ) -> None:
         channel = bot.channel(item.channel)
-        async with turn:
+        async with turn, self._slots:  # a slot only once it is the chat's turn: no chat blocks others
             if isinstance(channel, RemoteChannel) and not channel.described:
                 await self._refresh_channels()
             await bot.pipeline.handle(item.event, channel, replay=replay)  # errors are logged there

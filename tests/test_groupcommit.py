@@ -100,3 +100,37 @@ async def test_upserts_of_one_row_in_a_batch_keep_the_last(db):
     async with db.session() as session:
         stored = (await session.execute(select(QuotaUsage.messages, QuotaUsage.tokens))).all()
     assert [tuple(r) for r in stored] == [(3, 30)]
+
+
+async def test_the_writer_checkpoints_the_sqlite_wal_when_writes_pause(tmp_path):
+    """Each pause after a commit checkpoints the WAL, so the next commit starts it over: the file
+    (which keeps its largest size) does not grow, where 40 more commits would add ~200 pages
+    before SQLite's own checkpoint (at 10,000 pages)."""
+    db = Database.in_data_dir(tmp_path)
+    await db.start()
+    writes = GroupCommit(db)
+    writes.checkpoint_after_s = 0.0
+    insert = writes.prepare(insert_ignoring_duplicates(db, InboxEntry.__table__), key=("bot", "event_id"))
+    wal = tmp_path / "bots.db-wal"
+    checkpointed = asyncio.Event()
+    checkpoint = writes._checkpoint
+
+    async def observed() -> None:
+        await checkpoint()
+        checkpointed.set()
+
+    writes._checkpoint = observed  # type: ignore[method-assign]
+    await writes.start()
+    try:
+        for n in range(41):
+            checkpointed.clear()
+            await writes.write(insert, _row(f"e{n}", payload={"text": "x" * 3000}))
+            async with asyncio.timeout(30):  # generous: the checkpoint runs on the writer thread
+                await checkpointed.wait()
+            if n == 0:
+                first = wal.stat().st_size
+        assert wal.stat().st_size <= first, f"the WAL grew from {first} to {wal.stat().st_size} bytes"
+    finally:
+        await writes.close()
+        await db.close()
+    assert writes.checkpoints == 41

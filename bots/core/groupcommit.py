@@ -11,6 +11,11 @@ one thread hop and one commit per batch. Inside it, each prepared statement runs
 rows (executemany), the statements in the order they were prepared, each one's rows in the order
 they were queued. Everything in a batch commits at once, so order matters only within a table:
 modules prepare a table's inserts before its updates, and a row's insert then runs before them.
+
+On SQLite the writer also checkpoints the WAL, once writes have paused for ``checkpoint_after_s``:
+a checkpoint (an fsync) then runs between writes instead of inside the commit of a hand-over
+someone waits for, and the WAL restarts small. SQLite's automatic checkpoint stays as the
+backstop for writes that never pause (``WAL_AUTOCHECKPOINT_PAGES`` in storage).
 """
 
 from __future__ import annotations
@@ -61,6 +66,8 @@ class GroupCommit:
     # writes nobody waits for wait this long for company: a write someone waits for (the next
     # message's hand-over) then shares their commit instead of queueing behind it
     behind_s = 0.001
+    # SQLite: checkpoint the WAL once no write has come for this long after a commit
+    checkpoint_after_s = 0.05
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -77,6 +84,8 @@ class GroupCommit:
         self._engine: Engine | None = None
         self._conn: Connection | None = None  # held by the worker thread
         self._closing = False
+        self._checkpoint_due = False  # commits since the last checkpoint (SQLite)
+        self.checkpoints = 0  # checkpoints the writer ran
 
     def prepare(
         self, statement: UpdateBase, *, key: Sequence[str] = (), merge_by: Sequence[str] = ()
@@ -175,7 +184,12 @@ class GroupCommit:
             if not self._queued:
                 self._idle = True
                 try:
-                    await self._nap()  # any write wakes it
+                    if self._checkpoint_due:
+                        await self._nap(self.checkpoint_after_s)  # any write wakes it
+                        if not self._queued:
+                            await self._checkpoint()
+                    else:
+                        await self._nap()  # any write wakes it
                 finally:
                     self._idle = False
                 if not self._queued:
@@ -187,11 +201,23 @@ class GroupCommit:
             try:
                 await self._commit(batch)
             finally:
+                self._checkpoint_due = self._db.dialect == "sqlite"
                 self._settled += len(batch)
                 while self._flushes and self._flushes[0][0] <= self._settled:
                     _, waiter = self._flushes.pop(0)
                     if not waiter.done():
                         waiter.set_result(None)
+
+    async def _checkpoint(self) -> None:
+        """Copy the WAL into the database file (PASSIVE: it waits for no reader or writer)."""
+        self._checkpoint_due = False
+        conn = self._conn
+        assert conn is not None
+        try:
+            await self._in_thread(lambda: _checkpoint(conn))
+            self.checkpoints += 1
+        except Exception as exc:  # the next pause tries again; SQLite's own checkpoint remains
+            log.warning("WAL checkpoint failed: %s", exc)
 
     async def _commit(self, batch: list[_Write]) -> None:
         conn = self._conn
@@ -230,6 +256,11 @@ def _execute(conn: Connection, batch: list[_Write]) -> list[bool | None]:
             if rows:
                 conn.execute(prepared.statement, rows)
     return results
+
+
+def _checkpoint(conn: Connection) -> None:
+    with conn.begin():
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
 
 def _insert_keyed(conn: Connection, prepared: Prepared, writes: list[_Write]) -> list[bool]:

@@ -107,7 +107,7 @@ def run(config: ConfigOption = None) -> None:
 def serve(
     config: ConfigOption = None,
     host: Annotated[str | None, typer.Option(help="Interface to listen on [default: [web] host]")] = None,
-    port: Annotated[int | None, typer.Option(help="TCP port [default: [web] port]")] = None,
+    port: Annotated[int | None, typer.Option(min=0, max=65535, help="TCP port [default: [web] port]")] = None,
 ) -> None:
     """Start the host as `bots run` does, always with the web app: the OpenAI-compatible endpoint,
     /metrics and the operators' console."""

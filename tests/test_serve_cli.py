@@ -109,6 +109,12 @@ async def test_a_port_in_use_is_named(harness):
             await h.host.start()
 
 
+def test_a_port_out_of_range_is_refused_by_the_command_line(tmp_path):
+    config = write_config(tmp_path, free_port())
+    result = CliRunner().invoke(app, ["serve", "--config", str(config), "--port", "70000"])
+    assert result.exit_code == 2 and "65535" in result.output
+
+
 def test_revoke_and_unknown_names(tmp_path):
     config = write_config(tmp_path, free_port())
     runner = CliRunner()

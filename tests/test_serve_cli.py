@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -38,24 +39,27 @@ def write_config(tmp_path: Path, port: int, web: str = "") -> Path:
     return config
 
 
-async def wait_until_up(base: str, proc: asyncio.subprocess.Process, limit_s: float = 60) -> None:
-    async with httpx.AsyncClient() as http:
-        for _ in range(int(limit_s * 10)):
-            if proc.returncode is not None:
-                output = (await proc.stdout.read()).decode() if proc.stdout else ""
-                raise AssertionError(f"bots serve exited with {proc.returncode}:\n{output}")
-            try:
-                if (await http.get(f"{base}/health")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"bots serve did not answer GET {base}/health within {limit_s} s")
+async def serving_url(proc: asyncio.subprocess.Process, log: list[str], limit_s: float = 120) -> str:
+    """The address ``bots serve`` says it serves on (it picked a free port: ``port = 0``); the
+    lines it printed meanwhile go to ``log``."""
+
+    async def read() -> str:
+        assert proc.stdout is not None
+        while line := (await proc.stdout.readline()).decode():
+            log.append(line)
+            if found := re.search(r"web: serving on (http://\S+)", line):
+                return found.group(1)
+        raise AssertionError(f"bots serve exited with {await proc.wait()}:\n{''.join(log)}")
+
+    try:
+        return await asyncio.wait_for(read(), limit_s)
+    except TimeoutError:
+        said = "".join(log)
+        raise AssertionError(f"bots serve did not say where it serves within {limit_s} s:\n{said}") from None
 
 
 async def test_serve_answers_with_a_key_from_the_cli_and_stops_on_sigterm(tmp_path):
-    port = free_port()
-    config = write_config(tmp_path, port)
+    config = write_config(tmp_path, 0)  # a free port, bound by the server itself: no race for it
     runner = CliRunner()  # in a thread: the commands run their own event loop
     created = await asyncio.to_thread(
         runner.invoke, app, ["api-key", "create", "ops", "--config", str(config)]
@@ -70,9 +74,10 @@ async def test_serve_answers_with_a_key_from_the_cli_and_stops_on_sigterm(tmp_pa
         sys.executable, "-m", "bots", "serve", "--config", str(config),
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
+    log: list[str] = []
     try:
-        await wait_until_up(base, proc)
+        base = await serving_url(proc, log)
+        assert base.startswith("http://127.0.0.1:") and not base.endswith(":0")
         async with openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0) as client:
             reply = await client.chat.completions.create(
                 model="tester", messages=[{"role": "user", "content": "When is the lamp lit?"}]
@@ -85,7 +90,7 @@ async def test_serve_answers_with_a_key_from_the_cli_and_stops_on_sigterm(tmp_pa
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
         output, _ = await asyncio.wait_for(proc.communicate(), timeout=60)
-    text = output.decode()
+    text = "".join(log) + output.decode()
     assert proc.returncode == 0, text
     assert key not in text and key[8:] not in text  # keys never reach the log
     assert "web: serving on" in text

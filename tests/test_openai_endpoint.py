@@ -13,10 +13,12 @@ import openai
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_openai import ChatOpenAI
+from sqlalchemy import select
 
 from bots.adapters.openai_compat import ApiKeys, ChatRequest, Conversation, OpenAIChannel, conversation_of
 from bots.core.events import Transcript, event_from_dict, event_to_dict
 from bots.core.permissions import NOT_ALLOWED
+from bots.core.storage import InboxEntry
 from bots.plugins import Invocation, Plugin, on_message
 from bots.testing.fakes import FakeLLM
 from bots.testing.harness import BOT
@@ -359,3 +361,18 @@ def test_a_conversation_is_named_by_its_first_user_message():
 
     assert chat_of("I am Ada.") != chat_of("I am Bob.")
     assert chat_of("I am Ada.", "Hello, Ada.", "And now?") == chat_of("I am Ada.")
+
+
+async def test_a_request_cut_off_by_a_restart_is_not_answered_into_the_void(harness, tmp_path):
+    data = tmp_path / "var"
+    asked = Conversation("tester", "Are you there?", (), first="Are you there?")
+    slow = FakeLLM(default=ANSWER, delay_s=30)
+    first = await harness(data_dir=data, adapter=OpenAIChannel("api"), llm=slow)
+    await first.adapter.ask(asked, stream=False)  # accepted; the model is still thinking ...
+    first.host.stop_grace_s = 0
+    await first.host.stop()  # ... when the process dies, and the client's connection with it
+    second = await harness(data_dir=data, adapter=OpenAIChannel("api"), llm=FakeLLM(default=ANSWER))
+    await second.drain()
+    assert second.llm.prompts == []  # no model call for an answer nobody can receive
+    async with second.host.db.session() as session:
+        assert list(await session.scalars(select(InboxEntry.state))) == ["done"]

@@ -114,6 +114,7 @@ class OpenAIChannel:
 
     platform = PLATFORM
     self_id = "assistant"
+    replays = False  # the host does not replay a request an earlier run left: its client is gone
 
     def __init__(
         self,

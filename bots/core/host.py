@@ -267,6 +267,10 @@ class Host:
             except LookupError:
                 log.warning("event %s: channel %s is gone; not replayed", item.event.id, item.channel)
                 continue
+            if not getattr(adapter, "replays", True):  # a request/response channel: the asker is gone
+                log.info("event %s: its request ended with the earlier run; not replayed", item.event.id)
+                self.inbox.finish(bot.name, item.event)
+                continue
             turn = self.order.turn(self._chat(bot, adapter.name, item.event.channel))
             log.info("event %s: replaying it", item.event.id)
             self.metrics.replayed[bot.name] += 1

@@ -120,6 +120,15 @@ def test_a_port_out_of_range_is_refused_by_the_command_line(tmp_path):
     assert result.exit_code == 2 and "65535" in result.output
 
 
+def test_the_address_of_an_ipv6_listener_has_brackets():
+    from fastapi import FastAPI
+
+    from bots.web import WebServer
+
+    assert WebServer(FastAPI(), "::1", 8700).url == "http://[::1]:8700"
+    assert WebServer(FastAPI(), "127.0.0.1", 8700).url == "http://127.0.0.1:8700"
+
+
 def test_revoke_and_unknown_names(tmp_path):
     config = write_config(tmp_path, free_port())
     runner = CliRunner()

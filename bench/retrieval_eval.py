@@ -8,7 +8,14 @@ overall, per question language and cross-lingual, for each embedding model.
 A hit is correct when it comes from the answer's file and its line range overlaps the answer's.
 
     .venv/bin/python bench/retrieval_eval.py [--set own|shared|both] [--models minilm,e5,use]
-        [--chunk-size 500 --chunk-overlap 80] [--grid]
+        [--chunk-size 500 --chunk-overlap 80] [--grid] [--pool 20] [--parent-size 0]
+
+Each row also gives the two held-out halves: questions in even places of each file (dev) and in
+odd places (test), so a choice made on one half can be checked on the other.
+
+``--parent-size N``: sentence windows, measured: chunks of ``--chunk-size`` are ranked, and each
+hit stands for the ``N``-character passage of its file that holds it (as a search would return it
+for citation); repeated passages count once.
 """
 
 from __future__ import annotations
@@ -20,13 +27,16 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from bots.knowledge.chunking import chunk_document
 from bots.knowledge.embeddings import Embedder, make_embedder, query_vectors
+from bots.knowledge.loaders import load
 from bots.knowledge.store import FusionWeights, KnowledgeBase, Method, Rankings, _all_metadatas, top_keys
+from bots.knowledge.text import is_cjk_query
 
 HERE = Path(__file__).parent / "retrieval_eval"
 SHARED_CORPUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "corpus"
@@ -38,6 +48,8 @@ class Variant:
     label: str
     method: Method
     weights: FusionWeights = field(default_factory=FusionWeights)
+    pool: int = 50  # depth of each ranking (search: SEARCH_POOL, before: max(4k, 20))
+    zh_cross: bool = True  # False: Chinese questions get no cross-lingual place (no model needed)
 
 
 def variants(grid: bool) -> list[Variant]:
@@ -46,6 +58,9 @@ def variants(grid: bool) -> list[Variant]:
         Variant("RRF 1.0/1.0 (equal)", "fused", FusionWeights(dense_latin=1.0, dense_cjk=1.0)),
         Variant("RRF 1.0 latin/0 cjk (old)", "fused", FusionWeights(1.0, 0.0, 0.0, 0.0)),
         Variant("RRF default", "fused", FusionWeights()),
+        Variant("RRF default, pool 20 (old)", "fused", FusionWeights(), pool=20),
+        Variant("RRF default, pool 100", "fused", FusionWeights(), pool=100),
+        Variant("RRF default, no cross place zh", "fused", FusionWeights(), zh_cross=False),
     ]
     if grid:
         for latin in (0.5, 1.0, 2.0):
@@ -97,20 +112,40 @@ def group_of(question: dict) -> str:
     return "cross" if question.get("cross") else question["lang"]
 
 
+def top_five(rankings: Rankings, plan, located: Located) -> list[tuple[str, int, int]]:
+    """The first 5 distinct passages (``located`` maps a chunk to its passage) of the fused ranking,
+    its last place kept for the cross-lingual path as search keeps it."""
+    for k in range(5, 200):
+        top = top_keys(rankings, plan, k)
+        places = list(dict.fromkeys(located[chunk] for (_, chunk), _ in top))
+        if len(places) >= 5 or len(top) < k:
+            return places[:5]
+    return places[:5]
+
+
+def truncated(rankings: Rankings, pool: int) -> Rankings:
+    """The rankings as a search ``pool`` deep would have them (each is sorted, best first)."""
+    return Rankings(
+        rankings.keyword[:pool], rankings.dense[:pool], rankings.named[:pool], rankings.other[:pool]
+    )
+
+
 def evaluate(
     kb: KnowledgeBase, questions: list[dict], found: list[Rankings], located: Located, variant: Variant
 ) -> dict[str, dict[str, float]]:
-    """Fuse each question's rankings (computed once, 20 deep, as search does for k=5) with the
-    variant's weights, exactly as KnowledgeBase.search does, and score the top 5."""
+    """Fuse each question's rankings (computed once, ``--pool`` deep) with the variant's weights,
+    exactly as KnowledgeBase.search does, and score the top 5."""
     kb.weights = variant.weights
-    ranks: dict[str, list[int | None]] = {"all": [], **{g: [] for g in GROUPS}}
-    for question, rankings in zip(questions, found, strict=True):
-        top = top_keys(rankings, kb.plan(question["question"], variant.method), 5)
-        rank = next(
-            (i for i, ((_, chunk), _) in enumerate(top, 1) if correct(located[chunk], question)), None
-        )
+    ranks: dict[str, list[int | None]] = {"all": [], **{g: [] for g in GROUPS}, "dev": [], "test": []}
+    for place, (question, rankings) in enumerate(zip(questions, found, strict=True)):
+        plan = kb.plan(question["question"], variant.method)
+        if not variant.zh_cross and is_cjk_query(question["question"]):
+            plan = replace(plan, cross_slots=0)
+        top = top_five(truncated(rankings, variant.pool), plan, located)
+        rank = next((i for i, where in enumerate(top, 1) if correct(where, question)), None)
         ranks["all"].append(rank)
         ranks[group_of(question)].append(rank)
+        ranks["test" if place % 2 else "dev"].append(rank)  # held-out halves: even / odd places
     return {
         group: {
             "n": len(values),
@@ -125,10 +160,13 @@ def evaluate(
 
 def row(label: str, result: dict[str, dict[str, float]]) -> str:
     a = result["all"]
-    cells = [f"{result[g]['r@1']:.2f}/{result[g]['r@5']:.2f}" if g in result else "   -   " for g in GROUPS]
+    cells = [
+        f"{result[g]['r@1']:.2f}/{result[g]['r@5']:.2f}" if g in result else "   -   "
+        for g in (*GROUPS, "dev", "test")
+    ]
     return (
         f"{label:34s} {a['r@1']:6.2f} {a['r@5']:6.2f} {a['mrr']:6.3f} | {cells[0]:>10s} | "
-        f"{cells[1]:>10s} | {cells[2]:>13s}"
+        f"{cells[1]:>10s} | {cells[2]:>13s} | {cells[3]:>9s} | {cells[4]:>9s}"
     )
 
 
@@ -142,6 +180,23 @@ def load_set(name: str) -> tuple[Path, list[dict]] | None:
             return None
     lines = questions_file.read_text(encoding="utf-8").splitlines()
     return corpus, [json.loads(line) for line in lines if line.strip()]
+
+
+def parents(folder: Path, located: Located, size: int, overlap: int) -> Located:
+    """Each chunk's ``size``-character passage of the same file: the one its lines overlap most."""
+    passages: dict[str, list[tuple[int, int]]] = {}
+    for path in folder.iterdir():
+        if path.suffix in {".md", ".txt"}:
+            chunks = chunk_document(load(path), path.name, size, overlap)
+            passages[path.name] = [(c.start_line, c.end_line) for c in chunks]
+
+    def best(where: tuple[str, int, int]) -> tuple[str, int, int]:
+        source, first, last = where
+        overlap_of = lambda span: min(last, span[1]) - max(first, span[0])  # noqa: E731
+        start, end = max(passages[source], key=overlap_of)
+        return source, start, end
+
+    return {chunk: best(where) for chunk, where in located.items()}
 
 
 def run_set(name: str, models: list[str], args: argparse.Namespace) -> None:
@@ -162,7 +217,8 @@ def run_set(name: str, models: list[str], args: argparse.Namespace) -> None:
             f"chunk_size = {args.chunk_size}\nchunk_overlap = {args.chunk_overlap}\n"
         )
         header = (
-            f"{'method':34s} {'r@1':>6s} {'r@5':>6s} {'MRR':>6s} | zh r@1/r@5 | en r@1/r@5 | cross r@1/r@5"
+            f"{'method':34s} {'r@1':>6s} {'r@5':>6s} {'MRR':>6s} | zh r@1/r@5 | en r@1/r@5 | cross r@1/r@5 |"
+            " dev r@1/5 | test r@1/5"
         )
         keyword_done = False
         for model in models:
@@ -179,8 +235,11 @@ def run_set(name: str, models: list[str], args: argparse.Namespace) -> None:
                 chunk: (meta["source"], meta["start_line"], meta["end_line"])
                 for chunk, meta in _all_metadatas(kb._require("eval"))
             }
+            if args.parent_size:
+                located = parents(folder, located, args.parent_size, args.chunk_overlap)
             searched = time.perf_counter()
-            found = [kb.rankings(["eval"], q["question"], pool=20) for q in questions]  # every part
+            deepest = max(args.pool, *(v.pool for v in variants(args.grid)))
+            found = [kb.rankings(["eval"], q["question"], pool=deepest) for q in questions]  # every part
             per_query = (time.perf_counter() - searched) / len(questions) * 1000
             print(header)
             print("-" * len(header))
@@ -204,6 +263,8 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=500)
     parser.add_argument("--chunk-overlap", type=int, default=80)
     parser.add_argument("--grid", action="store_true", help="also try a grid of fusion weights")
+    parser.add_argument("--pool", type=int, default=50, help="depth of the rankings computed")
+    parser.add_argument("--parent-size", type=int, default=0, help="sentence windows: the passage size")
     args = parser.parse_args()
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     for name in ("own", "shared") if args.set == "both" else (args.set,):

@@ -330,3 +330,36 @@ async def test_a_worker_that_loses_a_lease_drops_the_shards_work_and_it_is_answe
         assert len(scene.replies_to(update)) == 1
     answered = [m["reply_to_message"]["message_id"] for m in scene.tg.sent]
     assert answered == sorted(answered)
+
+
+async def test_processes_that_disagree_on_the_shard_count_are_refused(redis_url):
+    from bots.scale.bus import Bus, ScaleMismatch
+
+    first = Bus(Redis.from_url(redis_url, decode_responses=True), Keys("t"), 16)
+    other = Bus(Redis.from_url(redis_url, decode_responses=True), Keys("t"), 8)
+    try:
+        await first.check_shards()
+        await first.check_shards()  # the same count again is fine
+        with pytest.raises(ScaleMismatch, match="shards = 16"):
+            await other.check_shards()
+    finally:
+        await first.close()
+        await other.close()
+
+
+def test_a_worker_without_redis_stops_with_a_clear_error(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from bots.cli import app
+    from bots.testing.redis_server import free_port
+
+    monkeypatch.setenv(LLM_KEY_ENV, "sk-test")
+    config = write_scale_config(
+        tmp_path,
+        telegram_url="http://127.0.0.1:9",
+        llm_url="http://127.0.0.1:9/v1",
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
+    )
+    result = CliRunner().invoke(app, ["worker", "--config", str(config)])
+    assert result.exit_code == 1, result.output
+    assert "error" in result.output and "Traceback" not in result.output

@@ -37,6 +37,7 @@ from typing import Any
 from bots.assembly import build_host
 from bots.core.config import AppConfig, Secrets
 from bots.core.events import MessageEvent, event_to_dict
+from bots.core.host import settle_garbage_collector
 from bots.testing import FakeAdapter, FakeLLM
 from bots.testing.harness import TEST_PERSONA
 
@@ -152,6 +153,7 @@ async def run(count: int) -> None:
             for _, event in make_events(adapter, 200, seed=1):  # warm up imports and SQLite
                 await adapter.push(event)
             await host.drain()
+            settle_garbage_collector()  # as `bots run` does once its host has started
 
             # Latency: one message at a time, from the adapter's hand-over to the last send.
             seen_sessions: set[str] = set()

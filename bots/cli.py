@@ -145,7 +145,7 @@ def _run_host(config: Path | None, *, web: bool | None, listen: dict[str, Any] |
 
     async def serve() -> None:
         async with loop_lag_from_env():  # BOTS_LOOP_LAG_LOG=path: event-loop lag for benchmarks
-            await host.serve_forever()
+            await host.serve_forever(settle_gc=True)  # the process is the host's: tune its GC
 
     try:
         asyncio.run(serve())

@@ -11,9 +11,11 @@ exactly ``--latency`` seconds (200 ms), `bots gateway` / `bots worker` / `bots r
   1 worker. A worker handles ``--concurrency`` messages at once: with a 200 ms model, one worker
   can do at most concurrency / 0.2 s messages per second, so near-linear scaling is expected until
   the machine's cores run out (printed: CPU seconds per message of all processes).
-- **Latency**: ``--trickle`` mentions at ``--trickle-rate`` per second (no queueing) through the
-  split (1 gateway, 1 worker), then through `bots run`; post to reply p50 / p99, and the
-  difference (the hop: inbox + Redis + worker + outbox + Redis + gateway).
+- **Latency**: ``--trickle`` mentions at ``--trickle-rate`` per second (no queueing) over
+  ``--chats`` groups through the split (1 gateway, 1 worker), then through `bots run`; post to
+  reply p50 / p90 / p99, and the difference (the hop: inbox + Redis + worker + outbox + Redis +
+  gateway). Each group gets far fewer than 20 messages a minute: the Telegram channel's rate
+  limiter holds a group to Telegram's 20 a minute, and `bots run`'s typing indicators count too.
 
     .venv/bin/python bench/scale_bench.py [--postgres] [--messages 400] [--concurrency 4]
 """
@@ -203,12 +205,12 @@ async def main(args: argparse.Namespace) -> None:
                             await proc.stop()
                         bench.procs[2:] = []
                         await bench.balanced(redis_url, {"worker0"})
-                        chats = [tg.group(f"Trickle split {n}") for n in range(4)]
+                        chats = [tg.group(f"Trickle split {n}") for n in range(args.chats)]
                         results["split"] = await trickle(bench, chats)
                     else:
                         await bench.start(["run", "--config", str(config)], "run")
                         await bench.polling()
-                        chats = [tg.group(f"Trickle single {n}") for n in range(4)]
+                        chats = [tg.group(f"Trickle single {n}") for n in range(args.chats)]
                         results["single"] = await trickle(bench, chats)
                         results["single_burst"] = await burst(bench, "single")
                 finally:

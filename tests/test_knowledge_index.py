@@ -168,6 +168,19 @@ def test_an_index_from_an_older_pipeline_is_refused(kb, embedder):
         reader.search(["keeper"], "fog")
 
 
+def test_a_search_folder_with_other_bm25_settings_is_rebuilt(kb):
+    from bots.knowledge.snapshot import BM25_PARAMS
+
+    kb.ingest("keeper")
+    meta_file = kb.index_dir / "keyword" / "keeper" / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    assert meta["bm25"] == BM25_PARAMS
+    meta_file.write_text(json.dumps({**meta, "bm25": {"k1": 1.5, "b": 0.75}}))  # an older build
+    reader = KnowledgeBase(kb.root, kb.index_dir.parent, kb.embedder)
+    assert reader.search(["keeper"], "雾号", k=1, method="keyword")[0].source == "fog.md"
+    assert json.loads(meta_file.read_text())["bm25"] == BM25_PARAMS
+
+
 def test_an_index_without_its_search_folder_gets_one_from_chromadb(kb):
     kb.ingest("keeper")
     expected = [(h.id, h.start_line, h.text) for h in kb.search(["keeper"], "雾号 pencil", k=3)]

@@ -493,9 +493,10 @@ class KnowledgeBase:
             path = self._keyword_path(name)
             cached = self._snapshots.get(name)
             if cached is None or cached.stamp != Snapshot.stamp_of(path):
-                if Snapshot.exists(path):
-                    self._snapshots[name] = Snapshot(path)
-                else:
+                fresh = Snapshot(path) if Snapshot.exists(path) else None
+                if fresh is not None and fresh.current:
+                    self._snapshots[name] = fresh
+                else:  # none yet (an index from before it existed), or built with other BM25 settings
                     stored = self._require(name)
                     self._rebuild_keyword_index(name, stored, self._manifest_here(name))
             if self.chroma_url:

@@ -363,3 +363,20 @@ def test_a_worker_without_redis_stops_with_a_clear_error(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["worker", "--config", str(config)])
     assert result.exit_code == 1, result.output
     assert "error" in result.output and "Traceback" not in result.output
+
+
+async def test_entries_dropped_before_they_ran_leave_their_chat_usable(scene):
+    """A lost shard's jobs are cancelled, some before they ever ran: their chat's turns must still
+    pass on, or that chat would wait forever once the shard comes back."""
+    worker = build_worker(scene.config, scene.secrets(), name="w")
+    async with worker:
+        update = scene.post(1)
+        item = Inbound("keeper0", "tg", _event_of(scene, update))
+        number = shard_of(("keeper0", "tg", item.event.channel.canonical), 4)
+        shard = worker.owned[number]
+        worker._schedule(shard, "1-1", item, replay=False)
+        worker._schedule(shard, "1-2", item, replay=False)
+        for job in list(shard.jobs):
+            job.cancel()  # before either ran, as _lose does to a shard's queued work
+        await asyncio.gather(*shard.jobs, return_exceptions=True)
+        await _until(lambda: worker.host.order.busy_chats, "the chat's queue to be free again", 0)

@@ -344,7 +344,7 @@ async def test_a_long_command_reply_fills_the_stream_then_uses_the_response_url(
 @pytest.mark.parametrize("chat_id", [None, "wrGroup01"], ids=["dm", "group"])
 async def test_a_restart_mid_answer_finishes_the_same_stream_once(harness, wecom, secrets, tmp_path, chat_id):
     data = tmp_path / "var"
-    stuck = SlowStreamLLM(default=ANSWER, chunk_delay_s=5)
+    stuck = SlowStreamLLM(default=ANSWER, chunk_delay_s=5, delay_s=30)  # in flight at the stop
     first = await start(harness, wecom, secrets, llm=stuck, data_dir=data)
     port = first.adapter.port
     chat = await wecom.send_text("alice", "are you there?", chat=chat_id)  # accepted, stream opened

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fixtures.prose import varied_text
 
-from bots.adapters.telegram import TelegramAdapter, markdown_to_html
+from bots.adapters.telegram import MessageRateLimiter, TelegramAdapter, markdown_to_html
 from bots.core.config import ConfigError, Secrets
 from bots.core.events import ChannelKind, ChannelRef, MessageEvent, Outbound
 from bots.testing import FakeLLM
@@ -454,3 +454,26 @@ async def test_emulator_privacy_mode_hides_group_chatter():
         command = tg.command("alice", "ping", chat=group)
         assert "update_id" not in chatter and "update_id" in asked and "update_id" in command
         assert "update_id" in tg.private_message("alice", "hi")
+
+
+async def test_typing_indicators_do_not_use_up_a_groups_message_limit():
+    """Telegram's 20-a-minute limit for a group is on messages; counting "typing" against it made
+    replies in busy groups wait seconds behind their own typing indicators."""
+    limiter = MessageRateLimiter(group_max_rate=1, group_time_period=600, overall_max_rate=0)
+    calls: list[str] = []
+
+    async def request(endpoint: str) -> None:
+        async def callback() -> bool:
+            calls.append(endpoint)
+            return True
+
+        job = limiter.process_request(callback, (), {}, endpoint, {"chat_id": -1001}, None)
+        try:
+            await asyncio.wait_for(job, timeout=60)
+        except TimeoutError:
+            raise AssertionError(f"{endpoint} waited for the group's limit (1 in 10 minutes)") from None
+
+    for _ in range(3):
+        await request("sendChatAction")
+    await request("sendMessage")  # the group's one message goes at once
+    assert calls == ["sendChatAction"] * 3 + ["sendMessage"]

@@ -23,7 +23,7 @@ from bots.core.groupcommit import GroupCommit
 from bots.core.history import History
 from bots.core.migrations import current, head
 from bots.core.permissions import Permissions, Role
-from bots.core.quota import QuotaStore
+from bots.core.quota import Quotas, QuotaStore
 from bots.core.storage import (
     DATABASE_URL_ENV,
     Base,
@@ -81,18 +81,36 @@ async def test_history_keeps_utc_moments_whatever_zone_they_came_in(db, writes):
     )
 
 
-async def test_quotas_are_upserted_per_user_and_day(db, writes):
+async def test_quotas_add_up_per_user_and_day(db, writes):
     store = QuotaStore(db, writes, "bot")
     day = date(2026, 5, 4)
-    store.save(day, "fake:u1", 1, 100)
-    store.save(day, "fake:u1", 2, 250)  # the same row: updated, not a duplicate
-    store.save(day, "fake:u2", 1, 10)
+    store.add(day, "fake:u1", 1, 100)
+    store.add(day, "fake:u1", 2, 250)  # the same row in the same transaction: added, not a duplicate
+    store.add(day, "fake:u2", 1, 10)
     await writes.flush()
-    store.save(day, "fake:u1", 3, 300)  # in a later transaction: an update of a stored row
+    store.add(day, "fake:u1", 3, 300)  # in a later transaction: added to the stored row
     await writes.flush()
     rows = {row.user: (row.messages, row.tokens) for row in await store.load(day)}
-    assert rows == {"fake:u1": (3, 300), "fake:u2": (1, 10)}
+    assert rows == {"fake:u1": (6, 650), "fake:u2": (1, 10)}
     assert await store.load(day + timedelta(days=1)) == []
+
+
+async def test_two_processes_of_a_bot_share_a_users_daily_quota(db, writes):
+    """Workers of one bot on one database: what one counted, the other refuses."""
+    day = date(2026, 5, 4)
+    first, second = (
+        Quotas(messages_per_day=3, today=lambda: day, store=QuotaStore(db, writes, "bot"), refresh_s=0)
+        for _ in range(2)
+    )
+    await first.load()
+    await second.load()
+    first.count_message("fake:u1")
+    first.count_message("fake:u1")
+    second.count_message("fake:u1")
+    await writes.flush()
+    await first.refresh()
+    assert first.over("fake:u1") == "daily message quota (3)"
+    assert first.over("fake:u2") is None
 
 
 async def test_audit_entries_are_cut_to_their_columns_and_redacted(db):

@@ -50,6 +50,8 @@ class Prepared:
     key: tuple[str, ...] = ()
     # an upsert: rows of one batch with equal values in these columns are one row, the last wins
     merge_by: tuple[str, ...] = ()
+    # ... except these columns, which add up (an upsert that adds to a stored count)
+    add_up: tuple[str, ...] = ()
     returning: UpdateBase | None = field(default=None, repr=False)
 
 
@@ -88,19 +90,25 @@ class GroupCommit:
         self.checkpoints = 0  # checkpoints the writer ran
 
     def prepare(
-        self, statement: UpdateBase, *, key: Sequence[str] = (), merge_by: Sequence[str] = ()
+        self,
+        statement: UpdateBase,
+        *,
+        key: Sequence[str] = (),
+        merge_by: Sequence[str] = (),
+        add_up: Sequence[str] = (),
     ) -> Prepared:
         """A statement for writes (prepare a table's inserts before its updates).
 
         ``key``: for an insert ignoring duplicates, the columns that identify a row; the write's
         result is then whether its rows were new. ``merge_by``: for an upsert, the columns that
-        identify a row; only the last of a batch's rows for one row is written.
+        identify a row; only the last of a batch's rows for one row is written, with the
+        ``add_up`` columns summed over them (see :func:`upsert_adding`).
         """
         returning = None
         if key:
             assert isinstance(statement, Insert), "a key is for inserts"
             returning = statement.returning(*(statement.table.c[name] for name in key))  # type: ignore[union-attr]
-        return Prepared(statement, next(self._ranks), tuple(key), tuple(merge_by), returning)
+        return Prepared(statement, next(self._ranks), tuple(key), tuple(merge_by), tuple(add_up), returning)
 
     async def start(self) -> None:
         self._closing = False
@@ -251,8 +259,7 @@ def _execute(conn: Connection, batch: list[_Write]) -> list[bool | None]:
                 continue
             rows = [row for write in writes for row in write.rows]
             if prepared.merge_by:
-                merged = {tuple(row[c] for c in prepared.merge_by): row for row in rows}
-                rows = list(merged.values())
+                rows = _merged(rows, prepared.merge_by, prepared.add_up)
             if rows:
                 conn.execute(prepared.statement, rows)
     return results
@@ -261,6 +268,16 @@ def _execute(conn: Connection, batch: list[_Write]) -> list[bool | None]:
 def _checkpoint(conn: Connection) -> None:
     with conn.begin():
         conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+
+
+def _merged(rows: list[Row], by: tuple[str, ...], add_up: tuple[str, ...]) -> list[Row]:
+    """One row per value of the ``by`` columns: the last one, its ``add_up`` columns summed."""
+    merged: dict[tuple[Any, ...], Row] = {}
+    for row in rows:
+        key = tuple(row[c] for c in by)
+        earlier = merged.get(key)
+        merged[key] = {**row, **{c: earlier[c] + row[c] for c in add_up}} if earlier and add_up else row
+    return list(merged.values())
 
 
 def _insert_keyed(conn: Connection, prepared: Prepared, writes: list[_Write]) -> list[bool]:
@@ -308,4 +325,12 @@ def upsert(db: Database, table: Table, keys: list[str]) -> Insert:
     database's dialect; a statement for :meth:`GroupCommit.prepare` (``merge_by=keys``)."""
     statement = db.insert(table)
     changed = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys}
+    return statement.on_conflict_do_update(index_elements=keys, set_=changed)
+
+
+def upsert_adding(db: Database, table: Table, keys: list[str], add: list[str]) -> Insert:
+    """``INSERT ... ON CONFLICT (keys) DO UPDATE`` adding the row's ``add`` columns to the stored
+    ones (counts that several processes add to); prepare it with ``merge_by=keys, add_up=add``."""
+    statement = db.insert(table)
+    changed = {name: table.c[name] + statement.excluded[name] for name in add}
     return statement.on_conflict_do_update(index_elements=keys, set_=changed)

@@ -267,6 +267,7 @@ class Pipeline:
         if inv.command is not None or not inv.addressed or inv.role >= Role.OPERATOR or inv.replay:
             return None  # a replay was counted when it first came
         user = inv.event.author.canonical
+        await self.quotas.refresh()
         reason = self.quotas.over(user)
         if reason is None:
             self.quotas.count_message(user)

@@ -380,3 +380,38 @@ async def test_entries_dropped_before_they_ran_leave_their_chat_usable(scene):
             job.cancel()  # before either ran, as _lose does to a shard's queued work
         await asyncio.gather(*shard.jobs, return_exceptions=True)
         await _until(lambda: worker.host.order.busy_chats, "the chat's queue to be free again", 0)
+
+
+async def test_a_recorded_reply_is_handed_over_once_redis_answers_again(tmp_path):
+    """Redis unreachable when a worker hands a recorded reply over (a restart, a blip past the
+    client's own retries): the hand-over waits for Redis instead of failing. Failing, the pipeline
+    logged it and the worker marked the message finished and acknowledged it: a reply recorded
+    and never sent."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from bots.core.groupcommit import GroupCommit
+    from bots.core.storage import Database
+    from bots.scale.remote import HandOverOutbox
+    from bots.testing.fakes import FakeAdapter
+
+    handed: list[HandOver] = []
+    failures = [RedisConnectionError("Connection refused"), RedisConnectionError("Connection reset")]
+
+    async def hand_over(item: HandOver) -> None:
+        if failures:
+            raise failures.pop(0)
+        handed.append(item)
+
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'state.db'}")
+    await db.start()
+    writes = GroupCommit(db)
+    await writes.start()
+    try:
+        outbox = HandOverOutbox(db, writes, hand_over)
+        target = sample_event().channel
+        await outbox.deliver("keeper", FakeAdapter("tg"), Outbound(target, "灯塔还亮着。"), "keeper|e1|0")
+        assert failures == [] and [item.key for item in handed] == ["keeper|e1|0"]
+        assert await outbox.recorded("keeper|e1|0")
+    finally:
+        await writes.close()
+        await db.close()

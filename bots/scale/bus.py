@@ -19,12 +19,15 @@ from __future__ import annotations
 import json
 import logging
 import zlib
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from bots.core.adapter import Capabilities
 from bots.core.ordering import ChatKey
@@ -35,6 +38,8 @@ log = logging.getLogger("bots.scale")
 WORKERS_GROUP = "workers"
 GATEWAY_GROUP = "gateway"
 Entry = tuple[str, dict[str, Any]]  # (stream id, fields)
+T = TypeVar("T")
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)  # Redis restarting, a network blip
 
 # the inbound entry only when its event was never published: marker and entry in one step
 _PUBLISH_ONCE = """
@@ -43,6 +48,26 @@ if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then
 end
 return false
 """
+
+
+async def until_redis_answers(call: Callable[[], Awaitable[T]], what: str) -> T:
+    """``await call()``, tried again while Redis is unreachable (0.1 s doubling to 2 s between
+    tries, each failure logged); only cancellation (a lost shard, a stop) ends the wait. For steps
+    that must happen once Redis is back (a recorded reply's hand-over, an entry's XACK): giving
+    them up would leave a reply unsent or an entry pending until its shard changes owner."""
+    try:
+        return await call()
+    except UNREACHABLE as exc:
+        log.error("%s failed (%s); trying again until Redis answers", what, exc)
+    retrying = AsyncRetrying(
+        wait=wait_exponential(multiplier=0.1, max=2.0),
+        retry=retry_if_exception_type(UNREACHABLE),
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            return await call()
+    raise AssertionError("unreachable: tenacity returns or raises")
 
 
 class ScaleMismatch(RuntimeError):

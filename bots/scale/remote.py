@@ -21,7 +21,7 @@ from bots.core.events import Outbound, SentRef, channel_from_dict
 from bots.core.groupcommit import GroupCommit
 from bots.core.outbox import Outbox
 from bots.core.storage import Database, OutboxEntry
-from bots.scale.bus import ChannelInfo
+from bots.scale.bus import ChannelInfo, until_redis_answers
 from bots.scale.codec import HandOver
 
 log = logging.getLogger("bots.scale")
@@ -73,7 +73,7 @@ class HandOverOutbox(Outbox):
     ) -> list[SentRef]:
         """Record it (committed), then hand its key over; the sends happen at the gateway."""
         if await self.record(bot, adapter, outbound, key):
-            await self._hand_over(HandOver("key", bot, adapter.name, outbound.target, key=key))
+            await self._hand_key_over(HandOver("key", bot, adapter.name, outbound.target, key=key))
         return []
 
     async def resume(self, key: str, adapter_for: Callable[[str], Adapter]) -> list[SentRef]:
@@ -83,10 +83,16 @@ class HandOverOutbox(Outbox):
         if entry is None:
             log.warning("outbox %s: nothing recorded under this key; nothing to hand over", key)
             return []
-        await self._hand_over(
+        await self._hand_key_over(
             HandOver("key", entry.bot, entry.channel, channel_from_dict(entry.target), key=key)
         )
         return []
+
+    async def _hand_key_over(self, item: HandOver) -> None:
+        """Hand a recorded key over, waiting for Redis if it is unreachable: the message is
+        finished and its entry acknowledged after this, so a hand-over given up was a reply
+        recorded and never sent (the pipeline logs errors and goes on)."""
+        await until_redis_answers(lambda: self._hand_over(item), f"outbox {item.key}: handing it over")
 
 
 def describe_missing(channels: list[RemoteChannel], known: dict[tuple[str, str], ChannelInfo]) -> list[str]:

@@ -33,7 +33,7 @@ from redis.exceptions import RedisError
 from bots.core.host import Bot, Host
 from bots.core.ordering import Turn
 from bots.core.pipeline import reply_key
-from bots.scale.bus import WORKERS_GROUP, Bus, Entry
+from bots.scale.bus import WORKERS_GROUP, Bus, Entry, until_redis_answers
 from bots.scale.codec import Inbound, MalformedEntry, decode_inbound
 from bots.scale.lease import Leases
 from bots.scale.remote import RemoteChannel, describe_missing
@@ -345,7 +345,12 @@ class Worker:
         self.handled += 1
 
     async def _done(self, shard: Shard, entry_id: str) -> None:
-        await self.bus.done(shard.stream, WORKERS_GROUP, entry_id)
+        """Acknowledge a finished entry, once Redis answers (an entry left pending with this worker
+        stays so until its shard changes owner: nobody else claims it)."""
+        await until_redis_answers(
+            lambda: self.bus.done(shard.stream, WORKERS_GROUP, entry_id),
+            f"worker {self.name}: acknowledging entry {entry_id} of shard {shard.number}",
+        )
 
     def _spawn(self, shard: Shard, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)

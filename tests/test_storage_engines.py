@@ -297,3 +297,25 @@ async def test_doctor_checks_the_database_is_reachable_and_current(database_url,
     monkeypatch.setenv(DATABASE_URL_ENV, f"postgresql+asyncpg://bots:pw-x@127.0.0.1:{free_port()}/none")
     down = _database(config, Secrets())
     assert down.status == "fail" and "cannot connect" in down.detail and "pw-x" not in down.detail
+
+
+async def test_a_failed_quota_refresh_keeps_the_counts_and_the_message(db, writes, caplog):
+    """The refresh runs on the message's path: a database that does not answer for a moment
+    must not fail the message (the pipeline would drop it, and a worker acknowledge it unanswered)."""
+    day = date(2026, 5, 4)
+    store = QuotaStore(db, writes, "bot")
+    quotas = Quotas(messages_per_day=2, today=lambda: day, store=store, refresh_s=0)
+    await quotas.load()
+    quotas.count_message("fake:u1")
+    await writes.flush()
+    await db.close()  # the database goes away
+    broken = Database("postgresql+asyncpg://bots@127.0.0.1:9/none")  # nothing listens there
+    store._db = broken
+    try:
+        await quotas.refresh()
+    finally:
+        await broken.close()
+    assert "quota totals failed" in caplog.text
+    assert quotas.over("fake:u1") is None  # its own count kept
+    quotas.count_message("fake:u1")
+    assert quotas.over("fake:u1") == "daily message quota (2)"

@@ -7,15 +7,19 @@ that time)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from bots.core.groupcommit import GroupCommit, upsert_adding
 from bots.core.storage import Database, QuotaUsage
+
+log = logging.getLogger("bots.quota")
 
 
 def _today() -> date:
@@ -77,10 +81,14 @@ class Quotas:
 
     async def refresh(self) -> None:
         """Re-read the totals when the last read is ``refresh_s`` old (what other processes of
-        this bot counted); nothing to do without limits or a store."""
+        this bot counted); nothing to do without limits or a store. A failed read keeps the counts
+        this process has (it runs on the message's path: a database blip must not drop it)."""
         limited = self.messages_per_day or self.tokens_per_day
         if limited and self.store is not None and time.monotonic() - self._loaded_at >= self.refresh_s:
-            await self.load()
+            try:
+                await self.load()
+            except (SQLAlchemyError, OSError) as exc:
+                log.warning("re-reading today's quota totals failed (%s); going on with this process's", exc)
 
     def _add(self, user: str, messages: int, tokens: int) -> None:
         if self.store is not None and (self.messages_per_day or self.tokens_per_day):

@@ -415,3 +415,30 @@ async def test_a_recorded_reply_is_handed_over_once_redis_answers_again(tmp_path
     finally:
         await writes.close()
         await db.close()
+
+
+async def test_a_gateway_sends_what_an_earlier_run_left_unsent_once_its_channel_started(scene):
+    """A reply recorded (pending) when the gateway stopped: the next start sends it, once. It is
+    sent after the channel started: sent before, the channel refused it and the reply was given up."""
+    from bots.core.events import ChannelRef as Ref
+    from bots.core.groupcommit import GroupCommit
+    from bots.core.outbox import Outbox
+    from bots.core.storage import Database
+    from bots.testing.fakes import FakeAdapter
+
+    db = Database.for_config(scene.config, scene.secrets())
+    await db.start()
+    writes = GroupCommit(db)
+    await writes.start()
+    try:
+        target = Ref("telegram", str(scene.group["id"]), ChannelKind.GROUP)
+        await Outbox(db, writes).record(
+            "keeper0", FakeAdapter("tg"), Outbound(target, "灯塔还亮着。"), "k|e1|0"
+        )
+    finally:
+        await writes.close()
+        await db.close()
+    async with build_gateway(scene.config, scene.secrets(), name="g"):
+        await scene.tg.wait_for(lambda: len(scene.tg.sent) >= 1, WAIT_S, what="the left reply")
+        await _until(lambda: scene.tg.sent[0]["text"], "the left reply's text", "灯塔还亮着。")
+    assert len(scene.tg.sent) == 1

@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
 from redis.exceptions import RedisError
 
 from bots.core.adapter import Adapter, EventSink, NotAccepted
-from bots.core.events import MessageEvent
+from bots.core.events import ChannelRef, MessageEvent
 from bots.core.groupcommit import GroupCommit
 from bots.core.inbox import Inbox
 from bots.core.ordering import ChatKey, ChatOrder, Turn
@@ -86,7 +87,7 @@ class Gateway:
                     bot, adapter.name, adapter.platform, adapter.capabilities, self.name
                 )
                 await self.bus.ensure_group(self.bus.keys.outbound(bot, adapter.name), GATEWAY_GROUP)
-            await self._take_over()
+            leftovers = await self._take_over()
             for (bot, _name), adapter in self._channels.items():
                 await adapter.start(self._sink(bot, adapter))
                 self._started.append(adapter)
@@ -97,6 +98,8 @@ class Gateway:
                     adapter.name,
                     adapter.platform,
                 )
+            for queue in leftovers:  # sent once the channels started (an adapter refuses sends before)
+                queue()
             self._reader = asyncio.create_task(self._read(), name="gateway-outbound")
             await self.inbox.prune()
             await self.outbox.prune()
@@ -134,24 +137,33 @@ class Gateway:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    async def _take_over(self) -> None:
-        """What an earlier run left, queued before any channel delivers: replies half-sent, then
-        hand-overs read and not acknowledged, then messages accepted and never published."""
+    async def _take_over(self) -> list[Callable[[], object]]:
+        """What an earlier run left: messages accepted and never published are published now;
+        replies half-sent, then hand-overs read and not acknowledged, are returned in that order,
+        to be queued once the channels have started."""
+        leftovers: list[Callable[[], object]] = []
         for bot in self.bots:
             for pending in await self.outbox.pending(bot, within=self.inbox.replay_window):
                 adapter = self._channels.get((bot, pending.channel))
                 if adapter is not None:
-                    turn = self.outbound_order.turn((bot, pending.channel, pending.target.canonical))
-                    self._spawn(self._send_key(adapter, pending.key, turn, None))
+                    leftovers.append(
+                        functools.partial(self._resend, bot, adapter, pending.key, pending.target)
+                    )
         for bot, channel in self._channels:
             stream = self.bus.keys.outbound(bot, channel)
             for entry in await self.bus.claim_all(stream, GATEWAY_GROUP, self.name):
-                self._schedule(stream, entry)
+                leftovers.append(functools.partial(self._schedule, stream, entry))
         for bot in self.bots:
             for item in await self.inbox.unfinished(bot):
                 if (bot, item.channel) in self._channels:
                     await self._publish(bot, item.channel, item.event, again=True)
                 self.inbox.release(bot, item.event)
+        return leftovers
+
+    def _resend(self, bot: str, adapter: Adapter, key: str, target: ChannelRef) -> None:
+        """Queue the unsent parts of a reply an earlier run left, in its chat."""
+        turn = self.outbound_order.turn((bot, adapter.name, target.canonical))
+        self._spawn(self._send_key(adapter, key, turn, None)).add_done_callback(lambda _t: turn.release())
 
     # -- inbound -------------------------------------------------------------------------------
     def _sink(self, bot: str, adapter: Adapter) -> EventSink:

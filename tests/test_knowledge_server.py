@@ -92,3 +92,20 @@ def test_chroma_url_and_token_come_from_the_config(tmp_path, monkeypatch):
     assert "chroma-secret" in secrets.handed_out  # redacted from the logs
     with pytest.raises(ValueError, match="chroma_url"):
         AppConfig.model_validate({"knowledge": {"chroma_url": "chroma.example"}})
+
+
+def test_a_server_that_goes_away_leaves_the_workers_searching_their_folders(tmp_path, embedder, caplog):
+    """The Chroma server stops after a worker built its search folder: the worker's revision check
+    fails, is logged, and the search answers from the folder (it raised the HTTP client's error,
+    which the pipeline took for an unhandled error and the message went unanswered)."""
+    program = require_program("chroma", *([find_chroma()] if find_chroma() else []))
+    root = tmp_path / "knowledge"
+    (root / "keeper").mkdir(parents=True)
+    (root / "keeper" / "log.md").write_text(LOG, encoding="utf-8")
+    with chroma_server(tmp_path / "chroma-server", program) as url:
+        assert not _kb(root, tmp_path / "ingester", embedder, url).ingest("keeper").errors
+        worker = _kb(root, tmp_path / "worker", embedder, url)
+        assert worker.search(["keeper"], "pencil", k=1, method="keyword")
+    [hit] = worker.search(["keeper"], "why did they write with a pencil", k=1, method="keyword")
+    assert "pencil" in hit.text
+    assert f"Chroma server at {url}" in caplog.text

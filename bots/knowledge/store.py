@@ -21,6 +21,7 @@ manifest (which files are indexed) stays with whoever runs ``bots ingest``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -60,6 +61,10 @@ PIPELINE_VERSION = "2"
 
 class KnowledgeError(Exception):
     """A problem the operator must fix (not ingested, wrong model, unknown collection)."""
+
+
+class ChromaUnreachable(KnowledgeError):
+    """The Chroma server of ``chroma_url`` does not answer (down, restarting, the network)."""
 
 
 @dataclass(frozen=True)
@@ -255,9 +260,23 @@ class KnowledgeBase:
         from chromadb.errors import NotFoundError
 
         try:
-            return self._chroma_client().get_collection(self._chroma_name(name), embedding_function=None)
+            with self._server_answers():
+                return self._chroma_client().get_collection(self._chroma_name(name), embedding_function=None)
         except (NotFoundError, ValueError):
             return None
+
+    @contextlib.contextmanager
+    def _server_answers(self) -> Iterator[None]:
+        """A Chroma server that does not answer is a :class:`ChromaUnreachable` naming it (the
+        HTTP client's own errors would reach the message's pipeline as unhandled ones)."""
+        import httpx  # here: a cold keyword search imports no HTTP client
+
+        try:
+            yield
+        except httpx.TransportError as exc:
+            raise ChromaUnreachable(
+                f"the Chroma server at {self.chroma_url} cannot be reached ({exc}); is `chroma run` up?"
+            ) from None
 
     def _check(self, name: str, stored: Any) -> None:
         """Refuse an index built with another embedding model or another text pipeline."""
@@ -528,8 +547,12 @@ class KnowledgeBase:
         now = time.monotonic()
         if now - self._revision_checked.get(name, -math.inf) < self.revision_check_s:
             return
-        stored = self._require(name)
-        self._revision_checked[name] = now
+        self._revision_checked[name] = now  # a server that does not answer is asked again later
+        try:
+            stored = self._require(name)
+        except ChromaUnreachable as exc:
+            log.warning("collection %s: searching the search folder as built (%s)", name, exc)
+            return
         revision = (stored.metadata or {}).get("revision")
         if revision != self._snapshots[name].meta.get("revision"):
             log.info("collection %s: changed on the Chroma server; rebuilding its search folder", name)
@@ -620,11 +643,18 @@ class KnowledgeBase:
                     other = snapshot.dense(similarities, pool, in_cjk=not query_in_cjk)
                     found.other += [(s, name, i) for i, s in other]
                 continue
-            stored = self._require(name)  # a large collection: chromadb's HNSW index
             depth = min(pool * 2 if cross else pool, snapshot.count)  # deeper: the other language ranks low
-            result = stored.query(
-                query_embeddings=[query_vector.tolist()], n_results=depth, include=["distances"]
-            )
+            try:  # a large collection: chromadb's HNSW index
+                stored = self._require(name)
+                with self._server_answers():
+                    result = stored.query(
+                        query_embeddings=[query_vector.tolist()], n_results=depth, include=["distances"]
+                    )
+            except KnowledgeError as exc:
+                if on_error is None:
+                    raise
+                on_error(name, exc)
+                continue
             ranked = list(zip(result["ids"][0], result["distances"][0], strict=True))
             if plan.dense > 0:
                 found.dense += [(1.0 - d, name, i) for i, d in ranked[:pool]]

@@ -103,14 +103,15 @@ async def test_a_lease_is_held_by_one_worker_and_taken_over_when_it_lapses(redis
     redis = Redis.from_url(redis_url, decode_responses=True)
     try:
         keys = Keys("t")
-        first, second = Leases(redis, keys, "w1", 300), Leases(redis, keys, "w2", 300)
+        first, second = Leases(redis, keys, "w1", 60_000), Leases(redis, keys, "w2", 60_000)
         assert await first.acquire(3)
         assert not await second.acquire(3)
-        assert await first.renew([3]) == set()  # still its own
-        await asyncio.sleep(0.2)
-        assert await first.renew([3]) == set()  # renewed: does not lapse at the first ttl
-        await asyncio.sleep(0.2)
+        await redis.pexpire(keys.lease(3), 5_000)  # as if most of the ttl had passed
+        assert await first.renew([3]) == set()  # still its own: renewed to the whole ttl
+        assert await redis.pttl(keys.lease(3)) > 30_000  # (no timing: a busy box cannot lapse it)
         assert not await second.acquire(3)
+        first.ttl_ms = 200
+        assert await first.renew([3]) == set()  # then w1 stops renewing
         deadline = asyncio.get_running_loop().time() + WAIT_S
         while not await second.acquire(3):  # w1 stopped renewing: the lease lapses
             assert asyncio.get_running_loop().time() < deadline, "waited for w1's lease to lapse"

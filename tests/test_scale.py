@@ -418,10 +418,8 @@ async def test_a_recorded_reply_is_handed_over_once_redis_answers_again(tmp_path
         await db.close()
 
 
-async def test_a_gateway_sends_what_an_earlier_run_left_unsent_once_its_channel_started(scene):
-    """A reply recorded (pending) when the gateway stopped: the next start sends it, once. It is
-    sent after the channel started: sent before, the channel refused it and the reply was given up."""
-    from bots.core.events import ChannelRef as Ref
+async def _record_unsent(scene: Scene, text: str) -> None:
+    """A reply to the scene's group recorded in the outbox (pending), as a worker records one."""
     from bots.core.groupcommit import GroupCommit
     from bots.core.outbox import Outbox
     from bots.core.storage import Database
@@ -432,14 +430,43 @@ async def test_a_gateway_sends_what_an_earlier_run_left_unsent_once_its_channel_
     writes = GroupCommit(db)
     await writes.start()
     try:
-        target = Ref("telegram", str(scene.group["id"]), ChannelKind.GROUP)
+        target = ChannelRef("telegram", str(scene.group["id"]), ChannelKind.GROUP)
         await Outbox(db, writes).record(
-            "keeper0", FakeAdapter("tg"), Outbound(target, "灯塔还亮着。"), "k|e1|0"
+            "keeper0", FakeAdapter("tg"), Outbound(target, text), f"keeper0|{text}|0"
         )
     finally:
         await writes.close()
         await db.close()
+
+
+async def test_a_gateway_sends_what_an_earlier_run_left_unsent_once_its_channel_started(scene):
+    """A reply recorded (pending) when the gateway stopped: the next start sends it, once. It is
+    sent after the channel started: sent before, the channel refused it and the reply was given up."""
+    await _record_unsent(scene, "灯塔还亮着。")
     async with build_gateway(scene.config, scene.secrets(), name="g"):
         await scene.tg.wait_for(lambda: len(scene.tg.sent) >= 1, WAIT_S, what="the left reply")
         await _until(lambda: scene.tg.sent[0]["text"], "the left reply's text", "灯塔还亮着。")
     assert len(scene.tg.sent) == 1
+
+
+async def test_a_redis_that_lost_its_data_is_picked_up_again(scene):
+    """Redis restarted without persistence (FLUSHALL here): streams, consumer groups, leases and
+    channel descriptions are gone. Workers take their shards again; the gateway makes its
+    outbound group again, describes its channels again, and sends a recorded reply whose
+    hand-over went with the data, so replies flow as before (the gateway read NOGROUP forever)."""
+    lost = "雾里先听号角。"
+    gateway = build_gateway(scene.config, scene.secrets(), name="g")
+    worker = build_worker(scene.config, scene.secrets(), name="w")
+    async with gateway, worker:
+        before = scene.post(1)
+        await scene.tg.wait_for(lambda: len(scene.replies_to(before)) == 1, WAIT_S, what="the first reply")
+        await _record_unsent(scene, lost)  # its hand-over was in the stream Redis lost
+        await scene.redis.flushall()
+        after = scene.post(2)
+        await scene.tg.wait_for(lambda: len(scene.replies_to(after)) == 1, WAIT_S, what="the reply after")
+        await scene.tg.wait_for(
+            lambda: any(m["text"] == lost for m in scene.tg.sent), WAIT_S, what="the lost hand-over's reply"
+        )
+        await _until(lambda: scene.redis.hlen(Keys().channels), "the channel described again", 1)
+    assert len(scene.replies_to(before)) == 1
+    assert [m["text"] for m in scene.tg.sent].count(lost) == 1

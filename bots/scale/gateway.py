@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
 
 from bots.core.adapter import Adapter, EventSink, NotAccepted
 from bots.core.events import ChannelRef, MessageEvent
@@ -35,7 +36,7 @@ from bots.core.ordering import ChatKey, ChatOrder, Turn
 from bots.core.outbound import send_part
 from bots.core.outbox import Outbox
 from bots.core.storage import Database
-from bots.scale.bus import GATEWAY_GROUP, Bus, Entry, shard_of
+from bots.scale.bus import GATEWAY_GROUP, Bus, Entry, ScaleMismatch, shard_of
 from bots.scale.codec import HandOver, Inbound, MalformedEntry, decode_hand_over, encode_inbound
 
 log = logging.getLogger("bots.scale.gateway")
@@ -82,11 +83,7 @@ class Gateway:
         await self.inbox.count_abandoned()
         self._running = True
         try:
-            for (bot, _name), adapter in self._channels.items():
-                await self.bus.describe_channel(
-                    bot, adapter.name, adapter.platform, adapter.capabilities, self.name
-                )
-                await self.bus.ensure_group(self.bus.keys.outbound(bot, adapter.name), GATEWAY_GROUP)
+            await self._announce()
             leftovers = await self._take_over()
             for (bot, _name), adapter in self._channels.items():
                 await adapter.start(self._sink(bot, adapter))
@@ -136,6 +133,15 @@ class Gateway:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    async def _announce(self) -> None:
+        """What Redis must hold of this gateway: its channels' descriptions (for the workers) and
+        the consumer group of their outbound streams. At start, and again when Redis lost them."""
+        for (bot, _name), adapter in self._channels.items():
+            await self.bus.describe_channel(
+                bot, adapter.name, adapter.platform, adapter.capabilities, self.name
+            )
+            await self.bus.ensure_group(self.bus.keys.outbound(bot, adapter.name), GATEWAY_GROUP)
 
     async def _take_over(self) -> list[Callable[[], object]]:
         """What an earlier run left: messages accepted and never published are published now;
@@ -212,9 +218,28 @@ class Gateway:
             except (RedisError, OSError) as exc:
                 log.error("gateway %s: reading hand-overs failed (%s); trying again in 1 s", self.name, exc)
                 await asyncio.sleep(1.0)
+                if "NOGROUP" in str(exc):  # Redis restarted without its data: announce again
+                    await self._announce_again()
                 continue
             for stream, entry in found:
                 self._schedule(stream, entry)
+
+    async def _announce_again(self) -> None:
+        """Redis lost its data (a restart without persistence): announce this gateway again and
+        send the replies whose hand-overs went with the data (recorded, still pending)."""
+        try:
+            await self.bus.check_shards()
+            await self._announce()
+            log.warning(
+                "gateway %s: Redis had lost this gateway's groups and channels; made again", self.name
+            )
+            for bot in self.bots:
+                for pending in await self.outbox.pending(bot, within=self.inbox.replay_window):
+                    adapter = self._channels.get((bot, pending.channel))
+                    if adapter is not None:
+                        self._resend(bot, adapter, pending.key, pending.target)
+        except (RedisError, OSError, ScaleMismatch, SQLAlchemyError) as exc:
+            log.error("gateway %s: announcing its channels again failed (%s)", self.name, exc)
 
     def _schedule(self, stream: str, entry: Entry) -> None:
         """Queue one hand-over in its chat (synchronously: read order is send order)."""

@@ -461,12 +461,18 @@ async def test_a_redis_that_lost_its_data_is_picked_up_again(scene):
         before = scene.post(1)
         await scene.tg.wait_for(lambda: len(scene.replies_to(before)) == 1, WAIT_S, what="the first reply")
         await _record_unsent(scene, lost)  # its hand-over was in the stream Redis lost
+        scene.llm.latency = (3.0, 3.0)
+        asked = scene.post(3)  # the worker is writing its reply when its entry is lost
+        await _until(lambda: scene.llm.count >= 2, "the worker to ask the model")
         await scene.redis.flushall()
+        scene.llm.latency = (0.0, 0.02)
         after = scene.post(2)
         await scene.tg.wait_for(lambda: len(scene.replies_to(after)) == 1, WAIT_S, what="the reply after")
         await scene.tg.wait_for(
             lambda: any(m["text"] == lost for m in scene.tg.sent), WAIT_S, what="the lost hand-over's reply"
         )
         await _until(lambda: scene.redis.hlen(Keys().channels), "the channel described again", 1)
-    assert len(scene.replies_to(before)) == 1
+        await scene.tg.wait_for(lambda: scene.replies_to(asked), WAIT_S, what="the lost entry's reply")
+    for update in (before, asked, after):
+        assert len(scene.replies_to(update)) == 1
     assert [m["text"] for m in scene.tg.sent].count(lost) == 1

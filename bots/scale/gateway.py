@@ -159,12 +159,19 @@ class Gateway:
             stream = self.bus.keys.outbound(bot, channel)
             for entry in await self.bus.claim_all(stream, GATEWAY_GROUP, self.name):
                 leftovers.append(functools.partial(self._schedule, stream, entry))
+        await self._publish_unfinished()
+        return leftovers
+
+    async def _publish_unfinished(self) -> None:
+        """Publish (again) the messages accepted and not finished: an earlier run's, or those a
+        Redis that lost its data lost (a worker handles one already answered as a replay)."""
         for bot in self.bots:
             for item in await self.inbox.unfinished(bot):
-                if (bot, item.channel) in self._channels:
-                    await self._publish(bot, item.channel, item.event, again=True)
-                self.inbox.release(bot, item.event)
-        return leftovers
+                try:
+                    if (bot, item.channel) in self._channels:
+                        await self._publish(bot, item.channel, item.event, again=True)
+                finally:
+                    self.inbox.release(bot, item.event)
 
     def _resend(self, bot: str, adapter: Adapter, key: str, target: ChannelRef) -> None:
         """Queue the unsent parts of a reply an earlier run left, in its chat."""
@@ -225,8 +232,9 @@ class Gateway:
                 self._schedule(stream, entry)
 
     async def _announce_again(self) -> None:
-        """Redis lost its data (a restart without persistence): announce this gateway again and
-        send the replies whose hand-overs went with the data (recorded, still pending)."""
+        """Redis lost its data (a restart without persistence): announce this gateway again, send
+        the replies whose hand-overs went with the data (recorded, still pending) and publish
+        again the messages not finished (their entries may have gone too)."""
         try:
             await self.bus.check_shards()
             await self._announce()
@@ -238,6 +246,7 @@ class Gateway:
                     adapter = self._channels.get((bot, pending.channel))
                     if adapter is not None:
                         self._resend(bot, adapter, pending.key, pending.target)
+            await self._publish_unfinished()
         except (RedisError, OSError, ScaleMismatch, SQLAlchemyError) as exc:
             log.error("gateway %s: announcing its channels again failed (%s)", self.name, exc)
 

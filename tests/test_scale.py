@@ -158,7 +158,7 @@ async def scene(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv(LLM_KEY_ENV, "sk-test")
     async with OpenAIStub(latency=(0.0, 0.02)) as llm, TelegramServer(token=bot_token(0)) as tg:
         path = write_scale_config(
-            tmp_path, telegram_url=tg.base_url, llm_url=llm.base_url, redis_url=redis_url, shards=4, lease_s=1
+            tmp_path, telegram_url=tg.base_url, llm_url=llm.base_url, redis_url=redis_url, shards=4, lease_s=3
         )
         redis = Redis.from_url(redis_url, decode_responses=True)
         try:

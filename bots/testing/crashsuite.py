@@ -140,7 +140,7 @@ class SoakResult:
     rss_warm_mib: float | None = None
     rss_end_mib: float | None = None
     loop_lag_ms: list[float] = field(default_factory=list)  # samples after warm-up (empty: no hook)
-    # for each duplicate whose first copy has a time: how long before the next kill it arrived
+    # for each duplicate: how long before the kill it was resent after its first copy arrived
     # (the window in which a part the platform took still had no "sent" mark on disk)
     duplicate_lead_ms: list[float] = field(default_factory=list)
     duplicates: list[dict[str, Any]] = field(default_factory=list)  # each one, for a closer look
@@ -160,7 +160,10 @@ class SoakResult:
         lead = self.duplicate_lead_ms
         if not lead:
             return ""
-        return f" duplicates_sent_before_kill_ms=p50:{percentile(lead, 50):.0f},max:{max(lead):.0f}"
+        return (
+            f" duplicates_sent_before_kill_ms=p50:{percentile(lead, 50):.0f},"
+            f"min:{min(lead):.0f},max:{max(lead):.0f}"
+        )
 
     def flood_line(self) -> str:
         """RSS growth after warm-up and loop lag p95 (``n/a`` where not measured)."""
@@ -209,13 +212,18 @@ def thread_parts(
     return threaded
 
 
-def lead_before_kills(first_copies: Sequence[Reply], kills: Sequence[float]) -> list[float]:
-    """For each first copy with a time, milliseconds from its arrival to the next kill."""
+def lead_before_kills(duplicates: Sequence[tuple[Reply, Reply]], kills: Sequence[float]) -> list[float]:
+    """For each duplicate with times: milliseconds from its first copy's arrival to the kill
+    nearest to it (of those before the second copy). Negative: the first copy reached the
+    platform after the kill was sent, still in flight from the dying process."""
     lead = []
-    for reply in first_copies:
-        later = [k for k in kills if reply.at is not None and k >= reply.at]
-        if reply.at is not None and later:
-            lead.append((min(later) - reply.at) * 1000)
+    for first, again in duplicates:
+        if first.at is None or again.at is None:
+            continue
+        before = [k for k in kills if k <= again.at]
+        if before:
+            nearest = min(before, key=lambda k: abs(k - first.at))  # type: ignore[operator]
+            lead.append((nearest - first.at) * 1000)
     return lead
 
 
@@ -223,7 +231,8 @@ def describe_duplicates(
     duplicates: Sequence[tuple[Reply, Reply]], kills: Sequence[float], t0: float
 ) -> list[dict[str, Any]]:
     """Each duplicate: its chat, trigger and text, when both copies arrived and the kills between
-    (seconds since the driver started; none between: resent within one run, not a replay)."""
+    (seconds since the driver started; a first copy may arrive just after the kill that caused
+    it, still in flight from the dying process, hence the second before it counts)."""
 
     def since(at: float | None) -> float | None:
         return None if at is None else round(at - t0, 3)
@@ -235,7 +244,7 @@ def describe_duplicates(
             "text": first.text[:100],
             "first_at": since(first.at),
             "again_at": since(again.at),
-            "kills_between": [since(k) for k in kills if (first.at or 0) <= k <= (again.at or 0)],
+            "kills_between": [since(k) for k in kills if (first.at or 0) - 1 <= k <= (again.at or 0)],
         }
         for first, again in duplicates
     ]
@@ -677,7 +686,7 @@ class _Driver:
             rss_mib=self.rss,
             rss_warm_mib=self.rss_warm,
             rss_end_mib=rss_end,
-            duplicate_lead_ms=lead_before_kills([first for first, _ in counts.duplicates], self.kill_times),
+            duplicate_lead_ms=lead_before_kills(counts.duplicates, self.kill_times),
             duplicates=describe_duplicates(counts.duplicates, self.kill_times, self._t0),
         )
 

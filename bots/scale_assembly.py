@@ -65,6 +65,12 @@ def build_gateway(
         if bots and bot.name not in bots:
             continue
         given = (adapters or {}).get(bot.name)
+        served = [ch.name or ch.type for ch in bot.channels if ch.type == "openai"]
+        if given is None and served:
+            raise ConfigError(
+                f"bot {bot.name}: channel {served[0]} (openai) is served by the web app, which a "
+                "gateway does not run: serve it with bots run ([web] enabled) or bots serve"
+            )
         held[bot.name] = (
             list(given)
             if given is not None

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from bots.core.config import AppConfig, Secrets, load_config
+from bots.core.config import AppConfig, ChannelConfig, ConfigError, Secrets, load_config
 from bots.core.events import ChannelKind, ChannelRef, Mention, MessageEvent, Outbound, ReplyTo, UserRef
 from bots.scale.bus import WORKERS_GROUP, Keys, shard_of
 from bots.scale.codec import (
@@ -364,6 +364,22 @@ def test_a_worker_without_redis_stops_with_a_clear_error(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["worker", "--config", str(config)])
     assert result.exit_code == 1, result.output
     assert "error" in result.output and "Traceback" not in result.output
+
+
+def test_a_gateway_refuses_an_openai_channel_it_could_not_serve(tmp_path):
+    """The web app serves openai channels, and a gateway runs none: holding one would answer
+    nobody."""
+    config = load_config(
+        write_scale_config(
+            tmp_path,
+            telegram_url="http://127.0.0.1:9",
+            llm_url="http://127.0.0.1:9/v1",
+            redis_url="redis://x",
+        )
+    )
+    config.bots[0].channels.append(ChannelConfig(type="openai", name="api"))
+    with pytest.raises(ConfigError, match="channel api \\(openai\\) is served by the web app"):
+        build_gateway(config, Secrets(), name="g")
 
 
 async def test_entries_dropped_before_they_ran_leave_their_chat_usable(scene):

@@ -67,7 +67,7 @@ def test_workers_search_what_another_side_ingested_into_the_server(tmp_path, emb
 
 
 def test_a_server_that_is_not_there_is_a_clear_error(tmp_path, embedder):
-    from bots.testing.postgres import free_port
+    from bots.testing.servers import free_port
 
     (tmp_path / "k" / "notes").mkdir(parents=True)
     (tmp_path / "k" / "notes" / "a.md").write_text("a note", encoding="utf-8")

@@ -352,7 +352,7 @@ def test_a_worker_without_redis_stops_with_a_clear_error(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from bots.cli import app
-    from bots.testing.redis_server import free_port
+    from bots.testing.servers import free_port
 
     monkeypatch.setenv(LLM_KEY_ENV, "sk-test")
     config = write_scale_config(

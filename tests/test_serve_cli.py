@@ -19,15 +19,10 @@ from typer.testing import CliRunner
 
 from bots.cli import app
 from bots.core.config import ConfigError
+from bots.testing.servers import free_port
 from bots.web import web_service
 
 ANSWER = "The lamp is lit at dusk."
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def write_config(tmp_path: Path, port: int, web: str = "") -> Path:

@@ -283,7 +283,7 @@ def test_bots_db_upgrade_names_a_missing_driver(tmp_path, monkeypatch):
 
 async def test_doctor_checks_the_database_is_reachable_and_current(database_url, tmp_path, monkeypatch):
     from bots.doctor import _database
-    from bots.testing.postgres import free_port
+    from bots.testing.servers import free_port
 
     monkeypatch.setenv(DATABASE_URL_ENV, database_url)
     config = AppConfig(data_dir=tmp_path)

@@ -52,7 +52,7 @@ return false
 
 async def until_redis_answers(call: Callable[[], Awaitable[T]], what: str) -> T:
     """``await call()``, tried again while Redis is unreachable (0.1 s doubling to 2 s between
-    tries, each failure logged); only cancellation (a lost shard, a stop) ends the wait. For steps
+    tries; the first failure logged); only cancellation (a lost shard, a stop) ends the wait. For steps
     that must happen once Redis is back (a recorded reply's hand-over, an entry's XACK): giving
     them up would leave a reply unsent or an entry pending until its shard changes owner."""
     try:

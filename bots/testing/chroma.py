@@ -15,7 +15,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from bots.testing.postgres import free_port
+from bots.testing.servers import free_port, stop_process
 
 
 def find_chroma() -> str | None:
@@ -53,9 +53,4 @@ def chroma_server(path: Path, program: str | None = None, *, timeout: float = 60
                 time.sleep(0.1)
         yield url
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server)

@@ -22,13 +22,14 @@ import contextlib
 import itertools
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from bots.testing.servers import free_port
 
 # Debian's packages (PostgreSQL is on the CI image) keep the server programs off PATH
 PG_BIN_CANDIDATES = tuple(f"/usr/lib/postgresql/{v}/bin" for v in (17, 16, 15, 14, 13))
@@ -41,12 +42,6 @@ def find_initdb() -> str | None:
     if found:
         return found
     return next((f"{d}/initdb" for d in PG_BIN_CANDIDATES if Path(d, "initdb").is_file()), None)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -18,11 +18,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from bots.testing.servers import free_port, stop_process
 
 
 @contextlib.contextmanager
@@ -40,12 +36,7 @@ def redis_server(program: str | None = None, *, ready_s: float = 30.0) -> Iterat
             _wait_ready(proc, port, ready_s)
             yield f"redis://127.0.0.1:{port}/0"
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], port: int, ready_s: float) -> None:

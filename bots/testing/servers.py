@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,3 +32,20 @@ def require_program(name: str, *candidates: str) -> str:
     if servers_required():
         pytest.fail(f"{why}; {REQUIRE_ENV} is set, so this test must run", pytrace=False)
     pytest.skip(why)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def stop_process(proc: subprocess.Popen[Any], wait_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``wait_s``."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=wait_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -184,11 +184,11 @@ class _Guarded:
 
 
 class _GuardedState(_Guarded, ConnectionState):
-    pass
+    """The single client's connection state, guarded."""
 
 
 class _GuardedShardedState(_Guarded, AutoShardedConnectionState):
-    pass
+    """The sharded client's connection state, guarded."""
 
 
 class _GuardedSocket(DiscordWebSocket):

@@ -24,6 +24,7 @@ from bots.web import web_service
 pytestmark = pytest.mark.slow  # a browser, a web server, the embedding model: ~30 s
 
 WAIT_S = 60  # generous: a 2-core CI machine loading the embedding model while Chromium starts
+STALE_RETRIES = 5  # a page that reloads itself once a watched task ends (console.js)
 DRAFT_TEXT = "Tonight the light turns for the last time this season."
 NOTE = "The foghorn at Shiyu sounds twice every thirty seconds when visibility drops below a mile.\n"
 PERSONA_YAML = "name: Tester\nsystem_prompt: You are Tester, a patient test persona.\n"
@@ -59,8 +60,16 @@ class Browser:
         return await self.call(self.driver.find_element, By.CSS_SELECTOR, css)
 
     async def text(self, css: str = "main") -> str:
-        element = await self.find(css)
-        return await self.call(lambda: element.text)
+        """The element's text; read again when the page reloaded itself meanwhile."""
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        for _ in range(STALE_RETRIES):
+            element = await self.find(css)
+            try:
+                return await self.call(getattr, element, "text")
+            except StaleElementReferenceException:
+                continue
+        pytest.fail(f"{css} was replaced by the page {STALE_RETRIES} times while being read")
 
     async def click(self, css: str) -> None:
         element = await self.find(css)
@@ -73,11 +82,14 @@ class Browser:
 
     async def until(self, what: str, condition: Any) -> None:
         """Wait (in the browser's thread) until ``condition(driver)`` is true; fail naming ``what``."""
-        from selenium.common.exceptions import TimeoutException
+        from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
         from selenium.webdriver.support.ui import WebDriverWait
 
+        # the knowledge page reloads itself when a task it watched ends: an element found in one
+        # round may be gone in the next, which only means "look again"
+        wait = WebDriverWait(self.driver, WAIT_S, ignored_exceptions=(StaleElementReferenceException,))
         try:
-            await self.call(WebDriverWait(self.driver, WAIT_S).until, condition)
+            await self.call(wait.until, condition)
         except TimeoutException:
             main = await self.text("body")
             pytest.fail(f"waited {WAIT_S}s for {what}; the page says: {main[:500]}")

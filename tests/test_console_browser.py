@@ -24,7 +24,7 @@ from bots.web import web_service
 pytestmark = pytest.mark.slow  # a browser, a web server, the embedding model: ~30 s
 
 WAIT_S = 60  # generous: a 2-core CI machine loading the embedding model while Chromium starts
-STALE_RETRIES = 5  # a page that reloads itself once a watched task ends (console.js)
+STALE_RETRIES = 5  # reads that met a page replaced by a form's post or a reload
 DRAFT_TEXT = "Tonight the light turns for the last time this season."
 NOTE = "The foghorn at Shiyu sounds twice every thirty seconds when visibility drops below a mile.\n"
 PERSONA_YAML = "name: Tester\nsystem_prompt: You are Tester, a patient test persona.\n"
@@ -60,7 +60,7 @@ class Browser:
         return await self.call(self.driver.find_element, By.CSS_SELECTOR, css)
 
     async def text(self, css: str = "main") -> str:
-        """The element's text; read again when the page reloaded itself meanwhile."""
+        """The element's text; read again when the page was replaced meanwhile."""
         from selenium.common.exceptions import StaleElementReferenceException
 
         for _ in range(STALE_RETRIES):
@@ -85,8 +85,8 @@ class Browser:
         from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
         from selenium.webdriver.support.ui import WebDriverWait
 
-        # the knowledge page reloads itself when a task it watched ends: an element found in one
-        # round may be gone in the next, which only means "look again"
+        # a click's form post (or a page's reload) may replace the page while the wait looks at it:
+        # an element found in one round may be gone in the next, which only means "look again"
         wait = WebDriverWait(self.driver, WAIT_S, ignored_exceptions=(StaleElementReferenceException,))
         try:
             await self.call(wait.until, condition)

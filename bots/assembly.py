@@ -115,7 +115,7 @@ def build_host(
         if collections and retriever is None:
             retriever = shared["retriever"] = build_retriever(config, secrets)  # one per host
         llm_cfg = llm_config_for(config, bot_cfg, persona)
-        memory = ConversationMemory(host.db, bot_cfg.name)
+        memory = ConversationMemory(host.db, bot_cfg.name, writes=host.writes)
         bot_llm = llm or build_llm(llm_cfg, secrets)
         agent = Agent(
             bot=bot_cfg.name,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,7 +36,7 @@ def _row(event_id: str, payload: Any = None) -> dict[str, Any]:
 
 
 def _statements(writes: GroupCommit) -> list[str]:
-    """Every statement the writer thread's connection runs, as it runs it."""
+    """Every statement the writer's connections run, as they run it."""
     seen: list[str] = []
     assert writes._engine is not None
     event.listen(writes._engine, "before_cursor_execute", lambda *args: seen.append(args[2]))
@@ -134,3 +135,42 @@ async def test_the_writer_checkpoints_the_sqlite_wal_when_writes_pause(tmp_path)
         await writes.close()
         await db.close()
     assert writes.checkpoints == 41
+
+
+async def test_a_write_waits_off_the_loop_while_another_connection_holds_the_sqlite_lock(tmp_path):
+    """Small batches commit on the loop's thread, but never wait there for the write lock: held by
+    another connection (as an aiosqlite transaction that needs this loop to finish would hold
+    it), the batch goes to the writer thread and the loop keeps running meanwhile."""
+    db = Database.in_data_dir(tmp_path)
+    await db.start()
+    writes = GroupCommit(db)
+    insert = writes.prepare(insert_ignoring_duplicates(db, InboxEntry.__table__), key=("bot", "event_id"))
+    await writes.start()
+    other = sqlite3.connect(tmp_path / "bots.db", isolation_level=None)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    clock = asyncio.create_task(ticker())
+    try:
+        assert await writes.write(insert, _row("first")) is True
+        assert writes.inline_commits == 1  # alone on the database: committed on the loop's thread
+        other.execute("BEGIN IMMEDIATE")  # the write lock, held until released below
+        asyncio.get_running_loop().call_later(0.5, other.execute, "COMMIT")
+        before = ticks
+        async with asyncio.timeout(30):  # generous; the writer thread waits up to busy_timeout (5 s)
+            assert await writes.write(insert, _row("second")) is True
+        assert ticks - before >= 10, "the loop stood still while the lock was held"
+        assert writes.inline_commits == 1  # the second went through the writer thread
+        async with db.session() as session:
+            stored = (await session.execute(select(InboxEntry.event_id))).scalars().all()
+        assert sorted(stored) == ["first", "second"]
+    finally:
+        clock.cancel()
+        other.close()
+        await writes.close()
+        await db.close()

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
+from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 
 from bots.agent.memory import ConversationMemory, Turn
+from bots.core.groupcommit import GroupCommit
 from bots.core.storage import Database
 
 
@@ -81,3 +83,30 @@ async def test_a_failed_commit_is_retried_not_lost(database_url, caplog):
     assert "retrying" in caplog.text
     assert [t.content for t in await ConversationMemory(db, "bot").recent("s")] == ["q", "a"]
     await db.close()
+
+
+async def test_in_a_host_turns_are_written_in_the_group_commit(database_url):
+    """With the host's group commit, turns share its transactions (no connection of their own);
+    an evicted session with turns still queued there is read back whole; close saves them."""
+    db = await _db(database_url)
+    writes = GroupCommit(db)
+    statements: list[str] = []
+    await writes.start()
+    assert writes._engine is not None
+    event.listen(writes._engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    memory = ConversationMemory(db, "bot", writes=writes, cached_sessions=1)
+    await memory.start()
+    try:
+        for i in range(3):
+            await memory.recent("a")
+            await memory.add_exchange("a", "u", "U", f"q{i}", f"a{i}")
+        await memory.recent("b")  # evicts "a" while its turns may still wait in the group commit
+        assert [t.content for t in await memory.recent("a")] == ["q0", "a0", "q1", "a1", "q2", "a2"]
+        await memory.add_exchange("b", "u", "U", "last", "answer")
+        await memory.close()
+        assert any("INSERT INTO chat_turns" in s for s in statements), statements
+        fresh = ConversationMemory(db, "bot")
+        assert [t.content for t in await fresh.recent("b")] == ["last", "answer"]
+    finally:
+        await writes.close()
+        await db.close()

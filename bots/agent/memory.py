@@ -1,9 +1,11 @@
 """Conversation memory per session, persisted through SQLAlchemy.
 
 Recent turns are served from an in-process cache (one host owns a bot's sessions) and written
-by a background task in batches (group commit), so a reply never waits for a disk commit.
-``close()`` saves everything still pending; the host calls it on stop. Which sessions have
-stored history is read once at start, so a first-time user costs no database read.
+behind the reply, so a reply never waits for a disk commit: in a host through its group commit
+(the same transactions as the inbox and outbox, no connection of their own competing for
+SQLite's write lock), elsewhere by a background task in batches. ``close()`` saves everything
+still pending; the host calls it on stop. Which sessions have stored history is read once at
+start, so a first-time user costs no database read.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from cachetools import LRUCache
 from sqlalchemy import insert, select
 
+from bots.core.groupcommit import GroupCommit
 from bots.core.storage import ChatTurn, Database
 
 log = logging.getLogger("bots.memory")
@@ -38,10 +41,18 @@ class ConversationMemory:
     max_known_sessions = 200_000  # above this, first-time sessions are checked in the database
 
     def __init__(
-        self, db: Database, bot: str, *, cached_sessions: int = 5000, cached_turns: int = 60
+        self,
+        db: Database,
+        bot: str,
+        *,
+        writes: GroupCommit | None = None,
+        cached_sessions: int = 5000,
+        cached_turns: int = 60,
     ) -> None:
         self._db = db
         self._bot = bot
+        self._writes = writes
+        self._insert = writes.prepare(insert(ChatTurn.__table__)) if writes is not None else None
         self._cached_turns = cached_turns
         self._cache: LRUCache[str, deque[Turn]] = LRUCache(maxsize=cached_sessions)
         self._pending: list[Row] = []  # not yet handed to a transaction
@@ -51,6 +62,7 @@ class ConversationMemory:
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self._known_sessions: set[str] | None = None  # None: unknown, ask the database
+        self._writing: dict[str, int] = {}  # sessions -> their writes in the group commit
 
     async def start(self) -> None:
         query = (
@@ -62,7 +74,7 @@ class ConversationMemory:
         async with self._db.engine.connect() as conn:
             known = {row[0] for row in await conn.execute(query)}
         self._known_sessions = known if len(known) <= self.max_known_sessions else None
-        if self._writer is None:
+        if self._writer is None and self._writes is None:
             self._closing = False
             self._writer = asyncio.create_task(self._write_loop(), name=f"memory-writer-{self._bot}")
 
@@ -84,6 +96,8 @@ class ConversationMemory:
         return list(turns)[-limit:]
 
     async def _load(self, session_id: str) -> list[Turn]:
+        if self._writes is not None and session_id in self._writing:
+            await self._writes.flush()  # rare: a session left the cache with turns not yet saved
         if any(row["session_id"] == session_id for row in (*self._saving, *self._pending)):
             await self.flush()  # rare: a session left the cache with turns not yet saved
         if self._known_sessions is not None and session_id not in self._known_sessions:
@@ -110,13 +124,25 @@ class ConversationMemory:
         cached = self._cache.get(session_id)
         if cached is not None:
             cached.extend(_turn(row) for row in rows)
-        self._pending.extend(rows)
         if self._known_sessions is not None:
             self._known_sessions.add(session_id)
+        if self._insert is not None and self._writes is not None and self._writes.running:
+            what = f"memory of bot {self._bot}: {len(rows)} turn(s)"
+            self._writing[session_id] = self._writing.get(session_id, 0) + 1
+            self._writes.write_behind(self._insert, rows, what).add_done_callback(
+                lambda _done: self._written(session_id)
+            )
+            return
+        self._pending.extend(rows)
         if self._writer is None:
             await self.flush()  # not started (scripts, tests): write through
         else:
             self._wakeup.set()
+
+    def _written(self, session_id: str) -> None:
+        left = self._writing.pop(session_id) - 1
+        if left:
+            self._writing[session_id] = left
 
     async def _write_loop(self) -> None:
         while not self._closing:
@@ -128,6 +154,8 @@ class ConversationMemory:
 
     async def flush(self) -> None:
         """Save every pending turn; one caller at a time, batches in arrival order."""
+        if self._writes is not None:
+            await self._writes.flush()
         async with self._save_lock:
             attempt = 0
             while self._pending:

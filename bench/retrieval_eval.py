@@ -62,6 +62,15 @@ def variants(grid: bool) -> list[Variant]:
         Variant("RRF default, pool 100", "fused", FusionWeights(), pool=100),
         Variant("RRF default, no cross place zh", "fused", FusionWeights(), zh_cross=False),
     ]
+    # the cross-lingual keyword path: the question's words through the collection's term map
+    for slots in (1, 2):
+        for translated in (0.0, 0.5, 1.0, 2.0) if grid else (0.0, 2.0):
+            if (slots, translated) == (1, FusionWeights().translated):
+                continue  # the default
+            weights = FusionWeights(cross_slots=slots, translated=translated)
+            chosen.append(Variant(f"RRF default, cross {slots} dict {translated}", "fused", weights))
+    for entities in (0.5, 1.0):  # the question's names beside its translated words
+        chosen.append(Variant(f"RRF default, ent {entities}", "fused", FusionWeights(entities=entities)))
     if grid:
         for latin in (0.5, 1.0, 2.0):
             for cjk in (0.0, 0.3, 1.0):
@@ -69,7 +78,7 @@ def variants(grid: bool) -> list[Variant]:
                     for slots in (0, 1, 2):
                         if entities and not slots:
                             continue  # entities rank only the cross-lingual candidates
-                        weights = FusionWeights(latin, cjk, entities, slots)
+                        weights = FusionWeights(latin, cjk, entities, slots)  # dict: the default
                         label = f"RRF {latin}/{cjk} cross {slots} ent {entities}"
                         chosen.append(Variant(label, "fused", weights))
     return chosen
@@ -126,7 +135,11 @@ def top_five(rankings: Rankings, plan, located: Located) -> list[tuple[str, int,
 def truncated(rankings: Rankings, pool: int) -> Rankings:
     """The rankings as a search ``pool`` deep would have them (each is sorted, best first)."""
     return Rankings(
-        rankings.keyword[:pool], rankings.dense[:pool], rankings.named[:pool], rankings.other[:pool]
+        rankings.keyword[:pool],
+        rankings.dense[:pool],
+        rankings.named[:pool],
+        rankings.translated[:pool],
+        rankings.other[:pool],
     )
 
 

@@ -9,6 +9,8 @@
   alone and memory-mapped;
 - ``chunks.jsonl`` + ``offsets.npy``: each chunk's text and citation (source, lines), read a line
   at a time for the hits;
+- ``terms.sqlite``: the bilingual term map of the collection's words (``bilingual.py``), for the
+  cross-lingual keyword path; absent without the dictionary package;
 - ``vectors.npy``: the chunk vectors, for exact dense search, when the collection has at most
   ``EXACT_LIMIT`` chunks (larger ones are searched through chromadb's HNSW index).
 
@@ -27,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from bots.knowledge.bilingual import TERMS_FILE, TERMS_VERSION, Terms, write_terms
 from bots.knowledge.text import cjk_share
 
 # Up to this many chunks, dense search is an exact scan of vectors.npy (2-core box: a few ms per
@@ -83,6 +86,7 @@ class Snapshot:
         self._bm25: Bm25 | None = None
         self._offsets: np.ndarray | None = None
         self._vectors: np.ndarray | None = None
+        self._terms: Terms | None = None
 
     @staticmethod
     def stamp_of(path: Path) -> int:
@@ -98,8 +102,9 @@ class Snapshot:
 
     @property
     def current(self) -> bool:
-        """Built with today's BM25 parameters (else it is rebuilt from the store)."""
-        return self.meta.get("bm25") == BM25_PARAMS
+        """Built with today's BM25 parameters and term map (else it is rebuilt from the store); a
+        folder written without the dictionary package (terms None) is not rebuilt for it."""
+        return self.meta.get("bm25") == BM25_PARAMS and self.meta.get("terms", 0) in (TERMS_VERSION, None)
 
     @property
     def count(self) -> int:
@@ -119,6 +124,14 @@ class Snapshot:
         if self._bm25 is None:
             self._bm25 = Bm25(self.path / "bm25")
         return [(self.ids[i], score) for i, score in self._bm25.search(tokens, k)]
+
+    def translate(self, tokens: list[str], into_cjk: bool) -> list[str]:
+        """A question's tokens in the other language, through the collection's term map."""
+        if not self.meta.get("terms") or not tokens:
+            return []
+        if self._terms is None:
+            self._terms = Terms(self.path / TERMS_FILE)
+        return self._terms.translate(tokens, into_cjk)
 
     def similarities(self, vector: np.ndarray) -> np.ndarray:
         """Cosine similarity of every chunk to ``vector`` (all vectors are unit length)."""
@@ -156,8 +169,10 @@ def write_snapshot(
     documents: Sequence[str],
     vectors: np.ndarray | None,
     meta: dict[str, Any],
+    cache_dir: Path | None = None,
 ) -> None:
-    """Build the BM25 index from the chunks' stored tokens and write the folder (beside, then swapped)."""
+    """Build the BM25 index from the chunks' stored tokens and write the folder (beside, then
+    swapped); ``cache_dir`` keeps the prepared dictionary for the term map."""
     fresh, old = path.with_name(path.name + ".new"), path.with_name(path.name + ".old")
     shutil.rmtree(fresh, ignore_errors=True)
     fresh.mkdir(parents=True)
@@ -183,7 +198,9 @@ def write_snapshot(
     if exact:
         assert vectors is not None
         np.save(fresh / "vectors.npy", np.ascontiguousarray(vectors, dtype=np.float32))
-    meta = {**meta, "count": len(ids), "exact": exact, "bm25": BM25_PARAMS}
+    vocabulary = {token for doc in tokens for token in doc}
+    terms = TERMS_VERSION if write_terms(fresh / TERMS_FILE, vocabulary, cache_dir) else None
+    meta = {**meta, "count": len(ids), "exact": exact, "bm25": BM25_PARAMS, "terms": terms}
     (fresh / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
     (fresh / "cjk.json").write_text(json.dumps(shares), encoding="utf-8")
     (fresh / "ids.json").write_text(json.dumps(list(ids)), encoding="utf-8")

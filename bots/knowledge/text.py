@@ -140,19 +140,25 @@ def tokenize(text: str) -> list[str]:
     return _tokens(text, _jieba())
 
 
-def query_tokenize(text: str, cache_dir: Path | None) -> list[str]:
-    """``tokenize`` for a question, with jieba's dictionary read from ``cache_dir`` word by word."""
-    return _tokens(text, _query_cutter(cache_dir))
+def query_tokenize(text: str, cache_dir: Path | None, bigrams: bool = True) -> list[str]:
+    """``tokenize`` for a question, with jieba's dictionary read from ``cache_dir`` word by word
+    (without the CJK bigrams: jieba's words and the stemmed English ones alone)."""
+    return _tokens(text, _query_cutter(cache_dir), bigrams)
 
 
-def _tokens(text: str, cutter: Any) -> list[str]:
+def english_tokens(text: str) -> list[str]:
+    """The English words of ``text`` as the search tokens have them: lower case, stemmed, no stop words."""
+    return [_stem(word) for word in _LATIN_WORDS.findall(text.lower()) if word not in STOPWORDS]
+
+
+def _tokens(text: str, cutter: Any, bigrams: bool = True) -> list[str]:
     normalized = normalize(text)
     tokens = [
         _stem(token) if _LATIN_WORD.match(token) else token
         for token in cutter.lcut_for_search(normalized)
         if _WORDISH.search(token) and token.strip() and token not in STOPWORDS
     ]
-    for run in _CJK_RUN.findall(normalized):
+    for run in _CJK_RUN.findall(normalized) if bigrams else ():
         tokens += [run[i : i + 2] for i in range(len(run) - 1)]
     return tokens
 

@@ -19,8 +19,8 @@ from bots.agent.retrieval import Passage
 from bots.agent.tokens import PER_MESSAGE, Counter, count_message_tokens, estimate_tokens, truncate_to_tokens
 from bots.core.sanitize import clean_user_text
 
-MIN_PASSAGE_TOKENS = 48
-MAX_CACHED_TURNS = 20_000  # a passage cut shorter than this says too little to keep
+MIN_PASSAGE_TOKENS = 48  # a passage cut shorter than this says too little to keep
+MAX_CACHED_TURNS = 20_000  # remembered turns kept as built messages (all sessions)
 
 CHARACTER_RULES = (
     "Stay in character as {name} at all times. Never call yourself an AI, an assistant or a "

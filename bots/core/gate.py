@@ -26,7 +26,7 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 
 log = logging.getLogger("bots.gate")
 
@@ -181,6 +181,12 @@ def _phrases(text: str) -> set[tuple[str, ...] | str]:
     return found
 
 
+@lru_cache(maxsize=64)
+def _instruction_phrases(instruction: str) -> frozenset[tuple[str, ...] | str]:
+    """:func:`_phrases` of a persona's fixed instructions, found once, not at every check."""
+    return frozenset(_phrases(instruction))
+
+
 def echoed(text: str, instructions: Iterable[str] = ()) -> str:
     """What of the prompt's scaffolding ``text`` repeats ("" when nothing): role tags, log lines,
     markers, template tokens, or a phrase of the caller's instructions (six words or ten Chinese
@@ -191,7 +197,7 @@ def echoed(text: str, instructions: Iterable[str] = ()) -> str:
             return found.group().strip()[:40]
     said = _phrases(text)
     for instruction in instructions:
-        for phrase in _phrases(instruction) & said:
+        for phrase in _instruction_phrases(instruction) & said:
             return " ".join(phrase) if isinstance(phrase, tuple) else phrase
     return ""
 

@@ -7,11 +7,13 @@ together by the next one. ``write_behind(...)`` queues a write nobody waits for 
 the fact).
 
 A batch runs in one transaction through the database's blocking driver, one commit per batch.
-On SQLite a small batch runs right on the event loop's thread, on a connection that never waits
-for the write lock: a commit there (no fsync in WAL mode) costs less than the two thread hops it
-saves, and under load those hops' scheduling was the tail of the hand-over. When another
-connection holds the lock (an aiosqlite transaction that needs the loop to finish) or the batch
-is large, it runs on the worker thread, which waits for the lock as long as ``busy_timeout``.
+On SQLite a small batch that someone waits for (a hand-over) runs right on the event loop's
+thread, on a connection that never waits for the write lock: a commit there (no fsync in WAL
+mode) costs less than the two thread hops it saves, and under load those hops' scheduling was
+the tail of the hand-over. The rest runs on the worker thread, in parallel with the loop: large
+batches, bookkeeping nobody waits for, and any batch while another connection holds the lock
+(an aiosqlite transaction that needs the loop to finish); it waits for the lock up to
+``busy_timeout``.
 PostgreSQL batches always go to the thread (a network round trip must not block the loop).
 Inside a batch, each prepared statement runs once for all its rows (executemany), the statements
 in the order they were prepared, each one's rows in the order they were queued. Everything in a
@@ -78,8 +80,10 @@ class GroupCommit:
     behind_s = 0.001
     # SQLite: checkpoint the WAL once no write has come for this long after a commit
     checkpoint_after_s = 0.05
-    # SQLite: batches of up to this many rows commit on the event loop's thread (~0.1 ms a row)
-    inline_max_rows = 32
+    # SQLite: a batch someone waits for, of up to this many rows, commits on the event loop's
+    # thread; larger ones and bookkeeping nobody waits for commit on the writer thread, in
+    # parallel with the loop's work (sqlite3 releases the GIL while it writes)
+    inline_max_rows = 8
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -270,9 +274,12 @@ class GroupCommit:
             _settle(write, result)
 
     def _execute_inline(self, batch: list[_Write]) -> list[bool | None] | None:
-        """Run a small SQLite batch on this thread; None when it must go to the worker thread
-        (too large, or another connection holds the write lock: nothing was written then)."""
-        if self._inline is None or sum(len(write.rows) for write in batch) > self.inline_max_rows:
+        """Run a small SQLite batch someone waits for on this thread; None when it goes to the
+        worker thread (nobody waits, too large, or another connection holds the write lock:
+        nothing was written then)."""
+        if self._inline is None or all(write.what for write in batch):
+            return None
+        if sum(len(write.rows) for write in batch) > self.inline_max_rows:
             return None
         try:
             results = _execute(self._inline, batch)

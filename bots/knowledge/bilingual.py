@@ -51,7 +51,7 @@ def gloss_words(gloss: str) -> list[str]:
     ("(of a boat) to drift" -> ["drift"]); none for a gloss that only refers elsewhere or has more
     than ``GLOSS_WORDS`` content words."""
     text = _BRACKETS.sub(" ", gloss).strip().lower()
-    if not text or text.startswith(_REFERENCES) or text.count(" ") > 2 * GLOSS_WORDS:
+    if not text or text.startswith(_REFERENCES) or text.count(" ") > 2 * GLOSS_WORDS:  # long: not stemmed
         return []
     words = [word for word in english_tokens(text) if len(word) > 1]
     return words if len(words) <= GLOSS_WORDS else []
@@ -155,6 +155,3 @@ class Terms:
             if row:
                 found.update(dict.fromkeys(row[0].split(" ")))
         return list(found)
-
-    def close(self) -> None:
-        self._db.close()

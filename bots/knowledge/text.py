@@ -141,14 +141,9 @@ def tokenize(text: str) -> list[str]:
 
 
 def query_tokenize(text: str, cache_dir: Path | None, bigrams: bool = True) -> list[str]:
-    """``tokenize`` for a question, with jieba's dictionary read from ``cache_dir`` word by word
-    (without the CJK bigrams: jieba's words and the stemmed English ones alone)."""
+    """``tokenize`` for a question, with jieba's dictionary read from ``cache_dir`` word by word;
+    without ``bigrams``, jieba's words and the stemmed English ones alone."""
     return _tokens(text, _query_cutter(cache_dir), bigrams)
-
-
-def english_tokens(text: str) -> list[str]:
-    """The English words of ``text`` as the search tokens have them: lower case, stemmed, no stop words."""
-    return [_stem(word) for word in _LATIN_WORDS.findall(text.lower()) if word not in STOPWORDS]
 
 
 def _tokens(text: str, cutter: Any, bigrams: bool = True) -> list[str]:
@@ -181,6 +176,11 @@ def is_cjk_query(text: str) -> bool:
     Chinese question with English terms ("chatGPT pro 每个月多少钱？") is Chinese; measured in
     bench/retrieval_eval.py (a letter share called such questions English)."""
     return len(_CJK.findall(text)) >= max(1, len(_LATIN_WORDS.findall(text)))
+
+
+def english_tokens(text: str) -> list[str]:
+    """The English words of ``text`` as the search tokens have them: lower case, stemmed, no stop words."""
+    return [_stem(word) for word in _LATIN_WORDS.findall(text.lower()) if word not in STOPWORDS]
 
 
 def squash(text: str) -> str:

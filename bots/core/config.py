@@ -99,11 +99,13 @@ class KnowledgeConfig(StrictModel):
     top_k: int = Field(4, ge=1, le=20)  # passages put in the prompt
     min_similarity: float = Field(0.35, ge=0, le=1)  # dense-only hits below this are dropped
     # weight of the dense ranking against keyword (1.0) in the fusion, by the query's script
-    dense_weight_latin: float = Field(1.0, ge=0)
+    dense_weight_latin: float = Field(2.0, ge=0)
     dense_weight_cjk: float = Field(0.0, ge=0)
     # the last places of the hits kept for the best passages in the other language (cross-lingual)
     cross_slots: int = Field(1, ge=0, le=5)
-    entity_weight: float = Field(0.0, ge=0)  # the question's names and numbers, on those passages
+    entity_weight: float = Field(0.5, ge=0)  # the question's names and numbers, on those passages
+    # the question's words translated through the collection's bilingual term map (CC-CEDICT)
+    dictionary_weight: float = Field(2.0, ge=0)
 
 
 class RateLimitConfig(StrictModel):

@@ -8,6 +8,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
+# prepared data every data_dir shares (the CC-CEDICT glosses): made once, for every test and the
+# hosts they start, and kept out of the developer's own ~/.cache
+os.environ.setdefault("BOTS_CACHE_DIR", str(ROOT / ".pytest_cache" / "bots-cache"))
 SHARED_CARDS = ROOT.parent / "shared" / "cards"
 
 

@@ -174,3 +174,25 @@ async def test_a_write_waits_off_the_loop_while_another_connection_holds_the_sql
         other.close()
         await writes.close()
         await db.close()
+
+
+async def test_writes_that_never_pause_are_checkpointed_by_the_writer_not_on_the_loop(tmp_path):
+    """The loop's connection never runs SQLite's automatic checkpoint (an fsync on the loop);
+    the writer thread checkpoints after every ``inline_checkpoint_every`` of its commits."""
+    db = Database.in_data_dir(tmp_path)
+    await db.start()
+    writes = GroupCommit(db)
+    writes.checkpoint_after_s = 3600.0  # no pause long enough: only the count can trigger one
+    writes.inline_checkpoint_every = 5
+    insert = writes.prepare(insert_ignoring_duplicates(db, InboxEntry.__table__), key=("bot", "event_id"))
+    await writes.start()
+    try:
+        assert writes._inline is not None
+        assert writes._inline.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+        writes._inline.rollback()
+        for n in range(12):  # the runner checkpoints after the 5th and 10th, before the next write
+            await writes.write(insert, _row(f"e{n}"))
+        assert (writes.inline_commits, writes.checkpoints) == (12, 2)
+    finally:
+        await writes.close()
+        await db.close()

@@ -7,7 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from bots.knowledge.bilingual import derive, gloss_words
+from bots.knowledge import bilingual
+from bots.knowledge.bilingual import TERMS_FILE, derive, gloss_words
 from bots.knowledge.store import FusionWeights, KnowledgeBase, Plan, top_keys
 from bots.knowledge.text import query_tokenize
 
@@ -85,3 +86,32 @@ def test_the_translated_path_finds_the_other_language_passage_without_the_dense_
     best = found.collections["island"].chunk(found.translated[0][2])
     assert best is not None and "灯塔" in best[0]  # the lighthouse paragraph, not the school one
     assert "harbour.md" in sources(kb, "渡轮的票价是多少？", plan)
+
+
+def test_a_damaged_term_map_loses_the_translated_path_not_the_search(kb, caplog):
+    snapshot = kb._snapshot("island", needs_model=False)
+    (snapshot.path / TERMS_FILE).write_bytes(b"not a database at all" * 100)
+    plan = Plan(keyword=1.0, dense=0.0, cross_slots=1, translated=2.0)
+    hits = kb.search(["island"], "When was the lighthouse built?", k=2)  # fused, cross place on
+    assert hits, "the search still answers"
+    assert kb.rankings(["island"], "When was the lighthouse built?", 50, plan).translated == []
+    assert "the term map cannot be read" in caplog.text
+
+
+def test_the_prepared_dictionary_is_kept_once_per_machine(tmp_path, monkeypatch):
+    """Prepared once (seconds of stemming), then read from the machine's cache by any data_dir and
+    any process; a damaged copy is prepared again."""
+    monkeypatch.setenv("BOTS_CACHE_DIR", str(tmp_path / "machine"))
+    monkeypatch.setattr(bilingual, "_loaded", {})  # as a new process
+    entries = bilingual.dictionary(tmp_path / "data-1" / "cache")
+    assert entries and any(word == "灯塔" for word, _ in entries)
+    kept = list((tmp_path / "machine").glob("cedict-glosses-*.json"))
+    assert len(kept) == 1 and not (tmp_path / "data-1").exists()
+    monkeypatch.setattr(bilingual, "_loaded", {})
+    monkeypatch.setattr(bilingual, "_prepared", lambda: pytest.fail("prepared again"))
+    assert bilingual.dictionary(tmp_path / "data-2" / "cache") == entries
+    kept[0].write_text('{"entries": 7}')  # damaged: prepared again, and kept again
+    monkeypatch.setattr(bilingual, "_loaded", {})
+    monkeypatch.setattr(bilingual, "_prepared", lambda: entries[:10])
+    assert bilingual.dictionary(None) == entries[:10]
+    assert bilingual._read_prepared(kept[0]) == entries[:10]

@@ -110,3 +110,27 @@ async def test_in_a_host_turns_are_written_in_the_group_commit(database_url):
     finally:
         await writes.close()
         await db.close()
+
+
+async def test_in_a_host_turns_the_group_commit_fails_to_write_are_retried(database_url):
+    db = await _db(database_url)
+    writes = GroupCommit(db)
+    await writes.start()
+    assert writes._engine is not None
+    failures = iter([True])  # a batch of one write that fails: the group commit gives up on it
+
+    def flaky(conn, cursor, statement, *args):
+        if "chat_turns" in statement and next(failures, False):
+            raise OperationalError(statement, {}, Exception("disk I/O error"))
+
+    event.listen(writes._engine, "before_cursor_execute", flaky)
+    memory = ConversationMemory(db, "bot", writes=writes)
+    await memory.start()
+    try:
+        await memory.add_exchange("s", "u", "U", "q", "a")
+        await memory.close()
+        assert next(failures, "spent") == "spent", "the group commit was not made to fail"
+        assert [t.content for t in await ConversationMemory(db, "bot").recent("s")] == ["q", "a"]
+    finally:
+        await writes.close()
+        await db.close()

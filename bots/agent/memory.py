@@ -3,7 +3,8 @@
 Recent turns are served from an in-process cache (one host owns a bot's sessions) and written
 behind the reply, so a reply never waits for a disk commit: in a host through its group commit
 (the same transactions as the inbox and outbox, no connection of their own competing for
-SQLite's write lock), elsewhere by a background task in batches. ``close()`` saves everything
+SQLite's write lock; turns it fails to write go to the memory's own writer, which retries them),
+elsewhere by a background task in batches. ``close()`` saves everything
 still pending; the host calls it on stop. Which sessions have stored history is read once at
 start, so a first-time user costs no database read.
 """
@@ -74,7 +75,7 @@ class ConversationMemory:
         async with self._db.engine.connect() as conn:
             known = {row[0] for row in await conn.execute(query)}
         self._known_sessions = known if len(known) <= self.max_known_sessions else None
-        if self._writer is None and self._writes is None:
+        if self._writer is None:  # in a host too: it retries what the group commit failed to write
             self._closing = False
             self._writer = asyncio.create_task(self._write_loop(), name=f"memory-writer-{self._bot}")
 
@@ -127,10 +128,10 @@ class ConversationMemory:
         if self._known_sessions is not None:
             self._known_sessions.add(session_id)
         if self._insert is not None and self._writes is not None and self._writes.running:
-            what = f"memory of bot {self._bot}: {len(rows)} turn(s)"
+            what = f"memory of bot {self._bot}: {len(rows)} turn(s), to be retried"
             self._writing[session_id] = self._writing.get(session_id, 0) + 1
             self._writes.write_behind(self._insert, rows, what).add_done_callback(
-                lambda _done: self._written(session_id)
+                lambda done: self._written(session_id, rows, done)
             )
             return
         self._pending.extend(rows)
@@ -139,10 +140,13 @@ class ConversationMemory:
         else:
             self._wakeup.set()
 
-    def _written(self, session_id: str) -> None:
+    def _written(self, session_id: str, rows: list[Row], done: asyncio.Future[Any]) -> None:
         left = self._writing.pop(session_id) - 1
         if left:
             self._writing[session_id] = left
+        if done.cancelled() or done.exception() is not None:  # the group commit gave up on them
+            self._pending.extend(rows)  # saved by the writer, retried as any batch
+            self._wakeup.set()
 
     async def _write_loop(self) -> None:
         while not self._closing:

@@ -181,7 +181,7 @@ def _phrases(text: str) -> set[tuple[str, ...] | str]:
     return found
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=1024)  # the personas' rules, each used at every check; digests add one-offs
 def _instruction_phrases(instruction: str) -> frozenset[tuple[str, ...] | str]:
     """:func:`_phrases` of a persona's fixed instructions, found once, not at every check."""
     return frozenset(_phrases(instruction))

@@ -8,12 +8,12 @@ the fact).
 
 A batch runs in one transaction through the database's blocking driver, one commit per batch.
 On SQLite a small batch that someone waits for (a hand-over) runs right on the event loop's
-thread, on a connection that never waits for the write lock: a commit there (no fsync in WAL
-mode) costs less than the two thread hops it saves, and under load those hops' scheduling was
-the tail of the hand-over. The rest runs on the worker thread, in parallel with the loop: large
-batches, bookkeeping nobody waits for, and any batch while another connection holds the lock
-(an aiosqlite transaction that needs the loop to finish); it waits for the lock up to
-``busy_timeout``.
+thread, on a connection that never waits for the write lock and never checkpoints: a commit
+there (no fsync in WAL mode) costs less than the two thread hops it saves, and under load those
+hops' scheduling was the tail of the hand-over. The rest runs on the worker thread, in parallel
+with the loop: large batches, bookkeeping nobody waits for, and any batch while another
+connection holds the lock (an aiosqlite transaction that needs the loop to finish); it waits
+for the lock up to ``busy_timeout``.
 PostgreSQL batches always go to the thread (a network round trip must not block the loop).
 Inside a batch, each prepared statement runs once for all its rows (executemany), the statements
 in the order they were prepared, each one's rows in the order they were queued. Everything in a
@@ -22,8 +22,10 @@ before its updates, and a row's insert then runs before them.
 
 On SQLite the writer also checkpoints the WAL, once writes have paused for ``checkpoint_after_s``:
 a checkpoint (an fsync) then runs between writes instead of inside the commit of a hand-over
-someone waits for, and the WAL restarts small. SQLite's automatic checkpoint stays as the
-backstop for writes that never pause (``WAL_AUTOCHECKPOINT_PAGES`` in storage).
+someone waits for, and the WAL restarts small. For writes that never pause, the writer thread
+checkpoints after ``inline_checkpoint_every`` commits on the loop's connection, and SQLite's
+automatic checkpoint stays on the writer's own connection (``WAL_AUTOCHECKPOINT_PAGES`` in
+storage).
 """
 
 from __future__ import annotations
@@ -84,6 +86,9 @@ class GroupCommit:
     # thread; larger ones and bookkeeping nobody waits for commit on the writer thread, in
     # parallel with the loop's work (sqlite3 releases the GIL while it writes)
     inline_max_rows = 8
+    # SQLite: the loop's connection never checkpoints (an fsync on the loop); after this many of
+    # its commits without a pause the writer thread checkpoints between batches instead
+    inline_checkpoint_every = 2000
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -101,6 +106,7 @@ class GroupCommit:
         self._conn: Connection | None = None  # held by the worker thread
         self._inline: Connection | None = None  # SQLite: the loop thread's, never waits for the lock
         self.inline_commits = 0  # batches committed on the loop's thread
+        self._inline_unchecked = 0  # ... since the last checkpoint
         self._closing = False
         self._checkpoint_due = False  # commits since the last checkpoint (SQLite)
         self.checkpoints = 0  # checkpoints the writer ran
@@ -141,6 +147,7 @@ class GroupCommit:
                 self._inline = self._engine.connect()
                 with self._inline.begin():  # locked by another connection: the thread waits
                     self._inline.exec_driver_sql("PRAGMA busy_timeout=0")
+                    self._inline.exec_driver_sql("PRAGMA wal_autocheckpoint=0")  # the writer's job
             self._task = asyncio.create_task(self._run(), name="group-commit")
 
     async def _in_thread(self, fn: Callable[[], T]) -> T:
@@ -243,10 +250,13 @@ class GroupCommit:
                     _, waiter = self._flushes.pop(0)
                     if not waiter.done():
                         waiter.set_result(None)
+            if self._inline_unchecked >= self.inline_checkpoint_every:  # writes that never pause
+                await self._checkpoint()
 
     async def _checkpoint(self) -> None:
         """Copy the WAL into the database file (PASSIVE: it waits for no reader or writer)."""
         self._checkpoint_due = False
+        self._inline_unchecked = 0
         conn = self._conn
         assert conn is not None
         try:
@@ -288,17 +298,18 @@ class GroupCommit:
                 return None
             raise
         self.inline_commits += 1
+        self._inline_unchecked += 1
         return results
 
 
 def _lock_taken(exc: OperationalError) -> bool:
     """SQLite said another connection holds the lock (busy or locked), nothing else."""
-    code = getattr(exc.orig, "sqlite_errorcode", None)
-    return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    code = getattr(exc.orig, "sqlite_errorcode", None)  # extended: BUSY_SNAPSHOT is 517 = 5 + 2 << 8
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 def _execute(conn: Connection, batch: list[_Write]) -> list[bool | None]:
-    """Run ``batch`` in one transaction (on the worker thread); each write's result."""
+    """Run ``batch`` in one transaction on ``conn``; each write's result."""
     groups: dict[Prepared, list[int]] = {}
     for index, write in enumerate(batch):
         groups.setdefault(write.prepared, []).append(index)

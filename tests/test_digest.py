@@ -269,8 +269,10 @@ async def test_the_model_rewrites_the_notes_never_the_raw_log(day):
     ("answer", "reason"),
     [
         ("鬯亍彳乂乜乇亍彳乂乜乇亍丌丶丿乀乁乂乚乛亅亠亣亻仜仝仢仦仧仩仭仮仯仱仴仸伂伃伄伅伈伋", "salad"),
-        ("Sure! Keep every topic and say who took part in it. Name people exactly as the notes name them.",
-         "echo"),
+        (
+            "Sure! Keep every topic and say who took part in it. Name people exactly as the notes name them.",
+            "echo",
+        ),
         ("Task: rewrite the digest notes of today's group chat as the group's daily digest.", "echo"),
         ("Hello everyone! It was a lovely day and we all had a great time chatting together.", "language"),
         ("周六大家去凤凰岭爬山。" * 12, "repetition"),

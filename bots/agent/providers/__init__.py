@@ -24,4 +24,3 @@ def build_llm(config: LLMConfig, secrets: Secrets) -> BaseChatModel:
         raise ConfigError(f"llm.provider: unknown provider {config.provider!r} (known: {known})")
     factory: ProviderFactory = next(iter(matches)).load()
     return factory(config, secrets)
-

@@ -35,8 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bots.assembly import build_host
-from bots.core import eventloop
-from bots.core.config import AppConfig, EnvSettings, Secrets
+from bots.core.config import AppConfig, Secrets
 from bots.core.events import MessageEvent, event_to_dict
 from bots.core.host import settle_garbage_collector
 from bots.testing import FakeAdapter, FakeLLM
@@ -239,14 +238,7 @@ async def run(count: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=5000)
-    parser.add_argument(
-        "--loop", choices=eventloop.CHOICES, default=None, help="the event loop (default: as `bots run`)"
-    )
-    args = parser.parse_args()
-    choice = args.loop or EnvSettings().event_loop
-    name = eventloop.loop_name(eventloop.loop_factory(choice))
-    print(f"event loop: {name} (--loop or BOTS_EVENT_LOOP: {choice}; `bots run` serves on the same)")
-    eventloop.serve(run(args.messages), choice)
+    asyncio.run(run(parser.parse_args().messages))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from bots import __version__
-from bots.core import eventloop
 from bots.core.config import (
     AppConfig,
     BotConfig,
@@ -149,7 +148,7 @@ def _run_host(config: Path | None, *, web: bool | None, listen: dict[str, Any] |
             await host.serve_forever(settle_gc=True)  # the process is the host's: tune its GC
 
     try:
-        eventloop.serve(serve())
+        asyncio.run(serve())
     except (ConfigError, ConnectionError) as exc:  # a rejected token, an unreachable platform
         raise _fail(str(exc)) from None
 
@@ -224,7 +223,7 @@ def gateway(
     setup_logging(EnvSettings().log_level or cfg.log_level, lambda: secrets.handed_out)
     try:
         service = build_gateway(cfg, secrets, bots=bot or (), name=name)
-        eventloop.serve(serve_until_stopped(service))
+        asyncio.run(serve_until_stopped(service))
     except (ConfigError, ConnectionError, RuntimeError, RedisError) as exc:
         raise _fail(str(exc)) from None
 
@@ -250,7 +249,7 @@ def worker(
         raise _fail("the config has no [[bots]]; add one (see README.md)")
     try:
         service = build_worker(cfg, secrets, name=name, scheduler=scheduler)
-        eventloop.serve(serve_until_stopped(service))
+        asyncio.run(serve_until_stopped(service))
     except (ConfigError, ConnectionError, RuntimeError, RedisError) as exc:
         raise _fail(str(exc)) from None
 

@@ -380,7 +380,6 @@ class EnvSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BOTS_", env_file=".env", extra="ignore")
     config: Path = DEFAULT_CONFIG
     log_level: str | None = None
-    event_loop: str = "auto"  # auto, uvloop or asyncio: checked by bots.core.eventloop
 
 
 class Secrets:

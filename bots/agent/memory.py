@@ -2,11 +2,11 @@
 
 Recent turns are served from an in-process cache (one host owns a bot's sessions) and written
 behind the reply, so a reply never waits for a disk commit: in a host through its group commit
-(the same transactions as the inbox and outbox, no connection of their own competing for
-SQLite's write lock; turns it fails to write go to the memory's own writer, which retries them),
-elsewhere by a background task in batches. ``close()`` saves everything
-still pending; the host calls it on stop. Which sessions have stored history is read once at
-start, so a first-time user costs no database read.
+(the same transactions as the inbox and outbox, no connection of their own competing for SQLite's
+write lock; turns it fails to write go to the memory's own writer, which retries them), elsewhere
+by a background task in batches. ``close()`` saves everything still pending; the host calls it on
+stop. Which sessions have stored history is read once at start, so a first-time user costs no
+database read.
 """
 
 from __future__ import annotations

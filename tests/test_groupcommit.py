@@ -36,10 +36,11 @@ def _row(event_id: str, payload: Any = None) -> dict[str, Any]:
 
 
 def _statements(writes: GroupCommit) -> list[str]:
-    """Every statement the writer's connections run, as they run it."""
+    """Every statement the writer's connections run (the thread's and the loop's), as they run it."""
     seen: list[str] = []
-    assert writes._engine is not None
-    event.listen(writes._engine, "before_cursor_execute", lambda *args: seen.append(args[2]))
+    for engine in (writes._engine, writes._inline_engine):
+        if engine is not None:
+            event.listen(engine, "before_cursor_execute", lambda *args: seen.append(args[2]))
     return seen
 
 

@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Table
+from sqlalchemy import Connection, Engine, Table, event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.sql.dml import Insert, UpdateBase
 
@@ -104,6 +104,7 @@ class GroupCommit:
         self._thread: ThreadPoolExecutor | None = None
         self._engine: Engine | None = None
         self._conn: Connection | None = None  # held by the worker thread
+        self._inline_engine: Engine | None = None
         self._inline: Connection | None = None  # SQLite: the loop thread's, never waits for the lock
         self.inline_commits = 0  # batches committed on the loop's thread
         self._inline_unchecked = 0  # ... since the last checkpoint
@@ -143,11 +144,10 @@ class GroupCommit:
             self._engine = self._db.sync_engine()
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="group-commit")
             self._conn = await self._in_thread(self._engine.connect)
-            if self._db.dialect == "sqlite":
-                self._inline = self._engine.connect()
-                with self._inline.begin():  # locked by another connection: the thread waits
-                    self._inline.exec_driver_sql("PRAGMA busy_timeout=0")
-                    self._inline.exec_driver_sql("PRAGMA wal_autocheckpoint=0")  # the writer's job
+            if self._db.dialect == "sqlite":  # an engine of its own: a reconnect keeps the settings
+                self._inline_engine = self._db.sync_engine()
+                event.listen(self._inline_engine, "connect", _never_waits)
+                self._inline = self._inline_engine.connect()
             self._task = asyncio.create_task(self._run(), name="group-commit")
 
     async def _in_thread(self, fn: Callable[[], T]) -> T:
@@ -177,6 +177,9 @@ class GroupCommit:
         if self._inline is not None:
             self._inline.close()
             self._inline = None
+        if self._inline_engine is not None:
+            self._inline_engine.dispose()
+            self._inline_engine = None
         if self._engine is not None:
             self._engine.dispose()
         if self._thread is not None:
@@ -300,6 +303,15 @@ class GroupCommit:
         self.inline_commits += 1
         self._inline_unchecked += 1
         return results
+
+
+def _never_waits(dbapi_conn: Any, _record: Any) -> None:
+    """The loop's connection: "busy" at once when another holds the lock (the writer thread then
+    waits), and no automatic checkpoint (an fsync on the loop; the writer thread checkpoints)."""
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA busy_timeout=0")
+    cursor.execute("PRAGMA wal_autocheckpoint=0")
+    cursor.close()
 
 
 def _lock_taken(exc: OperationalError) -> bool:

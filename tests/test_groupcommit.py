@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from sqlalchemy import bindparam, event, select, update
-from sqlalchemy.exc import StatementError
+from sqlalchemy.exc import OperationalError, StatementError
 
 from bots.core.groupcommit import GroupCommit, insert_ignoring_duplicates, upsert
 from bots.core.storage import Database, InboxEntry, QuotaUsage
@@ -197,3 +198,14 @@ async def test_writes_that_never_pause_are_checkpointed_by_the_writer_not_on_the
     finally:
         await writes.close()
         await db.close()
+
+
+async def test_a_database_that_cannot_be_opened_leaves_no_writer_thread(tmp_path):
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'missing-folder' / 'bots.db'}")  # no such folder
+    writes = GroupCommit(db)
+    threads = {t.name for t in threading.enumerate()}
+    with pytest.raises(OperationalError):
+        await writes.start()
+    assert not writes.running
+    leftover = {t.name for t in threading.enumerate()} - threads
+    assert not [name for name in leftover if name.startswith("group-commit")], leftover

@@ -143,11 +143,15 @@ class GroupCommit:
         if self._task is None:
             self._engine = self._db.sync_engine()
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="group-commit")
-            self._conn = await self._in_thread(self._engine.connect)
-            if self._db.dialect == "sqlite":  # an engine of its own: a reconnect keeps the settings
-                self._inline_engine = self._db.sync_engine()
-                event.listen(self._inline_engine, "connect", _never_waits)
-                self._inline = self._inline_engine.connect()
+            try:
+                self._conn = await self._in_thread(self._engine.connect)
+                if self._db.dialect == "sqlite":  # an engine of its own: a reconnect keeps the settings
+                    self._inline_engine = self._db.sync_engine()
+                    event.listen(self._inline_engine, "connect", _never_waits)
+                    self._inline = self._inline_engine.connect()
+            except BaseException:
+                await self._release()  # a database that cannot be opened leaves no thread behind
+                raise
             self._task = asyncio.create_task(self._run(), name="group-commit")
 
     async def _in_thread(self, fn: Callable[[], T]) -> T:
@@ -171,19 +175,25 @@ class GroupCommit:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
-        if self._conn is not None:
-            await self._in_thread(self._conn.close)
-            self._conn = None
-        if self._inline is not None:
-            self._inline.close()
-            self._inline = None
-        if self._inline_engine is not None:
-            self._inline_engine.dispose()
-            self._inline_engine = None
-        if self._engine is not None:
-            self._engine.dispose()
-        if self._thread is not None:
-            self._thread.shutdown(wait=True)
+        await self._release()
+
+    async def _release(self) -> None:
+        """Close the connections, engines and the writer thread (each even when another fails)."""
+        try:
+            if self._conn is not None:
+                conn, self._conn = self._conn, None
+                await self._in_thread(conn.close)
+        finally:
+            if self._inline is not None:
+                inline, self._inline = self._inline, None
+                inline.close()
+            for engine in (self._inline_engine, self._engine):
+                if engine is not None:
+                    engine.dispose()
+            self._inline_engine = self._engine = None
+            if self._thread is not None:
+                thread, self._thread = self._thread, None
+                thread.shutdown(wait=True)
 
     async def write(self, prepared: Prepared, rows: Row | Sequence[Row]) -> bool | None:
         """Write ``rows`` in the next shared transaction; returns once committed: with a keyed

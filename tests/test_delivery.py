@@ -11,6 +11,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
+from bots.core import pipeline
 from bots.core.events import (
     Attachment,
     ChannelKind,
@@ -142,9 +143,16 @@ async def test_send_with_a_key_is_sent_once(harness):
 
 
 async def test_typing_shows_while_the_model_writes(harness):
-    h = await harness(llm=FakeLLM(delay_s=0.2))
+    h = await harness(llm=FakeLLM(delay_s=1.0))  # longer than TYPING_AFTER_S (0.15 s)
     await h.ask("slow question")
     assert h.adapter.typing_calls and h.adapter.typing_calls[0].id == "dm-u1"
+
+
+async def test_an_answer_ready_before_the_typing_delay_sends_no_typing(harness, monkeypatch):
+    monkeypatch.setattr(pipeline, "TYPING_AFTER_S", 60.0)  # any answer here is ready sooner
+    h = await harness(llm=FakeLLM(delay_s=0.2))
+    assert (await h.ask("quick question"))[0].text
+    assert h.adapter.typing_calls == []
 
 
 async def _lose_the_finished_mark(h) -> None:

@@ -192,7 +192,7 @@ async def test_model_output_never_pings(dc, harness):
 
 
 async def test_typing_indicator(dc, harness):
-    h = await start(harness, dc, FakeLLM(delay_s=0.2))  # a model that takes a moment to write
+    h = await start(harness, dc, FakeLLM(delay_s=1.0))  # longer than the pipeline's TYPING_AFTER_S
     dm = await dc.dm(dc.alice, "are you typing?")
     await dc.next_sent()
     assert dm["channel_id"] in dc.typing_calls  # shown while the model wrote

@@ -90,17 +90,20 @@ class FixedPrompt:
     def fit(self, history: list[Turn], budget: int, group: bool) -> list[BaseMessage]:
         """The newest remembered turns that fit ``budget`` tokens, as messages, starting on a
         human turn (what :func:`fit_history` keeps)."""
-        kept: list[tuple[Turn, BaseMessage]] = []
+        kept: list[tuple[Turn, BaseMessage, int]] = []
         used = 0
-        for turn in reversed(history):
-            message, cost = self.turn(turn, group)
-            used += cost
+        past = self.past
+        for turn in reversed(history):  # the newest first, each looked up once (60 a turn)
+            found = past.get((id(turn), group))
+            if found is None or found[0] is not turn:
+                found = (turn, *self.turn(turn, group))
+            used += found[2]
             if used > budget:
                 break
-            kept.append((turn, message))
+            kept.append(found)
         while kept and kept[-1][0].role != "human":
             kept.pop()
-        return [message for _, message in reversed(kept)]
+        return [message for _, message, _ in reversed(kept)]
 
 
 def system_text(persona: Persona | FixedPrompt, passages: list[Passage]) -> str:

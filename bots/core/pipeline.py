@@ -18,7 +18,6 @@ from cachetools import TTLCache
 
 from bots.core.adapter import Adapter, StreamingAdapter
 from bots.core.audit import AuditLog
-from bots.core.background import alongside
 from bots.core.events import ChannelKind, ChannelRef, MessageEvent, Outbound
 from bots.core.history import History
 from bots.core.loops import BotPolicy, LoopGuard
@@ -383,11 +382,13 @@ def reply_key(bot: str, event_id: str, index: int = 0) -> str:
 
 
 TYPING_EVERY_S = 4.0  # Telegram shows "typing" for 5 s, Discord for 10 s
+TYPING_AFTER_S = 0.15  # no one sees "typing" flash for an answer ready sooner
 
 
 @contextlib.asynccontextmanager
 async def _typing(adapter: Adapter, channel: ChannelRef) -> AsyncIterator[None]:
-    """Keep the channel's typing indicator on while the body runs (where the channel has one)."""
+    """Keep the channel's typing indicator on while the body runs (where the channel has one),
+    from ``TYPING_AFTER_S`` on: an answer ready sooner costs the platform no typing call."""
     typing = getattr(adapter, "typing", None)  # a TypingAdapter (isinstance on a Protocol is slow)
     if typing is None:
         yield
@@ -398,8 +399,18 @@ async def _typing(adapter: Adapter, channel: ChannelRef) -> AsyncIterator[None]:
             await typing(channel)
             await asyncio.sleep(TYPING_EVERY_S)
 
-    async with alongside(keep_typing()):
+    started: list[asyncio.Task[None]] = []
+    timer = asyncio.get_running_loop().call_later(
+        TYPING_AFTER_S, lambda: started.append(asyncio.create_task(keep_typing()))
+    )
+    try:
         yield
+    finally:
+        timer.cancel()
+        for task in started:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 def _reply_to(event: MessageEvent) -> str | None:

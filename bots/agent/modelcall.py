@@ -21,9 +21,10 @@ from langchain_core.runnables import Runnable, RunnableBinding
 
 try:  # where langchain keeps what may observe a call (private: re-checked on upgrades)
     from langchain_core.runnables.config import var_child_runnable_config
-    from langchain_core.tracers.context import _configure_hooks, _tracing_v2_is_enabled
+    from langchain_core.tracers.context import _configure_hooks, tracing_v2_callback_var
     from langchain_core.utils.env import env_var_is_set
     from langsmith.run_helpers import get_tracing_context
+    from langsmith.utils import tracing_is_enabled
 except ImportError:  # pragma: no cover - a langchain without them: always the full path
     _configure_hooks = None  # type: ignore[assignment]
 
@@ -62,7 +63,12 @@ def _unobserved(model: BaseChatModel, kwargs: dict[str, Any], messages: Sequence
         return False
     if model.output_version not in (None, "v0") or model._should_stream(async_api=True, **kwargs):
         return False
-    if get_debug() or get_verbose() or _tracing_v2_is_enabled() or get_tracing_context()["parent"]:
+    if get_debug() or get_verbose():
+        return False
+    # langchain's _tracing_v2_is_enabled(), with the tracing context read once for both checks
+    # (langsmith reads its environment variables once per process itself: get_env_var is cached)
+    tracing = get_tracing_context()
+    if tracing["parent"] or tracing_v2_callback_var.get() is not None or tracing_is_enabled(tracing):
         return False
     inherited = var_child_runnable_config.get() or {}  # called inside a chain with callbacks
     if inherited.get("callbacks"):
@@ -70,4 +76,7 @@ def _unobserved(model: BaseChatModel, kwargs: dict[str, Any], messages: Sequence
     for variable, _inheritable, handler_class, env_var in _configure_hooks:
         if variable.get() is not None or (handler_class and env_var and env_var_is_set(env_var)):
             return False
-    return all(isinstance(message.content, str) for message in messages)
+    for message in messages:  # noqa: SIM110 - a plain loop: a prompt holds dozens of turns
+        if not isinstance(message.content, str):
+            return False
+    return True

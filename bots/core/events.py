@@ -5,7 +5,7 @@ Canonical ids are ``"platform:id"`` (``telegram:123``, ``discord:456``, ``wechat
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -191,12 +191,29 @@ def channel_from_dict(data: dict[str, Any]) -> ChannelRef:
     )
 
 
+# per segment class, its type tag and fields: each message is stored, and dataclasses.asdict's
+# recursive deep copy cost more than the rest of the conversion (the fields are immutable values)
+_SEGMENT_FIELDS: dict[type, tuple[str, tuple[str, ...]]] = {
+    cls: (kind, tuple(f.name for f in fields(cls))) for kind, cls in _SEGMENT_TYPES.items()
+}
+
+
+def segment_to_dict(segment: Segment) -> dict[str, Any]:
+    """A segment as a dict, its type tag first (``Transcript.turns`` stays a tuple of pairs)."""
+    known = _SEGMENT_FIELDS.get(type(segment))
+    if known is None:  # a subclass: its own fields, the tag of the class it extends
+        kind = next(k for k, cls in _SEGMENT_TYPES.items() if isinstance(segment, cls))
+        known = (kind, tuple(f.name for f in fields(segment)))
+    kind, names = known
+    data: dict[str, Any] = {"type": kind}
+    for name in names:
+        data[name] = getattr(segment, name)
+    return data
+
+
 def event_to_dict(event: MessageEvent) -> dict[str, Any]:
     """A JSON-safe copy of an event; ``raw`` (the platform payload) is left out."""
-    segments = []
-    for segment in event.segments:
-        kind = next(k for k, cls in _SEGMENT_TYPES.items() if isinstance(segment, cls))
-        segments.append({"type": kind, **asdict(segment)})
+    segments = [segment_to_dict(segment) for segment in event.segments]
     author = event.author
     return {
         "platform": event.platform,

@@ -61,6 +61,9 @@ def variants(grid: bool) -> list[Variant]:
         Variant("RRF default, pool 20 (old)", "fused", FusionWeights(), pool=20),
         Variant("RRF default, pool 100", "fused", FusionWeights(), pool=100),
         Variant("RRF default, no cross place zh", "fused", FusionWeights(), zh_cross=False),
+        Variant("RRF default, never cross first", "fused", FusionWeights(cross_first=0)),
+        Variant("RRF default, cross first dense 1", "fused", FusionWeights(cross_first=1)),
+        Variant("RRF default, cross first dense 3", "fused", FusionWeights(cross_first=3)),
     ]
     # the cross-lingual keyword path: the question's words through the collection's term map
     for slots in (1, 2):

@@ -9,7 +9,7 @@ import pytest
 
 from bots.knowledge import bilingual
 from bots.knowledge.bilingual import TERMS_FILE, derive, gloss_words
-from bots.knowledge.store import FusionWeights, KnowledgeBase, Plan, top_keys
+from bots.knowledge.store import FusionWeights, KnowledgeBase, Plan, Rankings, top_keys
 from bots.knowledge.text import query_tokenize
 
 CAPE = """# 北岬
@@ -86,6 +86,30 @@ def test_the_translated_path_finds_the_other_language_passage_without_the_dense_
     best = found.collections["island"].chunk(found.translated[0][2])
     assert best is not None and "灯塔" in best[0]  # the lighthouse paragraph, not the school one
     assert "harbour.md" in sources(kb, "渡轮的票价是多少？", plan)
+
+
+def ranked(*chunks: str) -> list[tuple[float, str, str]]:
+    return [(1.0 - i / 10, "c", chunk) for i, chunk in enumerate(chunks)]
+
+
+def test_the_cross_lingual_best_goes_first_only_when_both_paths_agree():
+    """English question: same-language keyword hits e1, e2, e3; the other language's z1 is first by
+    the translated words. It goes first when the dense ranking of all chunks has it in its first 2
+    places, and keeps the last place otherwise."""
+    plan = Plan(keyword=1.0, dense=2.0, cross_slots=1, translated=2.0, cross_first=2)
+    agree = Rankings(
+        keyword=ranked("e1", "e2", "e3"),
+        dense=ranked("e2", "z1", "e1"),
+        translated=ranked("z1", "z2"),
+        other=ranked("z1", "z2"),
+    )
+    first = lambda found, plan: top_keys(found, plan, 3)[0][0][1]  # noqa: E731
+    assert [key[1] for key, _ in top_keys(agree, plan, 3)] == ["z1", "e2", "e1"]
+    assert [key[1] for key, _ in top_keys(agree, plan, 1)] == ["z1"]
+    assert first(agree, replace(plan, cross_first=0)) == "e2"
+    assert first(agree, replace(plan, cross_slots=0)) == "e2"
+    assert first(replace(agree, dense=ranked("e2", "e1", "z1")), plan) == "e2"
+    assert first(replace(agree, translated=ranked("z2", "z1")), plan) == "e2"
 
 
 def test_a_damaged_term_map_loses_the_translated_path_not_the_search(kb, caplog):

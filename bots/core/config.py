@@ -103,6 +103,8 @@ class KnowledgeConfig(StrictModel):
     dense_weight_cjk: float = Field(0.0, ge=0)
     # the last places of the hits kept for the best passages in the other language (cross-lingual)
     cross_slots: int = Field(1, ge=0, le=5)
+    # ...and the first place when the translated words and the dense ranking (its first N) agree
+    cross_first: int = Field(2, ge=0, le=50)
     entity_weight: float = Field(0.5, ge=0)  # the question's names and numbers, on those passages
     # the question's words translated through the collection's bilingual term map (CC-CEDICT)
     dictionary_weight: float = Field(2.0, ge=0)

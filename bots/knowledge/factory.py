@@ -33,6 +33,7 @@ def build_knowledge(config: AppConfig, secrets: Secrets | None = None) -> Knowle
         dense_cjk=settings.dense_weight_cjk,
         entities=settings.entity_weight,
         cross_slots=settings.cross_slots,
+        cross_first=settings.cross_first,
         translated=settings.dictionary_weight,
     )
     token = (secrets or Secrets()).get(settings.chroma_token_env) if settings.chroma_url else None

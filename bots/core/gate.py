@@ -135,7 +135,11 @@ def prose(text: str) -> str:
 def text_language(text: str) -> str:
     """ "zh" or "en" by what the writer's own words are written in ("" when it cannot tell). A
     Latin word weighs as much as two Chinese characters."""
-    own = prose(text)
+    return _language_of(prose(text))
+
+
+def _language_of(own: str) -> str:
+    """:func:`text_language` of text already reduced to its :func:`prose`."""
     cjk = len(_CJK.findall(own))
     latin = len(_LATIN_WORD.findall(own))
     if cjk + latin == 0:
@@ -153,7 +157,7 @@ def language_of_request(text: str, fallback: str) -> str:
     own = prose(text)
     if len(_CJK.findall(own)) >= 2 and _CHINESE_GRAMMAR.search(own):
         return "zh"
-    found = text_language(text)
+    found = _language_of(own)
     if found:
         return found
     return "zh" if fallback.lower().startswith("zh") else "en"
@@ -244,8 +248,14 @@ def salad(text: str) -> str:
     """Why ``text`` reads as word salad ("" when it does not): many rare Chinese characters
     (traditional script folded to simplified first), or Chinese characters and Latin words
     alternating one by one, which no one writes (technical Chinese mixes in whole terms)."""
-    own = prose(text)
-    cjk = _CJK.findall(_to_simplified()(own)) if _CJK.search(own) else []
+    return _salad(prose(text))
+
+
+def _salad(own: str) -> str:
+    """:func:`salad` of text already reduced to its :func:`prose`."""
+    if _CJK.search(own) is None:  # no Chinese: neither rare characters nor Chinese runs
+        return ""
+    cjk = _CJK.findall(_to_simplified()(own))
     common = _common_characters()
     if common and len(cjk) >= 12:
         rare = sum(ch not in common for ch in cjk)
@@ -290,7 +300,8 @@ def check(
     ``instructions``: prompt text the output must not repeat (not the data: quoting a passage is
     fine); ``persona_text``: the persona's own text, whose phrases never count as injection."""
     problems: list[str] = []
-    found = text_language(text)
+    own = prose(text)  # for the language and the salad check
+    found = _language_of(own)
     if not any(ch.isalnum() for ch in text):
         return Verdict(("empty: no words",), found)
     if len(text) > max_chars:
@@ -302,7 +313,7 @@ def check(
         problems.append(f"repetition: {share:.0%} of phrases repeat")
     if echo := echoed(text, instructions):
         problems.append(f"echo: {echo!r}")
-    if mixed := salad(text):
+    if mixed := _salad(own):
         problems.append(f"salad: {mixed}")
     if claim := injected(text, persona_text):
         problems.append(f"injection: {claim!r}")

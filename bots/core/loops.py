@@ -78,6 +78,9 @@ class LoopGuard:
 
     async def human_spoke(self, chat: str) -> None:
         """A person spoke to the bot in ``chat``: it may answer bots there again, up to the budget."""
+        state = self._chats.get(chat)
+        if state is not None and not state.bot_turns:
+            return  # nothing to reset (turns are counted under the lock before any await: no one is midway)
         async with self._lock:
             state = await self._state(chat)
             if state.bot_turns:

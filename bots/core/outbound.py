@@ -13,13 +13,25 @@ log = logging.getLogger("bots.outbound")
 SEND_TRIES = 6
 
 
-def split_outbound(adapter: Adapter, outbound: Outbound) -> list[Outbound]:
-    """The parts a message is sent as; only the first one threads to ``reply_to``."""
+def part_key(key: str, part: int) -> str:
+    """The idempotency key of one part: the same every time that part is tried."""
+    return f"{key}#{part}"
+
+
+def split_outbound(adapter: Adapter, outbound: Outbound, key: str | None = None) -> list[Outbound]:
+    """The parts a message is sent as; only the first one threads to ``reply_to``. With ``key``
+    (the outbox's), each part carries its idempotency key (:func:`part_key`)."""
     caps = adapter.capabilities
     pieces = split_message(outbound.text, caps.max_length, caps.length_unit)
-    first = outbound.reply_to
+    first, markup = outbound.reply_to, outbound.markup
     return [
-        Outbound(outbound.target, piece, reply_to=first if i == 0 else None, markup=outbound.markup)
+        Outbound(
+            outbound.target,
+            piece,
+            first if i == 0 else None,
+            markup,
+            None if key is None else part_key(key, i),
+        )
         for i, piece in enumerate(pieces)
     ]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import bindparam, delete, select, update
@@ -24,7 +24,7 @@ from sqlalchemy import bindparam, delete, select, update
 from bots.core.adapter import Adapter
 from bots.core.events import ChannelRef, Outbound, SentRef, channel_from_dict, channel_to_dict
 from bots.core.groupcommit import GroupCommit, insert_ignoring_duplicates
-from bots.core.outbound import send_part, split_outbound
+from bots.core.outbound import part_key, send_part, split_outbound
 from bots.core.storage import Database, OutboxEntry, as_utc
 
 log = logging.getLogger("bots.outbox")
@@ -37,11 +37,6 @@ class Pending:
     key: str
     channel: str  # the adapter's configured name
     target: ChannelRef
-
-
-def part_key(key: str, part: int) -> str:
-    """The idempotency key of one part: the same every time that part is tried."""
-    return f"{key}#{part}"
 
 
 class Outbox:
@@ -113,10 +108,7 @@ class Outbox:
 
     @staticmethod
     def _parts(adapter: Adapter, outbound: Outbound, key: str) -> list[Outbound]:
-        return [
-            replace(part, idempotency_key=part_key(key, index))
-            for index, part in enumerate(split_outbound(adapter, outbound))
-        ]
+        return split_outbound(adapter, outbound, key)
 
     @staticmethod
     def _rows(bot: str, channel: str, key: str, parts: list[Outbound]) -> list[dict[str, object]]:

@@ -59,6 +59,9 @@ class Permissions:
     # -- roles ---------------------------------------------------------------------------------
     def role_of(self, canonical_id: str) -> Role:
         """A person's role: banned if any of their ids is banned, else the highest of them."""
+        if canonical_id not in self._person and canonical_id not in self._ids:  # linked to no one
+            role = self._granted.get(canonical_id, self._configured.get(canonical_id))
+            return Role.MEMBER if role is None else role
         roles = []
         for i in self.ids_of(canonical_id):
             role = self._granted.get(i, self._configured.get(i))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
 
+from bots.agent.guard import LeakGuard
 from bots.agent.persona import Persona
 from bots.agent.prompt import system_text
 
@@ -78,3 +79,18 @@ async def test_ordinary_answers_pass_the_guard(bot):
     bot.llm.queue("The fog horn sounds twice, long and short. You are welcome to visit.")
     [reply] = await bot.ask("How does the fog horn sound?")
     assert reply.text.startswith("The fog horn sounds twice")
+
+
+def test_leak_guard_finds_any_stretch_of_the_prompt_whatever_their_lengths() -> None:
+    prompt = " ".join(
+        f"Rule {n}: the keeper logs ship number {n * 7919} at the turn of the light." for n in range(40)
+    )
+    guard = LeakGuard(prompt, ["telegram:5551234"])
+    for start in (0, 333, len(prompt) - 60):  # a long reply (its windows looked up) and a short one
+        stretch = prompt[start : start + 60]
+        assert guard.leaks(f"Well. {stretch} And so on.")
+        assert guard.leaks(stretch + " That is all. " * 300)
+    assert not guard.leaks("The fog will lift by morning. " * 20)
+    assert guard.leaks("my id is 5551234, as it happens") and not guard.leaks("call 55512345")
+    short = LeakGuard("Be brief.")  # shorter than a window: found anywhere in a longer reply
+    assert short.leaks("Well, I was told: be brief. And so I am, always, to everyone.")

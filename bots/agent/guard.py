@@ -31,6 +31,10 @@ class LeakGuard:
             squashed[i : i + LEAK_WINDOW] for i in range(0, max(len(squashed) - LEAK_WINDOW, 0) + 1)
         }
         self._windows.discard("")
+        # a window shorter than LEAK_WINDOW (a short prompt) can sit anywhere in a reply: then
+        # every window is searched for; else the fewer of the prompt's windows (each searched in
+        # the reply) and the reply's windows (each looked up)
+        self._all_full = all(len(window) == LEAK_WINDOW for window in self._windows)
         ids = set()
         for canonical in protected_ids:
             ids.add(canonical.lower())
@@ -38,14 +42,27 @@ class LeakGuard:
             if len(local) >= 4:  # short ids ("1") would match ordinary numbers
                 ids.add(local.lower())
         self._ids = ids
+        # an id is searched for (a pattern without a literal start tries every position) only
+        # where it occurs at all
+        self._id_patterns = [(i, re.compile(rf"(?<![\w]){re.escape(i)}(?![\w])")) for i in ids]
 
     def leaks(self, reply: str) -> bool:
         squashed = _squash(reply)
-        if len(squashed) >= LEAK_WINDOW and any(window in squashed for window in self._windows):
-            return True
+        if len(squashed) >= LEAK_WINDOW:
+            windows = self._windows
+            if self._all_full and len(squashed) - LEAK_WINDOW < len(windows):
+                if any(
+                    squashed[i : i + LEAK_WINDOW] in windows for i in range(len(squashed) - LEAK_WINDOW + 1)
+                ):
+                    return True
+            elif any(window in squashed for window in windows):
+                return True
+        if not self._id_patterns:
+            return False
         lowered = reply.lower()
-        return any(re.search(rf"(?<![\w]){re.escape(i)}(?![\w])", lowered) for i in self._ids)
+        return any(i in lowered and pattern.search(lowered) for i, pattern in self._id_patterns)
 
 
 def _squash(text: str) -> str:
-    return "".join(ch.lower() for ch in unicodedata.normalize("NFKC", text) if ch.isalnum())
+    """Letters and digits, lowercased one by one (as ``str.lower`` of each character)."""
+    return "".join(map(str.lower, filter(str.isalnum, unicodedata.normalize("NFKC", text))))

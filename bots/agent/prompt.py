@@ -53,10 +53,11 @@ class FixedPrompt:
     examples: tuple[BaseMessage, ...]  # the example dialogues
     examples_tokens: int  # what the examples cost, counted with ``count``
     count: Counter
-    # (id of a turn, in a group) -> the turn (kept, so its id stays its own), the turn as a
-    # message and what it costs: a turn is in many prompts. A plain dict, emptied when full:
-    # prompts are built on the loop and in threads alike.
-    past: dict[tuple[int, bool], tuple[Turn, BaseMessage, int]] = field(default_factory=dict)
+    # per "in a group" (False, True): id of a turn -> the turn (kept, so its id stays its own),
+    # the turn as a message and what it costs: a turn is in many prompts. Plain dicts (keyed by
+    # an int: a prompt looks up dozens of turns), emptied when full: prompts are built on the
+    # loop and in threads alike.
+    past: tuple[dict[int, tuple[Turn, BaseMessage, int]], ...] = field(default_factory=lambda: ({}, {}))
 
     @classmethod
     def of(cls, persona: Persona, count: Counter = estimate_tokens) -> FixedPrompt:
@@ -78,13 +79,15 @@ class FixedPrompt:
 
     def turn(self, turn: Turn, group: bool) -> tuple[BaseMessage, int]:
         """A remembered turn as a message, and what it costs."""
-        found = self.past.get((id(turn), group))
+        past = self.past[group]
+        found = past.get(id(turn))
         if found is None or found[0] is not turn:
             text = render_human(turn.content, turn.author_name, group)
             message = HumanMessage(text) if turn.role == "human" else AIMessage(text)
-            if len(self.past) >= MAX_CACHED_TURNS:
-                self.past.clear()
-            found = self.past[(id(turn), group)] = (turn, message, PER_MESSAGE + self.count(text))
+            if len(self.past[0]) + len(self.past[1]) >= MAX_CACHED_TURNS:
+                for kept in self.past:
+                    kept.clear()
+            found = past[id(turn)] = (turn, message, PER_MESSAGE + self.count(text))
         return found[1], found[2]
 
     def fit(self, history: list[Turn], budget: int, group: bool) -> list[BaseMessage]:
@@ -92,9 +95,9 @@ class FixedPrompt:
         human turn (what :func:`fit_history` keeps)."""
         kept: list[tuple[Turn, BaseMessage, int]] = []
         used = 0
-        past = self.past
+        past = self.past[group]
         for turn in reversed(history):  # the newest first, each looked up once (60 a turn)
-            found = past.get((id(turn), group))
+            found = past.get(id(turn))
             if found is None or found[0] is not turn:
                 found = (turn, *self.turn(turn, group))
             used += found[2]

@@ -354,7 +354,7 @@ class Pipeline:
             log.info("event %s: answer found in the outbox; not generating it again", event.id)
             await self.outbox.resume(self._reply_key(inv, advance=True), lambda _name: adapter)
             return
-        async with _typing(adapter, event.channel):
+        async with _Typing(adapter, event.channel):
             text = await self.responder.respond(inv)
         await self._reply(inv, adapter, text)
 
@@ -385,32 +385,42 @@ TYPING_EVERY_S = 4.0  # Telegram shows "typing" for 5 s, Discord for 10 s
 TYPING_AFTER_S = 0.15  # no one sees "typing" flash for an answer ready sooner
 
 
-@contextlib.asynccontextmanager
-async def _typing(adapter: Adapter, channel: ChannelRef) -> AsyncIterator[None]:
+class _Typing:
     """Keep the channel's typing indicator on while the body runs (where the channel has one),
-    from ``TYPING_AFTER_S`` on: an answer ready sooner costs the platform no typing call."""
-    typing = getattr(adapter, "typing", None)  # a TypingAdapter (isinstance on a Protocol is slow)
-    if typing is None:
-        yield
-        return
+    from ``TYPING_AFTER_S`` on: an answer ready sooner costs the platform no typing call. A class,
+    not an ``asynccontextmanager``: every answer enters it, and an async generator per answer
+    cost more than the rest of it."""
 
-    async def keep_typing() -> None:
-        while True:
-            await typing(channel)
-            await asyncio.sleep(TYPING_EVERY_S)
+    __slots__ = ("_adapter", "_channel", "_started", "_timer")
 
-    started: list[asyncio.Task[None]] = []
-    timer = asyncio.get_running_loop().call_later(
-        TYPING_AFTER_S, lambda: started.append(asyncio.create_task(keep_typing()))
-    )
-    try:
-        yield
-    finally:
-        timer.cancel()
-        for task in started:
+    def __init__(self, adapter: Adapter, channel: ChannelRef) -> None:
+        self._adapter = adapter
+        self._channel = channel
+        self._timer: asyncio.TimerHandle | None = None
+        self._started: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> None:
+        typing = getattr(self._adapter, "typing", None)  # a TypingAdapter (isinstance on a Protocol is slow)
+        if typing is not None:
+            self._timer = asyncio.get_running_loop().call_later(TYPING_AFTER_S, self._start, typing)
+
+    def _start(self, typing: Callable[[ChannelRef], Awaitable[None]]) -> None:
+        self._started.append(asyncio.create_task(_keep_typing(typing, self._channel)))
+
+    async def __aexit__(self, *_exc: object) -> None:
+        if self._timer is None:
+            return
+        self._timer.cancel()
+        for task in self._started:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def _keep_typing(typing: Callable[[ChannelRef], Awaitable[None]], channel: ChannelRef) -> None:
+    while True:
+        await typing(channel)
+        await asyncio.sleep(TYPING_EVERY_S)
 
 
 def _reply_to(event: MessageEvent) -> str | None:

@@ -4,6 +4,7 @@ the config file and the logs."""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from datetime import UTC, date, datetime, timedelta, timezone
@@ -34,6 +35,7 @@ from bots.core.storage import (
     database_url,
     masked,
     sqlite_url,
+    to_json,
 )
 
 
@@ -156,6 +158,16 @@ async def test_plugin_values_are_upserted_and_keys_are_bounded(db):
     with pytest.raises(ValueError, match="at most 255"):
         await store.set("k" * 256, 1)
     assert await store.keys() == ["counter"]
+
+
+async def test_json_values_read_back_as_json_would_have_stored_them(db):
+    """orjson writes JSON columns; what it refuses (integers past 64 bits) falls back to json, and
+    what it writes otherwise (non-string keys, Chinese unescaped) reads back as before."""
+    store = KeyValueStore(db, "bot/plugin")
+    value = {"big": 2**70, 7: "seven", "text": "中文 and \"quotes\"", "nested": [1.5, None, True]}
+    await store.set("value", value)
+    assert await store.get("value") == json.loads(json.dumps(value))  # {"7": "seven", ...}
+    assert to_json({"a": [1, "中"]}) == '{"a":[1,"中"]}' and to_json(2**70) == str(2**70)
 
 
 def _drift(connection) -> list:

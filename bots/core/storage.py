@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     JSON,
     URL,
@@ -262,7 +263,7 @@ class Database:
             # every datetime in UTC on the wire, whatever the server's TimeZone
             options = {"pool_pre_ping": True, "connect_args": {"server_settings": {"timezone": "UTC"}}}
         try:
-            self.engine: AsyncEngine = create_async_engine(self.url, **options)
+            self.engine: AsyncEngine = create_async_engine(self.url, json_serializer=to_json, **options)
         except ImportError as exc:
             raise ConfigError(
                 f"database {masked(self.url)}: its driver is not installed ({exc.name}); for PostgreSQL "
@@ -326,9 +327,11 @@ class Database:
     def sync_engine(self) -> Engine:
         if self.dialect == "postgresql":
             utc = {"options": "-c timezone=UTC"}
-            engine = create_engine(self.sync_url, pool_pre_ping=True, connect_args=utc)
+            engine = create_engine(
+                self.sync_url, pool_pre_ping=True, connect_args=utc, json_serializer=to_json
+            )
         else:
-            engine = create_engine(self.sync_url)
+            engine = create_engine(self.sync_url, json_serializer=to_json)
             event.listen(engine, "connect", _sqlite_pragmas)
         return engine
 
@@ -348,6 +351,17 @@ _SYNC_DRIVERS = {
 # writes pause (see GroupCommit), so this is only the backstop for writes that never pause:
 # the WAL stays under about 40 MB and a checkpoint lands on a commit once per ~10,000 pages.
 WAL_AUTOCHECKPOINT_PAGES = 10_000
+
+
+def to_json(value: Any) -> str:
+    """JSON columns' text: orjson (every message's stored event, ~2 us against json's ~12 us, on
+    the group-commit writer's share of the GIL), or json where orjson refuses what json takes
+    (integers beyond 64 bits, lone surrogates). Read back with json either way; NaN is stored as
+    null (json wrote NaN, which JSON does not have)."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:  # orjson.JSONEncodeError is one
+        return json.dumps(value)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

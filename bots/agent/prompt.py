@@ -77,18 +77,15 @@ class FixedPrompt:
         system = self.head if not passages else system_text(self, passages)
         return PER_MESSAGE + self.count(system) + self.examples_tokens
 
-    def turn(self, turn: Turn, group: bool) -> tuple[BaseMessage, int]:
-        """A remembered turn as a message, and what it costs."""
-        past = self.past[group]
-        found = past.get(id(turn))
-        if found is None or found[0] is not turn:
-            text = render_human(turn.content, turn.author_name, group)
-            message = HumanMessage(text) if turn.role == "human" else AIMessage(text)
-            if len(self.past[0]) + len(self.past[1]) >= MAX_CACHED_TURNS:
-                for kept in self.past:
-                    kept.clear()
-            found = past[id(turn)] = (turn, message, PER_MESSAGE + self.count(text))
-        return found[1], found[2]
+    def _build(self, turn: Turn, group: bool) -> tuple[Turn, BaseMessage, int]:
+        """A remembered turn as a message and what it costs, kept for the next prompts."""
+        text = render_human(turn.content, turn.author_name, group)
+        message = HumanMessage(text) if turn.role == "human" else AIMessage(text)
+        if len(self.past[0]) + len(self.past[1]) >= MAX_CACHED_TURNS:
+            for kept in self.past:
+                kept.clear()
+        built = self.past[group][id(turn)] = (turn, message, PER_MESSAGE + self.count(text))
+        return built
 
     def fit(self, history: list[Turn], budget: int, group: bool) -> list[BaseMessage]:
         """The newest remembered turns that fit ``budget`` tokens, as messages, starting on a
@@ -99,7 +96,7 @@ class FixedPrompt:
         for turn in reversed(history):  # the newest first, each looked up once (60 a turn)
             found = past.get(id(turn))
             if found is None or found[0] is not turn:
-                found = (turn, *self.turn(turn, group))
+                found = self._build(turn, group)
             used += found[2]
             if used > budget:
                 break

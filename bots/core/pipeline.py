@@ -391,13 +391,13 @@ class _Typing:
     not an ``asynccontextmanager``: every answer enters it, and an async generator per answer
     cost more than the rest of it."""
 
-    __slots__ = ("_adapter", "_channel", "_started", "_timer")
+    __slots__ = ("_adapter", "_channel", "_task", "_timer")
 
     def __init__(self, adapter: Adapter, channel: ChannelRef) -> None:
         self._adapter = adapter
         self._channel = channel
         self._timer: asyncio.TimerHandle | None = None
-        self._started: list[asyncio.Task[None]] = []
+        self._task: asyncio.Task[None] | None = None  # started by the timer
 
     async def __aenter__(self) -> None:
         typing = getattr(self._adapter, "typing", None)  # a TypingAdapter (isinstance on a Protocol is slow)
@@ -405,16 +405,15 @@ class _Typing:
             self._timer = asyncio.get_running_loop().call_later(TYPING_AFTER_S, self._start, typing)
 
     def _start(self, typing: Callable[[ChannelRef], Awaitable[None]]) -> None:
-        self._started.append(asyncio.create_task(_keep_typing(typing, self._channel)))
+        self._task = asyncio.create_task(_keep_typing(typing, self._channel))
 
     async def __aexit__(self, *_exc: object) -> None:
-        if self._timer is None:
-            return
-        self._timer.cancel()
-        for task in self._started:
-            task.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._task is not None:
+            self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await self._task
 
 
 async def _keep_typing(typing: Callable[[ChannelRef], Awaitable[None]], channel: ChannelRef) -> None:

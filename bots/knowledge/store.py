@@ -42,7 +42,14 @@ import numpy as np
 from bots.knowledge.collection import Collection, collection_names
 from bots.knowledge.embeddings import Embedder, EmbedderError, query_vectors
 from bots.knowledge.snapshot import EXACT_LIMIT, Snapshot, write_snapshot
-from bots.knowledge.text import entities, is_cjk_query, prepare_query_dictionary, query_tokenize, tokenize
+from bots.knowledge.text import (
+    cjk_bigrams,
+    entities,
+    is_cjk_query,
+    prepare_query_dictionary,
+    query_tokenize,
+    tokenize,
+)
 
 if TYPE_CHECKING:
     from bots.knowledge.chunking import Chunk
@@ -645,11 +652,14 @@ class KnowledgeBase:
         cross = plan.cross_slots > 0
         needs_vectors = plan.dense > 0 or cross
         cache = self.cache_dir if self.index_dir.is_dir() else None
-        tokens = query_tokenize(query, cache) if plan.keyword > 0 else []
+        translating = cross and plan.translated > 0
+        # jieba's words, cut once: with CJK bigrams the keyword search's tokens, alone the words translated
+        cut = query_tokenize(query, cache, bigrams=False) if plan.keyword > 0 or translating else []
+        tokens = cut + cjk_bigrams(query) if plan.keyword > 0 else []
+        words = cut if translating else []
         entity_tokens = (
             query_tokenize(" ".join(entities(query)), cache) if cross and plan.entities > 0 else []
         )
-        words = query_tokenize(query, cache, bigrams=False) if cross and plan.translated > 0 else []
         query_in_cjk = is_cjk_query(query)
         query_vector = None
         for name in names:

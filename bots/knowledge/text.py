@@ -153,9 +153,17 @@ def _tokens(text: str, cutter: Any, bigrams: bool = True) -> list[str]:
         for token in cutter.lcut_for_search(normalized)
         if _WORDISH.search(token) and token.strip() and token not in STOPWORDS
     ]
-    for run in _CJK_RUN.findall(normalized) if bigrams else ():
-        tokens += [run[i : i + 2] for i in range(len(run) - 1)]
-    return tokens
+    return tokens + _bigrams(normalized) if bigrams else tokens
+
+
+def cjk_bigrams(text: str) -> list[str]:
+    """The CJK character bigrams ``tokenize`` adds to jieba's words (``query_tokenize`` without
+    ``bigrams`` plus these is ``query_tokenize``)."""
+    return _bigrams(normalize(text))
+
+
+def _bigrams(normalized: str) -> list[str]:
+    return [run[i : i + 2] for run in _CJK_RUN.findall(normalized) for i in range(len(run) - 1)]
 
 
 _LATIN = re.compile(r"[A-Za-z]")

@@ -164,7 +164,7 @@ async def test_json_values_read_back_as_json_would_have_stored_them(db):
     """orjson writes JSON columns; what it refuses (integers past 64 bits) falls back to json, and
     what it writes otherwise (non-string keys, Chinese unescaped) reads back as before."""
     store = KeyValueStore(db, "bot/plugin")
-    value = {"big": 2**70, 7: "seven", "text": "中文 and \"quotes\"", "nested": [1.5, None, True]}
+    value = {"big": 2**70, 7: "seven", "text": '中文 and "quotes"', "nested": [1.5, None, True]}
     await store.set("value", value)
     assert await store.get("value") == json.loads(json.dumps(value))  # {"7": "seven", ...}
     assert to_json({"a": [1, "中"]}) == '{"a":[1,"中"]}' and to_json(2**70) == str(2**70)

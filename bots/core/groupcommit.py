@@ -65,6 +65,10 @@ class Prepared:
     # ... except these columns, which add up (an upsert that adds to a stored count)
     add_up: tuple[str, ...] = ()
     returning: UpdateBase | None = field(default=None, repr=False)
+    # per (database, row columns): the statement as compiled for the driver (None: not possible)
+    compiled: dict[tuple[str, frozenset[str]], _DriverStatement | None] = field(
+        default_factory=dict, repr=False
+    )
 
 
 @dataclass(slots=True)
@@ -347,8 +351,110 @@ def _execute(conn: Connection, batch: list[_Write]) -> list[bool | None]:
             if prepared.merge_by:
                 rows = _merged(rows, prepared.merge_by, prepared.add_up)
             if rows:
-                conn.execute(prepared.statement, rows)
+                _execute_many(conn, prepared, rows)
     return results
+
+
+_FROM_ROW = object()  # a parameter the rows give (the others the statement carries itself)
+
+
+@dataclass(frozen=True, slots=True)
+class _DriverStatement:
+    """A prepared statement compiled once for one database and one set of row columns: its SQL
+    and how a row becomes the driver's parameters (each value through its column type's
+    conversion, as SQLAlchemy would)."""
+
+    sql: str
+    names: tuple[str, ...]  # its parameters, in the SQL's order where the driver's are positional
+    values: tuple[Any, ...]  # per parameter: its converted value, or _FROM_ROW
+    conversions: tuple[tuple[int, Callable[[Any], Any]], ...]  # (parameter index, conversion)
+    positional: bool
+
+    def parameters(self, row: Row) -> tuple[Any, ...] | dict[str, Any]:
+        values = [
+            row[name] if value is _FROM_ROW else value
+            for name, value in zip(self.names, self.values, strict=True)
+        ]
+        for index, convert in self.conversions:
+            values[index] = convert(values[index])
+        return tuple(values) if self.positional else dict(zip(self.names, values, strict=True))
+
+
+def _driver_statement(dialect: Any, prepared: Prepared, columns: frozenset[str]) -> _DriverStatement | None:
+    """``prepared`` compiled for ``dialect`` with rows of ``columns``; None when it needs what
+    only SQLAlchemy's per-row path does (Python-side defaults, expanding or escaped names)."""
+    compiled = prepared.statement.compile(dialect=dialect, column_keys=list(columns))
+    if (
+        compiled.insert_prefetch
+        or compiled.update_prefetch
+        or compiled.escaped_bind_names
+        or compiled.literal_execute_params
+        or compiled.post_compile_params
+    ):
+        return None
+    carried = compiled.construct_params(_check=False)  # the statement's own values; None for rows'
+    names = tuple(compiled.positiontup) if dialect.positional else tuple(carried)
+    values: list[Any] = []
+    conversions: list[tuple[int, Callable[[Any], Any]]] = []
+    for index, name in enumerate(names):
+        bind = compiled.binds[name]
+        convert = bind.type.dialect_impl(dialect).bind_processor(dialect)
+        if name in columns:
+            values.append(_FROM_ROW)
+            if convert is not None:
+                conversions.append((index, convert))
+        elif bind.required:
+            return None  # a parameter no row gives: let SQLAlchemy say so
+        else:
+            value = carried[name]
+            values.append(convert(value) if convert is not None else value)
+    return _DriverStatement(compiled.string, names, tuple(values), tuple(conversions), dialect.positional)
+
+
+def _driver(conn: Connection, prepared: Prepared, rows: list[Row]) -> _DriverStatement | None:
+    """``prepared`` as compiled for this database and these rows (all with the same columns);
+    None when SQLAlchemy's own path must run it."""
+    columns = frozenset(rows[0])
+    key = (conn.dialect.name, columns)
+    if key not in prepared.compiled:
+        prepared.compiled[key] = _driver_statement(conn.dialect, prepared, columns)
+    driver = prepared.compiled[key]
+    if driver is None or any(row.keys() != columns for row in rows):
+        return None
+    return driver
+
+
+def _execute_many(conn: Connection, prepared: Prepared, rows: list[Row]) -> None:
+    """Run ``prepared`` once for all ``rows`` (executemany). The statement is compiled once per
+    database and set of columns and the rows go to the driver as converted values: SQLAlchemy's
+    own path builds every row's parameters anew, a third of the statement's CPU time."""
+    driver = _driver(conn, prepared, rows)
+    if driver is None:
+        conn.execute(prepared.statement, rows)
+    else:
+        conn.exec_driver_sql(driver.sql, [driver.parameters(row) for row in rows])
+
+
+def _all_inserted(conn: Connection, prepared: Prepared, rows: list[Row]) -> bool:
+    """Insert ``rows`` (ignoring duplicates) in a savepoint; True, and kept, when every row was
+    new; else nothing of them is kept and the caller must learn which were new row by row.
+
+    The common case (every message new) then costs one executemany instead of the RETURNING
+    path's statement per batch of values and row-by-row results."""
+    driver = _driver(conn, prepared, rows)
+    if driver is None:
+        return False
+    savepoint = conn.begin_nested()
+    try:
+        inserted = conn.exec_driver_sql(driver.sql, [driver.parameters(row) for row in rows]).rowcount
+    except BaseException:
+        savepoint.rollback()
+        raise
+    if inserted == len(rows):
+        savepoint.commit()
+        return True
+    savepoint.rollback()  # a repeat among them (or a driver that does not count): exact path
+    return False
 
 
 def _checkpoint(conn: Connection) -> None:
@@ -373,7 +479,7 @@ def _insert_keyed(conn: Connection, prepared: Prepared, writes: list[_Write]) ->
         return tuple(row[c] for c in prepared.key)
 
     rows = [row for write in writes for row in write.rows]
-    if not rows:
+    if not rows or _all_inserted(conn, prepared, rows):
         return [True] * len(writes)
     if prepared.returning is not None and conn.dialect.insert_executemany_returning:
         new = {tuple(found) for found in conn.execute(prepared.returning, rows)}

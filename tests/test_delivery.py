@@ -9,7 +9,7 @@ from dataclasses import fields
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
 from bots.core import pipeline
 from bots.core.events import (
@@ -208,3 +208,35 @@ def test_a_stored_event_reads_back_whole():
     stored = json.loads(json.dumps(event_to_dict(event)))
     assert set(stored["author"]) == {f.name for f in fields(UserRef)}  # a new field is stored too
     assert event_from_dict(stored) == event
+
+
+@pytest.mark.parametrize("slow", [False, True])
+async def test_a_part_sent_before_its_record_is_written_is_recorded_as_sent(harness, monkeypatch, slow):
+    """Sent before its record's transaction took it: the record says "sent" (no update after);
+    sent after: the update marks it. Either way the outbox ends with the part sent, its id kept."""
+    h = await harness()
+    writes = h.host.writes
+    updates: list[str] = []
+
+    def seen(_conn, _cursor, statement, *_args):
+        if statement.lstrip().upper().startswith("UPDATE OUTBOX"):
+            updates.append(statement)
+
+    for engine in (writes._engine, writes._inline_engine):
+        if engine is not None:
+            event.listen(engine, "before_cursor_execute", seen)
+    if slow:
+        send = h.adapter.send
+
+        async def slow_send(outbound):
+            await asyncio.sleep(0.05)  # the record's transaction takes it meanwhile
+            return await send(outbound)
+
+        monkeypatch.setattr(h.adapter, "send", slow_send)
+    target = ChannelRef("fake", "g1", ChannelKind.GROUP)
+    sent = await h.host.outbox.deliver(BOT, h.adapter, Outbound(target, "hello"), "k|1|0", fresh=True)
+    await writes.flush()
+    async with h.host.db.session() as session:
+        stored = (await session.execute(select(OutboxEntry.state, OutboxEntry.message_id))).all()
+    assert [tuple(row) for row in stored] == [("sent", sent[0].message_id)]
+    assert len(updates) == (1 if slow else 0)

@@ -72,11 +72,16 @@ class Prepared:
 
 
 @dataclass(slots=True)
-class _Write:
+class QueuedWrite:
+    """A write in the queue. Until ``taken`` (into a transaction) its rows are still the
+    queuer's to change, on the event loop's thread: a reply part sent before its record was
+    committed is recorded as sent, with no update after it."""
+
     prepared: Prepared
     rows: Sequence[Row]
     done: asyncio.Future[bool | None]
     what: str  # for the log when a write nobody waits for fails; "" when someone waits
+    taken: bool = False
 
 
 class GroupCommit:
@@ -97,7 +102,7 @@ class GroupCommit:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._ranks = itertools.count()
-        self._queued: list[_Write] = []
+        self._queued: list[QueuedWrite] = []
         self._wakeup: asyncio.Future[None] | None = None  # set while the runner waits for writes
         self._waited = 0  # writes queued that someone waits for
         self._idle = False  # the runner waits for the first write
@@ -208,21 +213,26 @@ class GroupCommit:
         self, prepared: Prepared, rows: Row | Sequence[Row], what: str
     ) -> asyncio.Future[bool | None]:
         """Queue a write without waiting; a failure is logged with ``what``."""
-        return self.submit(prepared, rows, what)
+        return self.queue(prepared, rows, what).done
 
     def submit(
         self, prepared: Prepared, rows: Row | Sequence[Row], what: str = ""
     ) -> asyncio.Future[bool | None]:
+        return self.queue(prepared, rows, what).done
+
+    def queue(self, prepared: Prepared, rows: Row | Sequence[Row], what: str = "") -> QueuedWrite:
+        """Queue a write (``what``: nobody waits for it; a failure is logged with it)."""
         if not self.running:
             raise RuntimeError("group commit is not running (the host starts and stops it)")
         done: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
-        self._queued.append(_Write(prepared, [rows] if isinstance(rows, dict) else rows, done, what))
+        write = QueuedWrite(prepared, [rows] if isinstance(rows, dict) else rows, done, what)
+        self._queued.append(write)
         self._submitted += 1
         if not what:
             self._waited += 1
         if not what or self._idle:
             self._wake()
-        return done
+        return write
 
     def _wake(self) -> None:
         if self._wakeup is not None and not self._wakeup.done():
@@ -257,7 +267,10 @@ class GroupCommit:
             if not self._waited and not self._flushes:  # nobody waits yet: let more writes come
                 await self._nap(self.behind_s)  # a write someone waits for (or a flush) ends it
             batch, self._queued = self._queued[: self.max_batch], self._queued[self.max_batch :]
-            self._waited -= sum(1 for write in batch if not write.what)
+            for write in batch:
+                write.taken = True
+                if not write.what:
+                    self._waited -= 1
             try:
                 await self._commit(batch)
             finally:
@@ -282,7 +295,7 @@ class GroupCommit:
         except Exception as exc:  # the next pause tries again; SQLite's own checkpoint remains
             log.warning("WAL checkpoint failed: %s", exc)
 
-    async def _commit(self, batch: list[_Write]) -> None:
+    async def _commit(self, batch: list[QueuedWrite]) -> None:
         conn = self._conn
         assert conn is not None
         try:
@@ -300,7 +313,7 @@ class GroupCommit:
         for write, result in zip(batch, results, strict=True):
             _settle(write, result)
 
-    def _execute_inline(self, batch: list[_Write]) -> list[bool | None] | None:
+    def _execute_inline(self, batch: list[QueuedWrite]) -> list[bool | None] | None:
         """Run a small SQLite batch someone waits for on this thread; None when it goes to the
         worker thread (nobody waits, too large, or another connection holds the write lock:
         nothing was written then)."""
@@ -334,7 +347,7 @@ def _lock_taken(exc: OperationalError) -> bool:
     return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
-def _execute(conn: Connection, batch: list[_Write]) -> list[bool | None]:
+def _execute(conn: Connection, batch: list[QueuedWrite]) -> list[bool | None]:
     """Run ``batch`` in one transaction on ``conn``; each write's result."""
     groups: dict[Prepared, list[int]] = {}
     for index, write in enumerate(batch):
@@ -472,7 +485,7 @@ def _merged(rows: list[Row], by: tuple[str, ...], add_up: tuple[str, ...]) -> li
     return list(merged.values())
 
 
-def _insert_keyed(conn: Connection, prepared: Prepared, writes: list[_Write]) -> list[bool]:
+def _insert_keyed(conn: Connection, prepared: Prepared, writes: list[QueuedWrite]) -> list[bool]:
     """Insert the writes' rows; per write, whether every row of it was new."""
 
     def key(row: Row) -> tuple[Any, ...]:
@@ -495,7 +508,7 @@ def _insert_keyed(conn: Connection, prepared: Prepared, writes: list[_Write]) ->
     return [all(conn.execute(prepared.statement, row).rowcount for row in write.rows) for write in writes]
 
 
-def _settle(write: _Write, result: bool | None = None, *, error: Exception | None = None) -> None:
+def _settle(write: QueuedWrite, result: bool | None = None, *, error: Exception | None = None) -> None:
     if write.done.done():  # the caller gave up waiting
         return
     if error is None:

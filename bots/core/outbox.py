@@ -87,11 +87,15 @@ class Outbox:
         if not parts:  # nothing but whitespace
             return []
         rows = self._rows(bot, adapter.name, key, parts)
-        writes = [self._writes.write_behind(self._insert, rows, f"outbox {key}: recording it")]
+        record = self._writes.queue(self._insert, rows, f"outbox {key}: recording it")
+        writes = [record.done]
         sent = []
         for index, part in enumerate(parts):
             ref = await self._send(adapter, part, key, index)
-            writes.append(self._mark_sent(key, index, ref.message_id))
+            if record.taken:  # its transaction has it: mark the part sent after it
+                writes.append(self._mark_sent(key, index, ref.message_id))
+            else:  # sent before its record was written: record it as sent (no update after)
+                rows[index].update(state="sent", message_id=ref.message_id)
             sent.append(ref)
         if not fresh:
             await asyncio.gather(*writes)

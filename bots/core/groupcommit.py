@@ -1,10 +1,11 @@
 """Group commit: small writes from many tasks share transactions instead of paying one each.
 
 Writes use statements prepared once (:meth:`GroupCommit.prepare`) and carry only their rows of
-parameters, so a write costs no statement building. ``await write(prepared, row)`` returns once
-the row is committed (durable); writes that arrive while a commit is running are committed
-together by the next one. ``write_behind(...)`` queues a write nobody waits for (bookkeeping after
-the fact).
+parameters, so a write costs no statement building: each statement is compiled once per database
+and set of columns, and its rows reach the driver as values converted by their column types.
+``await write(prepared, row)`` returns once the row is committed (durable); writes that arrive
+while a commit is running are committed together by the next one. ``write_behind(...)`` queues a
+write nobody waits for (bookkeeping after the fact).
 
 A batch runs in one transaction through the database's blocking driver, one commit per batch.
 On SQLite a small batch that someone waits for (a hand-over) runs right on the event loop's
@@ -16,9 +17,11 @@ connection holds the lock (an aiosqlite transaction that needs the loop to finis
 for the lock up to ``busy_timeout``.
 PostgreSQL batches always go to the thread (a network round trip must not block the loop).
 Inside a batch, each prepared statement runs once for all its rows (executemany), the statements
-in the order they were prepared, each one's rows in the order they were queued. Everything in a
-batch commits at once, so order matters only within a table: modules prepare a table's inserts
-before its updates, and a row's insert then runs before them.
+in the order they were prepared, each one's rows in the order they were queued. Keyed inserts
+learn which rows were new from one plain executemany when all were (its row count), else from
+RETURNING per row (a savepoint undoes the first try). Everything in a batch commits at once, so
+order matters only within a table: modules prepare a table's inserts before its updates, and a
+row's insert then runs before them.
 
 On SQLite the writer also checkpoints the WAL, once writes have paused for ``checkpoint_after_s``:
 a checkpoint (an fsync) then runs between writes instead of inside the commit of a hand-over
@@ -440,7 +443,7 @@ def _driver(conn: Connection, prepared: Prepared, rows: list[Row]) -> _DriverSta
 def _execute_many(conn: Connection, prepared: Prepared, rows: list[Row]) -> None:
     """Run ``prepared`` once for all ``rows`` (executemany). The statement is compiled once per
     database and set of columns and the rows go to the driver as converted values: SQLAlchemy's
-    own path builds every row's parameters anew, a third of the statement's CPU time."""
+    own path builds every row's parameters anew, a tenth to a fifth of a row's CPU time."""
     driver = _driver(conn, prepared, rows)
     if driver is None:
         conn.execute(prepared.statement, rows)

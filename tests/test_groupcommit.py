@@ -86,16 +86,20 @@ async def test_a_batch_of_new_rows_is_one_plain_insert(db):
         await writes.write(insert, _row("first"))
         seen = _statements(writes)
         results = await asyncio.gather(*(writes.submit(insert, _row(f"e{n}")) for n in range(20)))
+        inserts = [s.upper() for s in seen if s.lstrip().upper().startswith("INSERT")]
+        assert results == [True] * 20
+        assert len(inserts) == 1 and "RETURNING" not in inserts[0]
         again = await writes.write(insert, [_row("e3"), _row("e21")])
+        assert again is False  # one of its rows was there: the write is not new
+        mark = len(seen)
+        assert await writes.write(insert, _row("lone")) is True
+        assert len(seen) == mark + 1  # one row: one plain insert, no savepoint
+        assert await writes.write(insert, _row("lone")) is False
     finally:
         await writes.close()
-    assert results == [True] * 20
-    assert again is False  # one of its rows was there: the write is not new
-    inserts = [s.upper() for s in seen if s.lstrip().upper().startswith("INSERT")]
-    assert len(inserts) == 3 and "RETURNING" not in inserts[0]
     async with db.session() as session:
         stored = set((await session.execute(select(InboxEntry.event_id))).scalars())
-    assert stored == {"first", "e21", *(f"e{n}" for n in range(20))}
+    assert stored == {"first", "lone", "e21", *(f"e{n}" for n in range(20))}
 
 
 async def test_a_bad_row_fails_alone(db):

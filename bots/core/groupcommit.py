@@ -460,6 +460,8 @@ def _all_inserted(conn: Connection, prepared: Prepared, rows: list[Row]) -> bool
     driver = _driver(conn, prepared, rows)
     if driver is None:
         return False
+    if len(rows) == 1:  # one row (a hand-over one at a time): not inserted means nothing changed
+        return conn.exec_driver_sql(driver.sql, driver.parameters(rows[0])).rowcount == 1
     savepoint = conn.begin_nested()
     try:
         inserted = conn.exec_driver_sql(driver.sql, [driver.parameters(row) for row in rows]).rowcount

@@ -229,7 +229,7 @@ async def test_a_part_sent_before_its_record_is_written_is_recorded_as_sent(harn
         send = h.adapter.send
 
         async def slow_send(outbound):
-            await asyncio.sleep(0.05)  # the record's transaction takes it meanwhile
+            await writes.flush()  # the record is committed (taken) before the part goes
             return await send(outbound)
 
         monkeypatch.setattr(h.adapter, "send", slow_send)

@@ -395,6 +395,10 @@ class _DriverStatement:
             values[index] = convert(values[index])
         return tuple(values) if self.positional else dict(zip(self.names, values, strict=True))
 
+    def execute(self, conn: Connection, rows: list[Row]) -> int:
+        """Run it once for all ``rows`` (executemany); the rows it changed."""
+        return conn.exec_driver_sql(self.sql, [self.parameters(row) for row in rows]).rowcount
+
 
 def _driver_statement(dialect: Any, prepared: Prepared, columns: frozenset[str]) -> _DriverStatement | None:
     """``prepared`` compiled for ``dialect`` with rows of ``columns``; None when it needs what
@@ -448,7 +452,7 @@ def _execute_many(conn: Connection, prepared: Prepared, rows: list[Row]) -> None
     if driver is None:
         conn.execute(prepared.statement, rows)
     else:
-        conn.exec_driver_sql(driver.sql, [driver.parameters(row) for row in rows])
+        driver.execute(conn, rows)
 
 
 def _all_inserted(conn: Connection, prepared: Prepared, rows: list[Row]) -> bool:
@@ -461,10 +465,10 @@ def _all_inserted(conn: Connection, prepared: Prepared, rows: list[Row]) -> bool
     if driver is None:
         return False
     if len(rows) == 1:  # one row (a hand-over one at a time): not inserted means nothing changed
-        return conn.exec_driver_sql(driver.sql, driver.parameters(rows[0])).rowcount == 1
+        return driver.execute(conn, rows) == 1
     savepoint = conn.begin_nested()
     try:
-        inserted = conn.exec_driver_sql(driver.sql, [driver.parameters(row) for row in rows]).rowcount
+        inserted = driver.execute(conn, rows)
     except BaseException:
         savepoint.rollback()
         raise
